@@ -1,0 +1,48 @@
+"""The one input record every estimator takes: an RGB(-D) camera frame with its intrinsics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+from spatialvlm_ros.errors import InputError
+from spatialvlm_ros.geometry.camera import CameraIntrinsics
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One camera frame.
+
+    Attributes:
+        rgb: (H, W, 3) uint8, RGB channel order.
+        intrinsics: pinhole model of ``rgb`` (depth is registered to it).
+        depth_m: (H, W) float32 metres, registered to ``rgb``; 0, NaN and inf mean "no reading".
+            None for a monocular camera.
+        stamp_ns: acquisition time, integer nanoseconds (ROS time of the image header).
+        frame_id: the camera optical frame (x right, y down, z forward).
+        segmentation: (H, W) int32 object ids from a simulator, -1 for background; None on a robot.
+        labels: object name -> id in ``segmentation`` (simulator only).
+    """
+
+    rgb: np.ndarray
+    intrinsics: CameraIntrinsics
+    depth_m: np.ndarray | None = None
+    stamp_ns: int = 0
+    frame_id: str = "camera_color_optical_frame"
+    segmentation: np.ndarray | None = None
+    labels: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        h, w = self.intrinsics.height, self.intrinsics.width
+        if self.rgb.ndim != 3 or self.rgb.shape[2] != 3 or self.rgb.dtype != np.uint8:
+            raise InputError(f"rgb must be (H, W, 3) uint8, got {self.rgb.shape} {self.rgb.dtype}")
+        if self.rgb.shape[:2] != (h, w):
+            raise InputError(f"rgb is {self.rgb.shape[1]}x{self.rgb.shape[0]} but camera_info says {w}x{h}")
+        if self.depth_m is not None and self.depth_m.shape != (h, w):
+            raise InputError(
+                f"depth is {self.depth_m.shape[1]}x{self.depth_m.shape[0]} but rgb is {w}x{h}; "
+                "depth must be registered (aligned) to the colour image")
+        if self.segmentation is not None and self.segmentation.shape != (h, w):
+            raise InputError(f"segmentation shape {self.segmentation.shape} does not match rgb {(h, w)}")

@@ -1,0 +1,1 @@
+"""Camera model, back-projection, point clouds, planes: pure numpy/scipy, no ROS."""
