@@ -23,7 +23,20 @@ import yaml
 
 from spatialvlm_ros.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+def config_path(name: str) -> Path:
+    """Path of a shipped file in ``config/``: the source tree (pip -e), else the ament share folder."""
+    source = Path(__file__).resolve().parent.parent / "config" / name
+    if source.exists():
+        return source
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+        share = Path(get_package_share_directory("spatialvlm_ros")) / "config" / name
+    except (ImportError, PackageNotFoundError) as err:
+        raise ConfigError(f"cannot find config/{name}: not in a source tree and no ament install") from err
+    if not share.exists():
+        raise ConfigError(f"cannot find config/{name} in {share.parent}")
+    return share
 
 
 def _require(cond: bool, key: str, msg: str) -> None:
@@ -185,11 +198,14 @@ class SimCameraConfig:
     sim: SimConfig = SimConfig()
     topics: TopicsConfig = TopicsConfig()
     rate_hz: float = 15.0              # publish rate; CPU rendering bounds what is reachable
+    depth_encoding: Literal["16UC1", "32FC1"] = "16UC1"   # millimetres like a RealSense, or metres
     loop: bool = False                 # restart the trajectory when it ends (else stop publishing)
     start_delay_s: float = 1.0         # let subscribers match before the first frame
+    min_subscribers: int = 1           # ... and wait until this many subscribe to the image topic
 
     def __post_init__(self) -> None:
         _require(self.rate_hz > 0, "rate_hz", "must be > 0")
+        _require(self.min_subscribers >= 0, "min_subscribers", "must be >= 0")
         _require(self.start_delay_s >= 0, "start_delay_s", "must be >= 0")
 
 

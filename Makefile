@@ -1,0 +1,21 @@
+# Two commands: `make demo` (set up, run the simulated robot demo) and `make test` (set up, run tests).
+VENV ?= .venv
+export MUJOCO_GL ?= osmesa
+export PYOPENGL_PLATFORM ?= osmesa
+
+.PHONY: setup demo test bench clean
+
+setup:
+	@VENV=$(VENV) ./scripts/setup.sh
+
+demo: setup
+	$(VENV)/bin/spatialvlm demo
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+bench: setup
+	$(VENV)/bin/python benchmarks/node_latency.py
+
+clean:
+	rm -rf build install log results

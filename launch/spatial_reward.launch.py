@@ -1,0 +1,47 @@
+"""Launch spatial_reward_node on a robot (needs a full ROS 2 install with launch / launch_ros).
+
+Arguments:
+    config: parameter file (default: this package's config/spatial_reward.yaml)
+    namespace: namespace for the node and its relative topics
+    use_sim_time: follow /clock (bag replay, simulation)
+    image / depth / camera_info: topics to remap the node's inputs to (e.g. a RealSense's)
+
+Example:
+    ros2 launch spatialvlm_ros spatial_reward.launch.py image:=/camera/camera/color/image_raw \\
+        depth:=/camera/camera/aligned_depth_to_color/image_raw camera_info:=/camera/camera/color/camera_info
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+# The node's own defaults (config/spatial_reward.yaml); the remaps below only rename its inputs.
+NODE_TOPICS = {"image": "camera/color/image_raw",
+               "depth": "camera/aligned_depth_to_color/image_raw",
+               "camera_info": "camera/color/camera_info"}
+
+
+def generate_launch_description() -> LaunchDescription:
+    """Declare the arguments and the one node."""
+    share = get_package_share_directory("spatialvlm_ros")
+    args = [
+        DeclareLaunchArgument("config", default_value=os.path.join(share, "config", "spatial_reward.yaml")),
+        DeclareLaunchArgument("namespace", default_value=""),
+        DeclareLaunchArgument("use_sim_time", default_value="false"),
+    ] + [DeclareLaunchArgument(name, default_value=topic) for name, topic in NODE_TOPICS.items()]
+    node = Node(
+        package="spatialvlm_ros",
+        executable="spatial_reward_node",
+        name="spatial_reward_node",
+        namespace=LaunchConfiguration("namespace"),
+        parameters=[LaunchConfiguration("config"),
+                    {"use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)}],
+        remappings=[(topic, LaunchConfiguration(name)) for name, topic in NODE_TOPICS.items()],
+        output="screen",
+    )
+    return LaunchDescription(args + [node])

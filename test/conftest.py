@@ -1,0 +1,127 @@
+"""Shared fixtures: a private DDS domain per test run, node processes, and a test-side rclpy node."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from spatialvlm_ros.ros.transport import ros_environment
+
+REPO = Path(__file__).resolve().parent.parent
+# One domain per test run (pid-derived), so parallel runs on one machine never cross-talk.
+DOMAIN_ID = 10 + os.getpid() % 90
+
+
+@pytest.fixture(scope="session")
+def ros_env() -> dict[str, str]:
+    """Environment for node processes; the test process joins the same domain."""
+    env = ros_environment(DOMAIN_ID, transport="shm")
+    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "RMW_IMPLEMENTATION",
+                "FASTDDS_DEFAULT_PROFILES_FILE"):
+        os.environ[key] = env[key]
+    return env
+
+
+class NodeProcess:
+    """A node started as ``python -m spatialvlm_ros.ros.<name> --ros-args ...`` with its log in a file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", f"spatialvlm_ros.ros.{name}", "--ros-args", *args],
+                                     env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_node(ros_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    """Factory: ``start_node("spatial_reward_node", "-p", "reward.shaping:=exp")``; stopped at teardown."""
+    started: list[NodeProcess] = []
+
+    def start(name: str, *args: str) -> NodeProcess:
+        node = NodeProcess(name, list(args), ros_env, tmp_path)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+class HarnessNode:
+    """A real rclpy node in the test process, spun in a background thread, that collects messages."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(f"test_harness_{os.getpid()}", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.messages: dict[str, list[Any]] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def collect(self, msg_type: type, topic: str, depth: int = 50) -> None:
+        """Keep every message on ``topic`` in ``self.messages[topic]``."""
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        self.messages[topic] = []
+
+        def callback(msg: Any) -> None:
+            with self._lock:
+                self.messages[topic].append(msg)
+        self.node.create_subscription(msg_type, topic, callback,
+                                      QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE))
+
+    def received(self, topic: str) -> list[Any]:
+        with self._lock:
+            return list(self.messages[topic])
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        """Poll ``predicate`` until true; fail the test naming ``what`` on timeout."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout} s waiting for {what}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        import rclpy
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+@pytest.fixture
+def test_node(ros_env: dict[str, str]) -> Iterator[HarnessNode]:
+    """A fresh test-side node on the run's domain."""
+    node = HarnessNode()
+    yield node
+    node.close()

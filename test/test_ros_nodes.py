@@ -1,0 +1,189 @@
+"""The two nodes as real processes over DDS: the demo pipeline, bad input, parameters.
+
+Every test talks to nodes started with ``python -m spatialvlm_ros.ros.<node>`` on a private
+ROS_DOMAIN_ID (see conftest.py); nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Float32, Header
+from visualization_msgs.msg import MarkerArray
+
+from spatialvlm_ros.config import SimConfig
+from spatialvlm_ros.ros.conversions import depth_to_image_fields, rgb_to_image_fields, stamp_to_ns
+from spatialvlm_ros.sim import TabletopSim
+
+IMAGE, DEPTH, INFO = "camera/color/image_raw", "camera/aligned_depth_to_color/image_raw", "camera/color/camera_info"
+RELIABLE = ["-p", "qos.reliability:=reliable"]
+
+
+def _values(status: Any) -> dict[str, str]:
+    return {kv.key: kv.value for kv in status.values}
+
+
+def _wait_reward_node_ready(test_node: Any, node: Any) -> None:
+    test_node.wait_for(lambda: test_node.node.count_publishers("estimates") > 0 or not node.alive(), 30,
+                       "spatial_reward_node to come up")
+    assert node.alive(), node.log
+    test_node.wait_for(lambda: test_node.node.count_subscribers(IMAGE) > 0, 10, "the node's image subscription")
+
+
+def test_sim_camera_and_reward_node_measure_the_approach(start_node: Any, test_node: Any) -> None:
+    test_node.collect(DiagnosticArray, "estimates")
+    test_node.collect(DiagnosticArray, "ground_truth")
+    test_node.collect(Float32, "reward")
+    test_node.collect(MarkerArray, "markers")
+    reward_node = start_node("spatial_reward_node", *RELIABLE)
+    _wait_reward_node_ready(test_node, reward_node)
+    sim_node = start_node("sim_camera_node", "-p", "sim.n_frames:=20", "-p", "sim.width:=320", "-p",
+                          "sim.height:=240", "-p", "rate_hz:=8.0", "-p", "start_delay_s:=0.5")
+    assert sim_node.proc.wait(timeout=60) == 0, sim_node.log
+    test_node.wait_for(lambda: len(test_node.received("estimates")) >= 19, 10, "estimates of the last frames")
+
+    truth = {stamp_to_ns(m.header.stamp): float(_values(m.status[0])["gap_m"])
+             for m in test_node.received("ground_truth") if m.status[0].name == "red can"}
+    pairs = []
+    for msg in test_node.received("estimates"):
+        (status,) = msg.status
+        assert status.name == "yellow gripper -> red can"
+        v = _values(status)
+        pairs.append((truth[stamp_to_ns(msg.header.stamp)], float(v["distance_m"]), v["valid"] == "True"))
+    true_d, est_d, valid = map(np.array, zip(*pairs))
+    assert valid.mean() >= 0.9
+    assert np.median(np.abs(est_d[valid] - true_d[valid])) < 0.03
+    assert est_d[valid][:3].mean() > est_d[valid][-3:].mean() + 0.15   # the gap closes from 30 cm to 1 cm
+    rewards = [m.data for m in test_node.received("reward")]
+    assert len(rewards) >= 19 and rewards[-1] > rewards[0]             # exp shaping rises as the gap closes
+    assert any(m.markers[0].type == m.markers[0].LINE_LIST for m in test_node.received("markers"))
+    assert reward_node.alive()
+
+
+@pytest.fixture(scope="module")
+def sim_frame() -> Any:
+    with TabletopSim(SimConfig(width=160, height=120, n_frames=2)) as sim:
+        return sim.render(0)
+
+
+class _Camera:
+    """Publishes hand-made colour/depth/info messages and waits for the node's answer to each."""
+
+    def __init__(self, test_node: Any, sim_frame: Any) -> None:
+        self.t = test_node
+        self.sim_frame = sim_frame
+        qos = 10
+        self.image_pub = test_node.node.create_publisher(Image, IMAGE, qos)
+        self.depth_pub = test_node.node.create_publisher(Image, DEPTH, qos)
+        self.info_pub = test_node.node.create_publisher(CameraInfo, INFO, qos)
+        self.count = 0
+        test_node.collect(DiagnosticArray, "estimates")
+        test_node.collect(DiagnosticArray, "/diagnostics")
+
+    def camera_info(self) -> None:
+        intr = self.sim_frame.frame.intrinsics
+        info = CameraInfo(width=intr.width, height=intr.height)
+        info.k = intr.k.reshape(-1).tolist()
+        self.info_pub.publish(info)
+
+    def send(self, rgb: np.ndarray | None = None, depth: np.ndarray | None = None,
+             image_fields: dict | None = None) -> Any:
+        """Publish one colour+depth pair; return the node's status for it."""
+        self.count += 1
+        header = Header(stamp=Time(sec=1000 + self.count, nanosec=0), frame_id="camera_color_optical_frame")
+        frame = self.sim_frame.frame
+        fields = image_fields or rgb_to_image_fields(frame.rgb if rgb is None else rgb)
+        self.image_pub.publish(Image(header=header, **fields))
+        self.depth_pub.publish(Image(header=header, **depth_to_image_fields(
+            frame.depth_m if depth is None else depth, "32FC1")))
+        stamp = stamp_to_ns(header.stamp)
+        self.t.wait_for(lambda: any(stamp_to_ns(m.header.stamp) == stamp for m in self.t.received("estimates")),
+                        10, f"the node's answer to frame {self.count}")
+        (msg,) = [m for m in self.t.received("estimates") if stamp_to_ns(m.header.stamp) == stamp]
+        return msg.status[0]
+
+
+@pytest.fixture
+def camera(start_node: Any, test_node: Any, sim_frame: Any) -> Any:
+    cam = _Camera(test_node, sim_frame)
+    cam.node = start_node("spatial_reward_node", *RELIABLE)
+    _wait_reward_node_ready(test_node, cam.node)
+    return cam
+
+
+def test_bad_input_is_flagged_and_the_node_keeps_running(camera: Any) -> None:
+    frame = camera.sim_frame.frame
+    status = camera.send()
+    assert (_values(status)["valid"], _values(status)["reason"]) == ("False", "no_camera_info")
+
+    camera.camera_info()
+    camera.t.wait_for(lambda: camera.send().message == "ok", 10, "a valid estimate once camera_info arrived")
+
+    cases = {
+        "wrong encoding": dict(image_fields={**rgb_to_image_fields(frame.rgb), "encoding": "bayer_rggb8"}),
+        "size mismatch": dict(depth=np.ones((60, 80), np.float32)),
+        "all-NaN depth": dict(depth=np.full_like(frame.depth_m, np.nan)),
+        "target not in view": dict(rgb=np.full_like(frame.rgb, 128)),
+        "truncated data": dict(image_fields={**rgb_to_image_fields(frame.rgb), "data": b"\x00" * 10}),
+    }
+    expected = {"wrong encoding": "bad_input", "size mismatch": "bad_input", "all-NaN depth": "no_depth",
+                "target not in view": "not_visible", "truncated data": "bad_input"}
+    for case, kwargs in cases.items():
+        v = _values(camera.send(**kwargs))
+        assert (v["valid"], v["reason"]) == ("False", expected[case]), case
+        assert math.isnan(float(v["distance_m"])), case           # never a silent zero
+        assert camera.node.alive(), camera.node.log
+
+    v = _values(camera.send())
+    assert v["valid"] == "True" and 0.2 < float(v["distance_m"]) < 0.45
+    camera.t.wait_for(lambda: any(_values(s).get("errors", "0") != "0" for m in camera.t.received("/diagnostics")
+                                  for s in m.status), 5, "/diagnostics to count the errors")
+    assert "bayer_rggb8" in camera.node.log and "not visible" in camera.node.log
+
+
+def test_runtime_target_change_is_validated(camera: Any) -> None:
+    from rclpy.parameter_client import AsyncParameterClient
+    camera.camera_info()
+    client = AsyncParameterClient(camera.t.node, "spatial_reward_node")
+    assert client.wait_for_services(timeout_sec=10)
+
+    def set_params(*params: Parameter) -> Any:
+        future = client.set_parameters(list(params))
+        camera.t.wait_for(future.done, 10, "set_parameters")
+        return future.result().results[0]
+
+    bad = set_params(Parameter("pairs", Parameter.Type.STRING_ARRAY, ["red can"]))
+    assert not bad.successful and "GRIPPER -> OBJECT" in bad.reason
+    fixed = set_params(Parameter("topics.image", Parameter.Type.STRING, "other/image"))
+    assert not fixed.successful and "restart" in fixed.reason
+    bad_shaping = set_params(Parameter("reward.shaping", Parameter.Type.STRING, "cubic"))
+    assert not bad_shaping.successful and "reward.shaping" in bad_shaping.reason
+
+    ok = set_params(Parameter("pairs", Parameter.Type.STRING_ARRAY, ["yellow gripper -> blue box"]))
+    assert ok.successful, ok.reason
+    status = camera.send()
+    assert status.name == "yellow gripper -> blue box"
+    assert _values(status)["valid"] == "True"
+
+
+def test_unknown_parameter_is_reported_and_ignored(start_node: Any, test_node: Any) -> None:
+    test_node.collect(DiagnosticArray, "/diagnostics")
+    node = start_node("spatial_reward_node", "-p", "reward.shapeing:=exp", "-p", "diagnostics_period_s:=0.2")
+    test_node.wait_for(lambda: any(_values(s).get("unknown_parameters") == "reward.shapeing"
+                                   for m in test_node.received("/diagnostics") for s in m.status), 30,
+                       "/diagnostics naming the unknown parameter")
+    assert node.alive()
+    assert "unknown parameter 'reward.shapeing'" in node.log
+
+
+def test_bad_configuration_fails_at_start_naming_the_key(start_node: Any) -> None:
+    node = start_node("spatial_reward_node", "-p", "estimator.distance:=diagonal")
+    assert node.proc.wait(timeout=30) == 2
+    assert "estimator.distance" in node.log and "diagonal" in node.log
