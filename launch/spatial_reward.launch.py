@@ -6,9 +6,9 @@ Arguments:
     use_sim_time: follow /clock (bag replay, simulation)
     image / depth / camera_info: topics to remap the node's inputs to (e.g. a RealSense's)
 
-Example:
-    ros2 launch spatialvlm_ros spatial_reward.launch.py image:=/camera/camera/color/image_raw \\
-        depth:=/camera/camera/aligned_depth_to_color/image_raw camera_info:=/camera/camera/color/camera_info
+Example (RealSense ROS 2 wrapper, default names, one command line):
+    ros2 launch spatialvlm_ros spatial_reward.launch.py image:=/camera/camera/color/image_raw
+    depth:=/camera/camera/aligned_depth_to_color/image_raw camera_info:=/camera/camera/color/camera_info
 """
 
 import os

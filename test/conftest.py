@@ -60,7 +60,7 @@ class NodeProcess:
 
 @pytest.fixture
 def start_node(ros_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
-    """Factory: ``start_node("spatial_reward_node", "-p", "reward.shaping:=exp")``; stopped at teardown."""
+    """Start nodes by name with ROS arguments, e.g. ``("spatial_reward_node", "-p", "a:=1")``; stopped at teardown."""
     started: list[NodeProcess] = []
 
     def start(name: str, *args: str) -> NodeProcess:

@@ -31,10 +31,7 @@ def stamp_to_ns(stamp: Any) -> int:
 
 def _image_array(msg: Any) -> np.ndarray:
     """Raw pixel array of a sensor_msgs/Image, honouring ``step`` padding and endianness."""
-    try:
-        dtype_code, channels = _ENCODINGS[msg.encoding]
-    except KeyError as err:
-        raise InputError(f"unsupported image encoding {msg.encoding!r}; supported: {sorted(_ENCODINGS)}") from err
+    dtype_code, channels = _ENCODINGS[msg.encoding]  # callers check the encoding first
     dtype = np.dtype(dtype_code).newbyteorder(">" if msg.is_bigendian else "<")
     row_bytes = msg.width * channels * dtype.itemsize
     buf = np.frombuffer(msg.data, dtype=np.uint8)

@@ -69,8 +69,9 @@ class _Trace:
 class _Recorder(Node):
     """Writes every topic of the demo to a bag (serialized as received) and collects the trace."""
 
-    def __init__(self, bag_path: Path, topics: dict[str, type], target: str, console: Console) -> None:
-        super().__init__("spatialvlm_demo_recorder")
+    def __init__(self, bag_path: Path, topics: dict[str, type], target: str, console: Console,
+                 context: rclpy.Context) -> None:
+        super().__init__("spatialvlm_demo_recorder", context=context)
         self.trace = _Trace()
         self._target = target
         self._console = console
@@ -163,7 +164,7 @@ def run_demo(config_file: Path | None = None, out_root: Path = Path("results"), 
     if "FASTDDS_DEFAULT_PROFILES_FILE" in env:
         os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = env["FASTDDS_DEFAULT_PROFILES_FILE"]
     rclpy.init(context=context)
-    recorder = _Recorder(out / "bag", topics, target, console)
+    recorder = _Recorder(out / "bag", topics, target, console, context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(recorder)
     spin = threading.Thread(target=executor.spin, daemon=True)

@@ -25,7 +25,7 @@ _ROS_OWNED = {"use_sim_time", "start_type_description_service"}
 
 
 def _descriptions(cls: type, prefix: str = "") -> dict[str, str]:
-    """``field -> 'type; see config/<node>.yaml'``, from the dataclass annotations."""
+    """Map each dotted parameter name to a description of its type, from the dataclass annotations."""
     out: dict[str, str] = {}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -90,7 +90,7 @@ def set_result(ok: bool, reason: str = "") -> SetParametersResult:
 
 
 def _plain(value: Any) -> Any:
-    """rclpy array parameters come back as array.array / lists; the config wants lists."""
+    """Turn array parameters (rclpy returns array.array) into the lists the config expects."""
     if value is not None and not isinstance(value, (str, bytes, bool, int, float)):
         return list(value)
     return value

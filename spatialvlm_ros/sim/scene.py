@@ -1,0 +1,317 @@
+"""Scene layout (seeded) and the MJCF text built from it.
+
+World frame: z up, metres; the table top is the plane ``z = TABLE_TOP_Z``; the camera sits in front
+of the table (world -y) looking along +y and down, so world +x is image right. The gripper comes from
+the left (world -x) and above, so it never hides the target and the gap stays visible.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from spatialvlm_ros.config import SimConfig
+from spatialvlm_ros.errors import SimulationError
+from spatialvlm_ros.sim.colours import (FLOOR_RGBA, TABLE_RGBA, WALL_RGBA, ObjectSpec, colour_rgba,
+                                        jitter_rgba)
+
+logger = logging.getLogger(__name__)
+
+TABLE_TOP_Z = 0.75
+TABLE_HALF = (0.60, 0.40)            # half extents in x, y
+TABLE_CENTRE_XY = (0.0, 0.10)
+CAMERA_NAME = "rgbd"
+GRIPPER_BODY = "gripper"
+
+#: Half height of each kind: the object's centre sits this far above the table top.
+HALF_HEIGHT = {"can": 0.061, "box": 0.035, "ball": 0.035, "bowl": 0.025}
+#: Radius of a vertical cylinder enclosing each kind (overlap test when placing objects).
+FOOTPRINT = {"can": 0.033, "box": 0.057, "ball": 0.035, "bowl": 0.085}
+
+# Gripper in its own frame: origin = grasp point (centre of the region between the finger pads),
+# +z = approach direction (fingers point along it), y = opening direction, x = finger width.
+_FINGER_HALF = (0.012, 0.006, 0.025)
+_FINGER_INNER = 0.022                # half the opening between the pads; < can radius so tips do not straddle
+_PALM_HALF = (0.02, 0.045, 0.012)
+_WRIST_RADIUS, _WRIST_HALF_LEN = 0.018, 0.03
+
+# Canonical (randomise=False) layout.
+_CANONICAL_TARGET_XY = (0.0, 0.05)
+_CANONICAL_SLOTS = ((0.20, 0.14), (0.24, -0.06), (0.05, 0.30), (0.38, 0.18), (-0.15, 0.32), (0.42, -0.04))
+_CANONICAL_EYE = (0.0, -0.68, 1.30)
+_CANONICAL_LOOK_AT = (-0.05, 0.06, 0.86)
+_CANONICAL_APPROACH = (np.pi, np.deg2rad(40.0))        # azimuth, elevation of target -> gripper
+_CANONICAL_LIGHT = (0.3, -0.4, 2.2)
+_PLACE_TRIES = 500
+
+
+@dataclass(frozen=True)
+class SceneLayout:
+    """Everything the MJCF depends on, drawn once per simulator from the config (and its seed).
+
+    Attributes:
+        objects: object specs; index 0 is the target, the rest are distractors.
+        xy: (N, 2) object centres on the table, world metres.
+        yaw: (N,) rotation about world z, radians.
+        rgba: (N, 4) object colours.
+        gripper_rgba: (4,) gripper colour.
+        approach: (3,) unit vector from the target centre towards the gripper's start.
+        camera_eye: (3,) camera position, world.
+        camera_look_at: (3,) point the optical axis passes through, world.
+        light_pos: (3,) key light position, world (it points at the target).
+        light_diffuse: key light intensity in [0, 1].
+    """
+
+    objects: tuple[ObjectSpec, ...]
+    xy: np.ndarray
+    yaw: np.ndarray
+    rgba: np.ndarray
+    gripper_rgba: np.ndarray
+    approach: np.ndarray
+    camera_eye: np.ndarray
+    camera_look_at: np.ndarray
+    light_pos: np.ndarray
+    light_diffuse: float
+
+    def centre(self, i: int) -> np.ndarray:
+        """Return the world position (3,) of object number i: a can's axis midpoint, a ball's centre, ..."""
+        return np.array([*self.xy[i], TABLE_TOP_Z + HALF_HEIGHT[self.objects[i].kind]])
+
+
+def _approach_vector(azimuth: float, elevation: float) -> np.ndarray:
+    return np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)])
+
+
+def _parse_objects(cfg: SimConfig) -> tuple[ObjectSpec, ...]:
+    ObjectSpec.make(cfg.gripper_colour, "gripper", allow_gripper=True)
+    objects = (ObjectSpec.make(cfg.target_colour, cfg.target),) + tuple(ObjectSpec.parse(p) for p in cfg.distractors)
+    phrases = [o.phrase for o in objects]
+    if len(set(phrases)) != len(phrases):
+        raise SimulationError(f"object phrases must be unique (they are the labels), got {phrases}")
+    return objects
+
+
+class _Pinhole:
+    """Projection of the layout's camera (same axes as the MJCF camera), for placing objects in view."""
+
+    def __init__(self, cfg: SimConfig, eye: np.ndarray, look_at: np.ndarray) -> None:
+        right, up = _camera_xyaxes(eye, look_at)
+        self.rot = np.stack([right, -up, np.cross(right, -up)])        # rows: optical x, y, z in world
+        self.eye = eye
+        self.f = 0.5 * cfg.height / np.tan(np.deg2rad(cfg.fovy_deg) / 2.0)
+        self.size = np.array([cfg.width, cfg.height], dtype=np.float64)
+
+    def project(self, p: np.ndarray, radius: float) -> tuple[np.ndarray, float]:
+        """Pixel centre (u, v) of a world point and the pixel radius of a sphere of ``radius`` around it."""
+        x, y, z = self.rot @ (p - self.eye)
+        return self.f * np.array([x, y]) / z + (self.size - 1) / 2.0, self.f * radius / z
+
+
+def _bound_radius(kind: str) -> float:
+    return float(np.hypot(FOOTPRINT[kind], HALF_HEIGHT[kind]))
+
+
+def _placeable(p: np.ndarray, kind: str, placed: list[tuple[np.ndarray, str]], target_xy: np.ndarray,
+               approach_xy: np.ndarray, camera: _Pinhole) -> bool:
+    """Tell whether a distractor fits at ``p``.
+
+    It must be on the table, not overlapping, not in the gripper's way, and fully in view without
+    hiding or being hidden by another object.
+    """
+    lo = np.array(TABLE_CENTRE_XY) - np.array(TABLE_HALF) + FOOTPRINT[kind] + 0.02
+    hi = np.array(TABLE_CENTRE_XY) + np.array(TABLE_HALF) - FOOTPRINT[kind] - 0.02
+    if np.any(p < lo) or np.any(p > hi):
+        return False
+    # Keep the gripper's side of the target free: it comes from there.
+    if (p - target_xy) @ approach_xy > -0.02:
+        return False
+    centre = np.array([*p, TABLE_TOP_Z + HALF_HEIGHT[kind]])
+    uv, r = camera.project(centre, _bound_radius(kind))
+    if np.any(uv - r < 0.05 * camera.size) or np.any(uv + r > 0.95 * camera.size):
+        return False
+    for q, other in placed:
+        if np.linalg.norm(p - q) < FOOTPRINT[kind] + FOOTPRINT[other] + 0.03:
+            return False
+        uv_q, r_q = camera.project(np.array([*q, TABLE_TOP_Z + HALF_HEIGHT[other]]), _bound_radius(other))
+        if np.linalg.norm(uv - uv_q) < r + r_q:          # their silhouettes could overlap: one hides the other
+            return False
+    return True
+
+
+def make_layout(cfg: SimConfig) -> SceneLayout:
+    """Draw the scene layout from ``cfg``; seeded and deterministic when ``cfg.randomise``, canonical otherwise.
+
+    Raises:
+        SimulationError: unknown colour or kind, duplicate phrases, or distractors that do not fit.
+
+    Example:
+        >>> from spatialvlm_ros.config import SimConfig
+        >>> make_layout(SimConfig()).objects[0].phrase
+        'red can'
+    """
+    objects = _parse_objects(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    rgba = np.stack([colour_rgba(o.colour) for o in objects])
+    gripper_rgba = colour_rgba(cfg.gripper_colour)
+    if cfg.randomise:
+        target_xy = np.array([rng.uniform(-0.08, 0.08), rng.uniform(-0.02, 0.14)])
+        # Azimuth mostly away from the camera: a gripper coming towards it would grow and leave the image.
+        approach = _approach_vector(np.pi + rng.uniform(-0.45, 0.15), np.deg2rad(rng.uniform(30.0, 50.0)))
+        eye = np.array(_CANONICAL_EYE) + rng.uniform(-0.04, 0.04, size=3)
+        look_at = np.array(_CANONICAL_LOOK_AT) + rng.uniform(-0.02, 0.02, size=3)
+        light_pos = np.array(_CANONICAL_LIGHT) + np.array([*rng.uniform(-0.4, 0.4, size=2), 0.0])
+        light_diffuse = float(rng.uniform(0.55, 0.85))
+        rgba = np.stack([jitter_rgba(c, rng) for c in rgba])
+        gripper_rgba = jitter_rgba(gripper_rgba, rng)
+    else:
+        target_xy = np.array(_CANONICAL_TARGET_XY)
+        approach = _approach_vector(*_CANONICAL_APPROACH)
+        eye, look_at = np.array(_CANONICAL_EYE), np.array(_CANONICAL_LOOK_AT)
+        light_pos, light_diffuse = np.array(_CANONICAL_LIGHT), 0.7
+    approach_xy = approach[:2] / np.linalg.norm(approach[:2])
+    camera = _Pinhole(cfg, eye, look_at)
+
+    placed: list[tuple[np.ndarray, str]] = [(target_xy, objects[0].kind)]
+    slots = [] if cfg.randomise else [np.array(s) for s in _CANONICAL_SLOTS]
+    # The canonical layout must not depend on the seed, so its fallback sampler has a fixed one.
+    place_rng = rng if cfg.randomise else np.random.default_rng(0)
+    for obj in objects[1:]:
+        # Canonical slots first (fixed layout); when none fits, or when randomising, rejection-sample.
+        candidates = slots + [np.array([place_rng.uniform(-0.35, 0.5), place_rng.uniform(-0.2, 0.4)])
+                              for _ in range(_PLACE_TRIES)]
+        chosen = next((p for p in candidates if _placeable(p, obj.kind, placed, target_xy, approach_xy, camera)), None)
+        if chosen is None:
+            raise SimulationError(f"could not place {obj.phrase!r} on the table in view without overlap; "
+                                  "use fewer distractors")
+        placed.append((chosen, obj.kind))
+        slots = [q for q in slots if q is not chosen]
+    xy = np.stack([p for p, _ in placed])
+    yaw = rng.uniform(-np.pi, np.pi, size=len(objects)) if cfg.randomise else np.full(len(objects), 0.3)
+    logger.debug("layout: %s at %s", [o.phrase for o in objects], xy.round(3).tolist())
+    return SceneLayout(objects=objects, xy=xy, yaw=yaw, rgba=rgba, gripper_rgba=gripper_rgba, approach=approach,
+                       camera_eye=eye, camera_look_at=look_at, light_pos=light_pos, light_diffuse=light_diffuse)
+
+
+def gripper_axes(approach: np.ndarray) -> np.ndarray:
+    """3x3 rotation (columns = gripper x, y, z in world) for a gripper whose fingers point along ``-approach``.
+
+    The opening direction (y) lies in the vertical plane through the approach line, so the camera in front
+    sees the two jaws apart, as in the SpatialVLM robot figure.
+    """
+    z = -approach / np.linalg.norm(approach)
+    x = np.cross([0.0, 0.0, 1.0], z)
+    x /= np.linalg.norm(x)
+    return np.stack([x, np.cross(z, x), z], axis=1)
+
+
+def _fmt(values: np.ndarray | tuple[float, ...] | list[float]) -> str:
+    return " ".join(f"{float(v):.6g}" for v in values)
+
+
+def _object_geoms(kind: str, material: str, name: str) -> list[str]:
+    """MJCF geoms of one object in its body frame (origin = object centre)."""
+    common = f'material="{material}"'
+    if kind == "can":
+        return [f'<geom name="{name}_0" type="cylinder" size="0.033 {HALF_HEIGHT["can"]}" {common}/>']
+    if kind == "box":
+        return [f'<geom name="{name}_0" type="box" size="0.045 0.035 {HALF_HEIGHT["box"]}" {common}/>']
+    if kind == "ball":
+        return [f'<geom name="{name}_0" type="sphere" size="{HALF_HEIGHT["ball"]}" {common}/>']
+    # bowl: a thin base disk, slanted capsule staves and a capsule rim (a coarse open bowl, all convex parts)
+    n, r_bottom, r_top, r_cap, z_lo, z_hi = 12, 0.045, 0.075, 0.01, -0.015, 0.015
+    geoms = [f'<geom name="{name}_base" type="cylinder" size="0.05 0.005" pos="0 0 -0.02" {common}/>']
+    angles = np.linspace(0.0, 2 * np.pi, n, endpoint=False)
+    top = np.stack([r_top * np.cos(angles), r_top * np.sin(angles), np.full(n, z_hi)], axis=1)
+    for k, a in enumerate(angles):
+        bottom = (r_bottom * np.cos(a), r_bottom * np.sin(a), z_lo)
+        geoms.append(f'<geom name="{name}_stave{k}" type="capsule" size="{r_cap}" '
+                     f'fromto="{_fmt(bottom)} {_fmt(top[k])}" {common}/>')
+        geoms.append(f'<geom name="{name}_rim{k}" type="capsule" size="{r_cap}" '
+                     f'fromto="{_fmt(top[k])} {_fmt(top[(k + 1) % n])}" {common}/>')
+    return geoms
+
+
+def _gripper_body(layout: SceneLayout) -> str:
+    axes = gripper_axes(layout.approach)
+    fx, fy, fz = _FINGER_HALF
+    palm_z = -fz - _PALM_HALF[2]
+    wrist_z = palm_z - _PALM_HALF[2] - _WRIST_HALF_LEN
+    start = layout.centre(0) + 0.5 * layout.approach
+    return f"""
+    <body name="{GRIPPER_BODY}" mocap="true" pos="{_fmt(start)}" xyaxes="{_fmt(axes[:, 0])} {_fmt(axes[:, 1])}">
+      <geom name="gripper_finger_a" type="box" size="{fx} {fy} {fz}" pos="0 {_FINGER_INNER + fy} 0"
+            material="m_gripper"/>
+      <geom name="gripper_finger_b" type="box" size="{fx} {fy} {fz}" pos="0 {-_FINGER_INNER - fy} 0"
+            material="m_gripper"/>
+      <geom name="gripper_palm" type="box" size="{_fmt(_PALM_HALF)}" pos="0 0 {palm_z}" material="m_gripper"/>
+      <geom name="gripper_wrist" type="cylinder" size="{_WRIST_RADIUS} {_WRIST_HALF_LEN}" pos="0 0 {wrist_z}"
+            material="m_gripper"/>
+    </body>"""
+
+
+def _camera_xyaxes(eye: np.ndarray, look_at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the MuJoCo camera's x (image right) and y (image up) axes; it looks along its -z."""
+    forward = (look_at - eye) / np.linalg.norm(look_at - eye)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    return right, np.cross(right, forward)
+
+
+def build_mjcf(cfg: SimConfig, layout: SceneLayout) -> str:
+    """MJCF text of the room, table, objects, mocap gripper, key light and RGB-D camera.
+
+    Rendering settings chosen for sensor-like output and CPU speed: no multisampling (segmentation ids
+    must not be blended at edges), near/far clip 1 cm / 10 m (``znear``/``zfar`` are fractions of
+    ``extent`` = 2 m), a 512 px shadow map (on OSMesa the shadow pass dominates: 2048 px costs ~3x the frame).
+    """
+    right, up = _camera_xyaxes(layout.camera_eye, layout.camera_look_at)
+    light_dir = layout.centre(0) - layout.light_pos
+    materials = [f'<material name="m_obj{i}" rgba="{_fmt(c)}" specular="0.15" shininess="0.2"/>'
+                 for i, c in enumerate(layout.rgba)]
+    bodies = []
+    for i, obj in enumerate(layout.objects):
+        geoms = "\n      ".join(_object_geoms(obj.kind, f"m_obj{i}", f"obj{i}"))
+        bodies.append(f'<body name="obj{i}" pos="{_fmt(layout.centre(i))}" euler="0 0 {layout.yaw[i]:.6g}">\n'
+                      f'      {geoms}\n    </body>')
+    tx, ty = TABLE_CENTRE_XY
+    hx, hy = TABLE_HALF
+    legs = "\n    ".join(
+        f'<geom name="table_leg{k}" type="box" size="0.025 0.025 {TABLE_TOP_Z / 2 - 0.01:.4g}" '
+        f'pos="{tx + sx * (hx - 0.05):.4g} {ty + sy * (hy - 0.05):.4g} {TABLE_TOP_Z / 2 - 0.02:.4g}" '
+        'material="m_table"/>'
+        for k, (sx, sy) in enumerate(((-1, -1), (-1, 1), (1, -1), (1, 1))))
+    light_diffuse = _fmt([layout.light_diffuse] * 3)
+    return f"""<mujoco model="spatialvlm_tabletop">
+  <compiler angle="radian"/>
+  <statistic extent="2" center="0 0 0.8"/>
+  <visual>
+    <global offwidth="{cfg.width}" offheight="{cfg.height}"/>
+    <quality shadowsize="512" offsamples="0"/>
+    <map znear="0.005" zfar="5"/>
+    <headlight ambient="0.35 0.35 0.35" diffuse="0.3 0.3 0.3" specular="0 0 0"/>
+  </visual>
+  <asset>
+    <material name="m_table" rgba="{_fmt(TABLE_RGBA)}" specular="0.05" shininess="0.1"/>
+    <material name="m_floor" rgba="{_fmt(FLOOR_RGBA)}" specular="0" shininess="0"/>
+    <material name="m_wall" rgba="{_fmt(WALL_RGBA)}" specular="0" shininess="0"/>
+    <material name="m_gripper" rgba="{_fmt(layout.gripper_rgba)}" specular="0.15" shininess="0.2"/>
+    {chr(10).join('    ' + m for m in materials).lstrip()}
+  </asset>
+  <worldbody>
+    <light name="key" pos="{_fmt(layout.light_pos)}" dir="{_fmt(light_dir)}" diffuse="{light_diffuse}"
+           specular="0.1 0.1 0.1" castshadow="true" cutoff="60"/>
+    <geom name="floor" type="plane" size="3 3 0.1" material="m_floor"/>
+    <geom name="wall_back" type="box" size="3 0.02 1.5" pos="0 2.5 1.5" material="m_wall"/>
+    <geom name="wall_left" type="box" size="0.02 3 1.5" pos="-2.5 0 1.5" material="m_wall"/>
+    <geom name="wall_right" type="box" size="0.02 3 1.5" pos="2.5 0 1.5" material="m_wall"/>
+    <geom name="table_top" type="box" size="{hx} {hy} 0.02" pos="{tx} {ty} {TABLE_TOP_Z - 0.02}" material="m_table"/>
+    {legs}
+    <camera name="{CAMERA_NAME}" pos="{_fmt(layout.camera_eye)}" xyaxes="{_fmt(right)} {_fmt(up)}"
+            fovy="{cfg.fovy_deg}"/>
+    {chr(10).join('    ' + b for b in bodies).lstrip()}
+    {_gripper_body(layout).strip()}
+  </worldbody>
+</mujoco>
+"""

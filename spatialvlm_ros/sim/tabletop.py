@@ -1,0 +1,317 @@
+"""The tabletop simulator: a mocap gripper approaching a target object, seen by an RGB-D camera.
+
+Reproduces the SpatialVLM robot demo (a yellow gripper closing in on a red can) with exact ground
+truth for every frame, so distance estimators and reward shaping can be checked against it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+import mujoco
+import numpy as np
+
+from spatialvlm_ros.config import SimConfig
+from spatialvlm_ros.errors import SimulationError
+from spatialvlm_ros.frame import Frame
+from spatialvlm_ros.geometry.camera import CameraIntrinsics
+from spatialvlm_ros.sim.noise import apply_depth_noise
+from spatialvlm_ros.sim.render import RgbdRenderer
+from spatialvlm_ros.sim.scene import CAMERA_NAME, GRIPPER_BODY, build_mjcf, gripper_axes, make_layout
+
+logger = logging.getLogger(__name__)
+
+OPTICAL_FRAME_ID = "camera_color_optical_frame"
+#: Default spacing of ``stamp_ns`` between trajectory steps (30 fps) when the caller gives no stamp.
+FRAME_PERIOD_NS = 33_333_333
+#: MuJoCo camera axes (x right, y up, looking along -z) -> optical axes (x right, y down, z forward).
+_MJ_TO_OPTICAL = np.diag([1.0, -1.0, -1.0])
+_GAP_TOL_M = 1e-7                    # trajectory solver tolerance on the gap
+_DIST_MAX_M = 10.0                   # mj_geomDistance search radius; larger than the scene
+_WOBBLE = (0.06, 0.03)               # lateral and vertical wobble of the approach line, radians
+
+
+@dataclass(frozen=True, eq=False)
+class GroundTruth:
+    """Exact geometry of one trajectory step.
+
+    The gripper's position is its *grasp point*: the centre of the region between the two finger pads.
+    An object's position is its body centre (a can's axis midpoint, a ball's centre, a box's centre, a
+    bowl's centre at half its height). Keys of the dicts are object phrases (``"red can"``).
+
+    Attributes:
+        gap_m: closest surface-to-surface distance from the gripper (any of its geoms) to each object, metres
+            (negative if they interpenetrate).
+        centre_m: grasp point to object centre distance, metres.
+        gap_points_cam: (2, 3) closest points per object, row 0 on the gripper, row 1 on the object, optical frame.
+        gripper_position_cam: (3,) grasp point, camera optical frame (x right, y down, z forward), metres.
+        object_positions_cam: (3,) object centres, optical frame, metres.
+        gripper_position_world: (3,) grasp point, world frame (z up, table top at z = 0.75), metres.
+        object_positions_world: (3,) object centres, world frame, metres.
+        camera_pose_world: (4, 4) pose of the optical frame in the world (maps optical points to world).
+    """
+
+    gap_m: Mapping[str, float]
+    centre_m: Mapping[str, float]
+    gap_points_cam: Mapping[str, np.ndarray]
+    gripper_position_cam: np.ndarray
+    object_positions_cam: Mapping[str, np.ndarray]
+    gripper_position_world: np.ndarray
+    object_positions_world: Mapping[str, np.ndarray]
+    camera_pose_world: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class SimFrame:
+    """One rendered trajectory step: the camera frame an estimator sees plus the truth behind it."""
+
+    index: int
+    frame: Frame
+    truth: GroundTruth
+
+
+class TabletopSim:
+    """MuJoCo tabletop scene with a scripted gripper approach, rendered as RGB-D + segmentation.
+
+    Kinematics only (no physics step): the gripper is a mocap body placed on a precomputed path whose
+    gripper-to-target gap falls linearly from ``cfg.start_gap_m`` to ``cfg.end_gap_m`` (exactly, solved
+    with ``mj_geomDistance``), along a line from the upper left with a slight wobble.
+
+    Rendering is offscreen OpenGL; importing :mod:`spatialvlm_ros.sim` defaults ``MUJOCO_GL`` to
+    ``osmesa`` (CPU), set ``MUJOCO_GL=egl`` before the import to use a GPU.
+
+    Args:
+        config: scene, camera, trajectory and noise settings.
+
+    Raises:
+        SimulationError: unknown colour or kind, objects that do not fit, no OpenGL context.
+
+    Example:
+        >>> from spatialvlm_ros.config import SimConfig
+        >>> with TabletopSim(SimConfig(width=64, height=48, n_frames=3)) as sim:
+        ...     step = sim.render(2)
+        >>> sorted(step.frame.labels.items(), key=lambda kv: kv[1])[:2]
+        [('yellow gripper', 0), ('red can', 1)]
+        >>> round(step.truth.gap_m["red can"], 4)
+        0.01
+    """
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.layout = make_layout(config)
+        self._xml = build_mjcf(config, self.layout)
+        try:
+            self.model = mujoco.MjModel.from_xml_string(self._xml)
+        except ValueError as err:
+            raise SimulationError(f"MuJoCo rejected the generated scene: {err}") from err
+        self.data = mujoco.MjData(self.model)
+
+        gripper_body = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, GRIPPER_BODY)
+        self._mocap = int(self.model.body_mocapid[gripper_body])
+        self._cam = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA_NAME)
+        self.gripper_label = f"{config.gripper_colour} gripper"
+        self._phrases = [o.phrase for o in self.layout.objects]
+        self._labels = {self.gripper_label: 0, **{p: i + 1 for i, p in enumerate(self._phrases)}}
+
+        # geom id -> object id (0 gripper, i + 1 object i, -1 scenery): the segmentation labels.
+        body_object = np.full(self.model.nbody, -1, dtype=np.int32)
+        body_object[gripper_body] = 0
+        for i in range(len(self._phrases)):
+            body_object[mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, f"obj{i}")] = i + 1
+        self._geom_object = body_object[self.model.geom_bodyid]
+        self._gripper_geoms = np.flatnonzero(self._geom_object == 0)
+        self._object_geoms = [np.flatnonzero(self._geom_object == i + 1) for i in range(len(self._phrases))]
+        self._object_centres = np.stack([self.layout.centre(i) for i in range(len(self._phrases))])
+
+        quat = np.empty(4)
+        mujoco.mju_mat2Quat(quat, gripper_axes(self.layout.approach).reshape(-1))
+        self.data.mocap_quat[self._mocap] = quat
+        self._trajectory = self._solve_trajectory()
+
+        self._intrinsics = CameraIntrinsics.from_fov(config.width, config.height, float(self.model.cam_fovy[self._cam]))
+        self._warn_if_out_of_view()
+        self._renderer = RgbdRenderer(self.model, CAMERA_NAME, config.width, config.height, self._geom_object)
+        logger.info("tabletop sim: %s, %d frames, gap %.3f -> %.3f m, %dx%d", list(self._labels), config.n_frames,
+                    config.start_gap_m, config.end_gap_m, config.width, config.height)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def intrinsics(self) -> CameraIntrinsics:
+        """Exact pinhole model of the rendered images (square pixels, centred principal point, MuJoCo fovy)."""
+        return self._intrinsics
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Phrase -> segmentation id: the gripper is 0, the target 1, distractors 2, 3, ..."""
+        return dict(self._labels)
+
+    @property
+    def target_label(self) -> str:
+        """Phrase of the target object (``"red can"``)."""
+        return self._phrases[0]
+
+    @property
+    def n_frames(self) -> int:
+        """Number of trajectory steps."""
+        return self.config.n_frames
+
+    @property
+    def trajectory(self) -> np.ndarray:
+        """(n_frames, 3) world positions of the gripper's grasp point along the approach (a copy)."""
+        return self._trajectory.copy()
+
+    @property
+    def mjcf(self) -> str:
+        """The generated MJCF text (for inspection or the MuJoCo viewer)."""
+        return self._xml
+
+    # ------------------------------------------------------------------ geometry
+
+    def _set_gripper(self, position_world: np.ndarray) -> None:
+        self.data.mocap_pos[self._mocap] = position_world
+        # Kinematics only: body/geom poses, then camera and light poses (which mj_kinematics leaves out).
+        mujoco.mj_kinematics(self.model, self.data)
+        mujoco.mj_comPos(self.model, self.data)
+        mujoco.mj_camlight(self.model, self.data)
+
+    def _gap(self, obj: int, fromto: np.ndarray | None = None) -> float:
+        """Min signed distance between any gripper geom and any geom of object ``obj`` (current state)."""
+        best = np.inf
+        pair = np.empty(6)
+        for g1 in self._gripper_geoms:
+            for g2 in self._object_geoms[obj]:
+                d = mujoco.mj_geomDistance(self.model, self.data, int(g1), int(g2), _DIST_MAX_M, pair)
+                if d < best:
+                    best = d
+                    if fromto is not None:
+                        fromto[:] = pair
+        return float(best)
+
+    def _solve_trajectory(self) -> np.ndarray:
+        """Grasp-point positions whose gap to the target is exactly linear in the step index.
+
+        Each step moves along a line from the target centre (direction = approach with a smooth wobble);
+        the distance along it is found by sphere tracing from outside: the gap is 1-Lipschitz in that
+        distance, so stepping in by (gap - wanted) never passes the outermost solution.
+        """
+        cfg = self.config
+        axes = gripper_axes(self.layout.approach)
+        centre = self._object_centres[0]
+        t = np.linspace(0.0, 1.0, cfg.n_frames)
+        gaps = cfg.start_gap_m + (cfg.end_gap_m - cfg.start_gap_m) * t
+        wobble = (_WOBBLE[0] * np.sin(3 * np.pi * t)[:, None] * axes[:, 0]
+                  + _WOBBLE[1] * np.sin(2 * np.pi * t + 0.5)[:, None] * axes[:, 1])
+        directions = self.layout.approach + wobble
+        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        out = np.empty((cfg.n_frames, 3))
+        for i, (wanted, direction) in enumerate(zip(gaps, directions)):
+            s = wanted + 0.5                      # the gripper and any object fit in 0.5 m: start outside
+            for _ in range(500):
+                self._set_gripper(centre + s * direction)
+                error = self._gap(0) - wanted
+                if abs(error) < _GAP_TOL_M:
+                    break
+                s -= error
+            else:
+                raise SimulationError(f"trajectory step {i}: could not place the gripper {wanted:.3f} m from "
+                                      f"{self.target_label!r} (residual {error:.2e} m)")
+            out[i] = centre + s * direction
+        return out
+
+    def _warn_if_out_of_view(self) -> None:
+        """Log a warning when the gripper's bounding spheres leave the image at either end of the path.
+
+        The default layouts keep it in view; a large ``start_gap_m`` or a narrow ``fovy_deg`` may not.
+        """
+        for i in (0, self.n_frames - 1):
+            self._set_gripper(self._trajectory[i])
+            pose = self._camera_pose()
+            cam = (self.data.geom_xpos[self._gripper_geoms] - pose[:3, 3]) @ pose[:3, :3]
+            radius = self.model.geom_rbound[self._gripper_geoms] * self._intrinsics.fy / cam[:, 2]
+            uv = self._intrinsics.project(cam)
+            size = np.array([self._intrinsics.width, self._intrinsics.height])
+            if np.any(cam[:, 2] <= 0) or np.any(uv - radius[:, None] < 0) or np.any(uv + radius[:, None] > size):
+                logger.warning("the gripper may leave the image at step %d; reduce start_gap_m or widen fovy_deg", i)
+
+    def _camera_pose(self) -> np.ndarray:
+        pose = np.eye(4)
+        pose[:3, :3] = self.data.cam_xmat[self._cam].reshape(3, 3) @ _MJ_TO_OPTICAL
+        pose[:3, 3] = self.data.cam_xpos[self._cam]
+        return pose
+
+    def _check_index(self, i: int) -> None:
+        if not 0 <= i < self.n_frames:
+            raise SimulationError(f"trajectory step {i} out of range [0, {self.n_frames})")
+
+    def truth(self, i: int) -> GroundTruth:
+        """Set the scene to step ``i`` and return its ground truth without rendering (cheap).
+
+        Raises:
+            SimulationError: ``i`` out of range.
+        """
+        self._check_index(i)
+        self._set_gripper(self._trajectory[i])
+        pose = self._camera_pose()
+        rot, eye = pose[:3, :3], pose[:3, 3]
+
+        def to_cam(p: np.ndarray) -> np.ndarray:
+            cam = (np.asarray(p) - eye) @ rot
+            cam.setflags(write=False)
+            return cam
+
+        grasp = self._trajectory[i].copy()
+        gap, centre, points, obj_cam, obj_world = {}, {}, {}, {}, {}
+        fromto = np.empty(6)
+        for k, phrase in enumerate(self._phrases):
+            gap[phrase] = self._gap(k, fromto)
+            points[phrase] = to_cam(fromto.reshape(2, 3))
+            centre[phrase] = float(np.linalg.norm(self._object_centres[k] - grasp))
+            obj_world[phrase] = self._object_centres[k].copy()
+            obj_world[phrase].setflags(write=False)
+            obj_cam[phrase] = to_cam(self._object_centres[k])
+        grasp_cam = to_cam(grasp)
+        grasp.setflags(write=False)
+        pose.setflags(write=False)
+        return GroundTruth(gap_m=gap, centre_m=centre, gap_points_cam=points, gripper_position_cam=grasp_cam,
+                           object_positions_cam=obj_cam, gripper_position_world=grasp, object_positions_world=obj_world,
+                           camera_pose_world=pose)
+
+    # ------------------------------------------------------------------ rendering
+
+    def render(self, i: int, stamp_ns: int | None = None) -> SimFrame:
+        """Set the scene to trajectory step ``i`` and render it.
+
+        Args:
+            i: step index in ``[0, n_frames)``.
+            stamp_ns: frame time, integer nanoseconds; default ``i * FRAME_PERIOD_NS`` (30 fps).
+
+        Returns:
+            The frame (RGB, z-depth in metres with the configured noise, segmentation ids as in
+            :attr:`labels`, -1 for scenery) and its ground truth.
+
+        Raises:
+            SimulationError: ``i`` out of range.
+        """
+        start = time.perf_counter()
+        truth = self.truth(i)
+        rgb, depth, segmentation = self._renderer.render(self.data)
+        depth = apply_depth_noise(depth, self.config.depth_noise, np.random.default_rng([self.config.seed, i]))
+        frame = Frame(rgb=rgb, intrinsics=self._intrinsics, depth_m=depth,
+                      stamp_ns=i * FRAME_PERIOD_NS if stamp_ns is None else int(stamp_ns), frame_id=OPTICAL_FRAME_ID,
+                      segmentation=segmentation, labels=self.labels)
+        logger.debug("rendered step %d in %.1f ms", i, 1e3 * (time.perf_counter() - start))
+        return SimFrame(index=i, frame=frame, truth=truth)
+
+    def close(self) -> None:
+        """Free the renderer (idempotent)."""
+        self._renderer.close()
+
+    def __enter__(self) -> "TabletopSim":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,72 @@
+"""sensor_msgs <-> numpy conversion, on real message classes."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from sensor_msgs.msg import CompressedImage, Image
+
+from spatialvlm_ros.errors import InputError
+from spatialvlm_ros.ros.conversions import (
+    compressed_to_rgb, depth_to_image_fields, depth_to_metres, image_to_rgb, rgb_to_image_fields,
+)
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+
+
+def _image(arr: np.ndarray, encoding: str, *, pad: int = 0, bigendian: bool = False) -> Image:
+    h, w = arr.shape[:2]
+    dtype = arr.dtype.newbyteorder(">" if bigendian else "<")
+    rows = arr.astype(dtype).reshape(h, -1).view(np.uint8)
+    rows = np.concatenate([rows, np.zeros((h, pad), np.uint8)], axis=1)  # step padding
+    return Image(height=h, width=w, encoding=encoding, is_bigendian=int(bigendian), step=rows.shape[1],
+                 data=rows.tobytes())
+
+
+@pytest.mark.parametrize("encoding,convert", [
+    ("rgb8", None), ("bgr8", cv2.COLOR_RGB2BGR), ("rgba8", cv2.COLOR_RGB2RGBA), ("bgra8", cv2.COLOR_RGB2BGRA)])
+@pytest.mark.parametrize("pad", [0, 5])
+def test_colour_encodings_decode_to_rgb(encoding: str, convert: int | None, pad: int) -> None:
+    arr = RGB if convert is None else cv2.cvtColor(RGB, convert)
+    np.testing.assert_array_equal(image_to_rgb(_image(arr, encoding, pad=pad)), RGB)
+
+
+def test_rgb_round_trip_through_message_fields() -> None:
+    np.testing.assert_array_equal(image_to_rgb(Image(**rgb_to_image_fields(RGB))), RGB)
+
+
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_16uc1_depth_is_millimetres(bigendian: bool) -> None:
+    mm = np.array([[0, 1000], [1234, 65535]], dtype=np.uint16)
+    depth = depth_to_metres(_image(mm[..., None], "16UC1", bigendian=bigendian))
+    np.testing.assert_allclose(depth, [[0.0, 1.0], [1.234, 65.535]], rtol=1e-6)
+    assert depth.dtype == np.float32
+
+
+def test_32fc1_depth_keeps_nan_and_round_trips() -> None:
+    depth = np.array([[0.5, np.nan], [np.inf, 2.25]], dtype=np.float32)
+    np.testing.assert_array_equal(depth_to_metres(Image(**depth_to_image_fields(depth, "32FC1"))), depth)
+    # 16UC1 stores no NaN: "no reading" becomes 0, as a RealSense publishes it.
+    mm = depth_to_metres(Image(**depth_to_image_fields(depth, "16UC1")))
+    np.testing.assert_allclose(mm, [[0.5, 0.0], [0.0, 2.25]])
+
+
+def test_compressed_colour_decodes() -> None:
+    ok, png = cv2.imencode(".png", cv2.cvtColor(RGB, cv2.COLOR_RGB2BGR))
+    assert ok
+    np.testing.assert_array_equal(compressed_to_rgb(CompressedImage(format="png", data=png.tobytes())), RGB)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: image_to_rgb(_image(RGB[..., 0], "mono16")), "colour image has encoding 'mono16'"),
+    (lambda: depth_to_metres(_image(RGB, "rgb8")), "depth image has encoding 'rgb8'"),
+    (lambda: image_to_rgb(Image(height=4, width=4, encoding="rgb8", step=12, data=b"\x00" * 10)), "too short"),
+    (lambda: image_to_rgb(_image(RGB[..., 0], "bayer_rggb8")), "colour image has encoding 'bayer_rggb8'"),
+    (lambda: compressed_to_rgb(CompressedImage(format="jpeg", data=b"not a jpeg")), "cannot decode"),
+    (lambda: depth_to_image_fields(np.zeros((2, 2)), "8UC1"), "16UC1 or 32FC1"),
+])
+def test_bad_messages_raise_input_error(make, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        make()

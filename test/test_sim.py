@@ -1,0 +1,218 @@
+"""Tests of spatialvlm_ros.sim: camera model, depth, segmentation, ground truth, noise, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+
+from spatialvlm_ros.config import DepthNoiseConfig, SimConfig
+from spatialvlm_ros.errors import SimulationError
+from spatialvlm_ros.sim import SimFrame, TabletopSim, apply_depth_noise
+
+SMALL = SimConfig(width=160, height=120, n_frames=8)
+
+
+@pytest.fixture(scope="module")
+def sim() -> TabletopSim:
+    with TabletopSim(SMALL) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def frames(sim: TabletopSim) -> list[SimFrame]:
+    return [sim.render(i) for i in (0, sim.n_frames - 1)]
+
+
+def _backproject(step: SimFrame, mask: np.ndarray) -> np.ndarray:
+    """World points (N, 3) of the masked pixels, from depth, intrinsics and the true camera pose."""
+    cam = step.frame.intrinsics
+    v, u = np.nonzero(mask)
+    z = step.frame.depth_m[v, u].astype(np.float64)
+    pts = np.stack([(u - cam.cx) * z / cam.fx, (v - cam.cy) * z / cam.fy, z], axis=1)
+    pose = step.truth.camera_pose_world
+    return pts @ pose[:3, :3].T + pose[:3, 3]
+
+
+def test_labels_and_frame_fields(sim: TabletopSim, frames: list[SimFrame]) -> None:
+    assert sim.labels == {"yellow gripper": 0, "red can": 1, "blue box": 2, "green ball": 3}
+    frame = frames[0].frame
+    assert frame.rgb.shape == (120, 160, 3) and frame.rgb.dtype == np.uint8
+    assert frame.depth_m.dtype == np.float32 and frame.segmentation.dtype == np.int32
+    assert frame.frame_id == "camera_color_optical_frame"
+    assert set(np.unique(frame.segmentation)) == {-1, 0, 1, 2, 3}
+    assert frames[1].truth.gap_m.keys() == {"red can", "blue box", "green ball"}
+
+
+def test_intrinsics_from_fovy(sim: TabletopSim) -> None:
+    cam = sim.intrinsics
+    assert (cam.width, cam.height) == (160, 120)
+    assert cam.fy == pytest.approx(60.0 / np.tan(np.deg2rad(SMALL.fovy_deg) / 2))
+    assert cam.fx == cam.fy and (cam.cx, cam.cy) == (79.5, 59.5)
+
+
+def test_true_centres_project_onto_their_segments(sim: TabletopSim, frames: list[SimFrame]) -> None:
+    for step in frames:
+        for phrase, centre in step.truth.object_positions_cam.items():
+            u, v = np.rint(step.frame.intrinsics.project(centre[None])[0]).astype(int)
+            assert step.frame.segmentation[v, u] == sim.labels[phrase], phrase
+
+
+def test_depth_backprojects_onto_the_can_surface(frames: list[SimFrame]) -> None:
+    """Depth (as z-depth), intrinsics and camera pose together put every can pixel on the true cylinder."""
+    for step in frames:
+        pts = _backproject(step, step.frame.segmentation == step.frame.labels["red can"])
+        axis = step.truth.object_positions_world["red can"]
+        radial = np.linalg.norm(pts[:, :2] - axis[:2], axis=1)
+        on_side = np.abs(radial - 0.033) < 0.003
+        on_top = np.abs(pts[:, 2] - (axis[2] + 0.061)) < 0.003
+        assert len(pts) > 100 and np.all(on_side | on_top)
+
+
+def test_depth_at_ball_centre_is_analytic_z() -> None:
+    """Depth at the ball centre's pixel equals the z of the ray-sphere hit (z-depth, not ray length)."""
+    cfg = SimConfig(width=160, height=120, n_frames=2, target="ball", distractors=())
+    with TabletopSim(cfg) as s:
+        step = s.render(0)
+    cam, centre = step.frame.intrinsics, step.truth.object_positions_cam["red ball"]
+    u, v = np.rint(cam.project(centre[None])[0])
+    ray = np.array([(u - cam.cx) / cam.fx, (v - cam.cy) / cam.fy, 1.0])     # z component 1: t is z-depth
+    a, b, c = ray @ ray, -2 * ray @ centre, centre @ centre - 0.035 ** 2
+    z_true = (-b - np.sqrt(b * b - 4 * a * c)) / (2 * a)
+    assert step.frame.depth_m[int(v), int(u)] == pytest.approx(z_true, abs=0.002)
+    assert z_true * np.linalg.norm(ray) - z_true > 0.002       # z-depth and range differ here: the test can tell
+
+
+@pytest.mark.parametrize("target", ["can", "box", "ball", "bowl"])
+def test_gap_falls_linearly_from_start_to_end(target: str) -> None:
+    cfg = dataclasses.replace(SMALL, target=target, n_frames=10, start_gap_m=0.25, end_gap_m=0.02)
+    with TabletopSim(cfg) as s:
+        truths = [s.truth(i) for i in range(s.n_frames)]
+    phrase = f"red {target}"
+    gaps = np.array([t.gap_m[phrase] for t in truths])
+    np.testing.assert_allclose(gaps, np.linspace(0.25, 0.02, 10), atol=1e-5)
+    assert np.all(np.diff(gaps) < 0)
+    assert all(t.centre_m[phrase] > t.gap_m[phrase] for t in truths)
+    np.testing.assert_allclose(s.trajectory[-1], truths[-1].gripper_position_world)
+
+
+def _point_to_geom(sim: TabletopSim, geom: int, point: np.ndarray) -> float:
+    """Analytic distance from a world point to a box or cylinder geom (0 inside)."""
+    import mujoco  # here, not at the top: spatialvlm_ros.sim must pick the GL backend before mujoco loads
+
+    model, data = sim.model, sim.data
+    local = data.geom_xmat[geom].reshape(3, 3).T @ (point - data.geom_xpos[geom])
+    size = model.geom_size[geom]
+    if model.geom_type[geom] == mujoco.mjtGeom.mjGEOM_BOX:
+        return float(np.linalg.norm(local - np.clip(local, -size, size)))
+    assert model.geom_type[geom] == mujoco.mjtGeom.mjGEOM_CYLINDER
+    return float(np.hypot(max(np.hypot(local[0], local[1]) - size[0], 0.0), max(abs(local[2]) - size[1], 0.0)))
+
+
+def test_gap_matches_analytic_sphere_distance() -> None:
+    cfg = SimConfig(width=32, height=24, n_frames=5, target="ball", distractors=())
+    with TabletopSim(cfg) as s:
+        gripper_geoms = [g for g in range(s.model.ngeom) if s.model.geom_bodyid[g] == s.model.body("gripper").id]
+        assert len(gripper_geoms) == 4
+        for i in range(s.n_frames):
+            truth = s.truth(i)
+            centre = truth.object_positions_world["red ball"]
+            analytic = min(_point_to_geom(s, g, centre) for g in gripper_geoms) - 0.035
+            assert truth.gap_m["red ball"] == pytest.approx(analytic, abs=1e-6)
+            closest = truth.gap_points_cam["red ball"]
+            assert np.linalg.norm(closest[1] - closest[0]) == pytest.approx(analytic, abs=1e-6)
+
+
+def test_grasp_point_sits_between_the_finger_pads(sim: TabletopSim) -> None:
+    sim.truth(0)
+    fingers = [sim.model.geom(f"gripper_finger_{k}").id for k in "ab"]
+    midpoint = sim.data.geom_xpos[fingers].mean(axis=0)
+    np.testing.assert_allclose(midpoint, sim.trajectory[0], atol=1e-9)
+
+
+def test_colours_read_as_their_names(frames: list[SimFrame]) -> None:
+    """HSV hue of the gripper is yellow, of the target red; the table is unsaturated."""
+    frame = frames[0].frame
+    hsv = cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2HSV)                 # OpenCV hue in [0, 180)
+    gripper = hsv[frame.segmentation == 0]
+    can = hsv[frame.segmentation == 1]
+    assert np.all((gripper[:, 0] > 20) & (gripper[:, 0] < 35)) and np.median(gripper[:, 1]) > 150
+    assert np.all((can[:, 0] < 8) | (can[:, 0] > 172)) and np.median(can[:, 1]) > 150
+    table = hsv[frame.rgb.shape[0] * 3 // 4, :, 1]
+    assert np.median(table) < 60
+
+
+def test_randomised_scenes_are_deterministic_per_seed() -> None:
+    noise = DepthNoiseConfig(enabled=True)
+    cfgs = [SimConfig(width=64, height=48, n_frames=4, randomise=True, seed=seed, depth_noise=noise)
+            for seed in (3, 3, 4)]
+    steps = []
+    for cfg in cfgs:
+        with TabletopSim(cfg) as s:
+            steps.append(s.render(2))
+    a, b, c = steps
+    np.testing.assert_array_equal(a.frame.rgb, b.frame.rgb)
+    np.testing.assert_array_equal(a.frame.depth_m, b.frame.depth_m)
+    assert a.truth.gap_m == b.truth.gap_m
+    assert not np.array_equal(a.frame.rgb, c.frame.rgb)
+    assert a.truth.object_positions_world["blue box"].tolist() != c.truth.object_positions_world["blue box"].tolist()
+
+
+def test_canonical_layout_ignores_the_seed() -> None:
+    truths = []
+    for seed in (0, 7):
+        with TabletopSim(dataclasses.replace(SMALL, seed=seed, n_frames=3)) as s:
+            truths.append(s.truth(1))
+    np.testing.assert_array_equal(truths[0].gripper_position_world, truths[1].gripper_position_world)
+
+
+@pytest.mark.parametrize("z", [0.5, 1.0, 2.0])
+def test_noise_sigma_grows_with_z_squared(z: float) -> None:
+    cfg = DepthNoiseConfig(enabled=True, sigma_at_1m_m=0.002, edge_dropout=0.0)
+    noisy = apply_depth_noise(np.full((200, 200), z), cfg, np.random.default_rng(0))
+    assert noisy.mean() == pytest.approx(z, abs=1e-3)
+    assert noisy.std() == pytest.approx(0.002 * z * z, rel=0.05)
+
+
+def test_noise_range_limits_and_edge_dropout() -> None:
+    cfg = DepthNoiseConfig(enabled=True, sigma_at_1m_m=0.0, edge_dropout=0.5, min_range_m=0.2, max_range_m=3.0)
+    depth = np.ones((100, 100))
+    depth[:, 50:] = 2.0                                         # a vertical step: columns 49 and 50 are edges
+    depth[:10] = 5.0                                            # beyond max range
+    depth[-10:] = 0.1                                           # nearer than min range
+    noisy = apply_depth_noise(depth, cfg, np.random.default_rng(1))
+    assert np.all(noisy[:10] == 0) and np.all(noisy[-10:] == 0)
+    middle = noisy[20:80]
+    edge = middle[:, 49:51]
+    assert np.mean(edge == 0) == pytest.approx(0.5, abs=0.1)
+    assert np.all(np.delete(middle, [49, 50], axis=1) > 0)
+    np.testing.assert_array_equal(apply_depth_noise(depth, DepthNoiseConfig(), np.random.default_rng(1)),
+                                  depth.astype(np.float32))
+
+
+def test_rendered_noise_zeroes_out_of_range_pixels() -> None:
+    noise = DepthNoiseConfig(enabled=True, max_range_m=1.2)
+    with TabletopSim(dataclasses.replace(SMALL, n_frames=2, depth_noise=noise)) as s:
+        step = s.render(0)
+    depth, seg = step.frame.depth_m, step.frame.segmentation
+    assert np.all(depth <= 1.2) and np.mean(depth == 0) > 0.2         # the far wall and floor read nothing
+    assert np.mean(depth[seg == 1] > 0) > 0.8                           # the can mostly reads
+
+
+@pytest.mark.parametrize(("override", "match"), [
+    ({"target_colour": "teal"}, "unknown colour 'teal'"),
+    ({"gripper_colour": "chartreuse"}, "unknown colour 'chartreuse'"),
+    ({"target": "banana"}, "unknown object kind 'banana'"),
+    ({"distractors": ("blue",)}, "expected '<colour> <kind>'"),
+    ({"distractors": ("red can",)}, "must be unique"),
+])
+def test_bad_scene_raises_simulation_error(override: dict, match: str) -> None:
+    with pytest.raises(SimulationError, match=match):
+        TabletopSim(dataclasses.replace(SMALL, **override))
+
+
+def test_step_out_of_range(sim: TabletopSim) -> None:
+    with pytest.raises(SimulationError, match="out of range"):
+        sim.render(sim.n_frames)
