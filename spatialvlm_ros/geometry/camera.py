@@ -60,7 +60,7 @@ class CameraIntrinsics:
     @classmethod
     def from_fov(cls, width: int, height: int, fovy_deg: float) -> "CameraIntrinsics":
         """Square pixels, principal point at the image centre, vertical field of view in degrees."""
-        fy = 0.5 * height / np.tan(np.deg2rad(fovy_deg) / 2.0)
+        fy = float(0.5 * height / np.tan(np.deg2rad(fovy_deg) / 2.0))
         return cls(fx=fy, fy=fy, cx=(width - 1) / 2.0, cy=(height - 1) / 2.0, width=width, height=height)
 
     @property
