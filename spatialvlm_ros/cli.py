@@ -17,6 +17,16 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_bag(args: argparse.Namespace) -> int:
+    from spatialvlm_ros.bag.evaluate import evaluate_bag_cli
+    return evaluate_bag_cli(args)
+
+
+def _synthesize(args: argparse.Namespace) -> int:
+    from spatialvlm_ros.synthesis.cli import synthesize_cli
+    return synthesize_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
@@ -35,6 +45,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--transport", choices=["shm", "default"], default="shm",
                       help="Fast DDS profile: 'shm' ships images through a large shared-memory segment")
     demo.set_defaults(func=_demo)
+
+    bag = sub.add_parser(
+        "eval-bag", help="replay a rosbag2 (mcap or sqlite3) through the estimator and score it",
+        description="Run the spatial reward on every synchronised frame of a bag (offline, as fast as possible) or "
+                    "replay it over DDS into spatial_reward_node (--live); write CSV, JSON, plots and an "
+                    "annotated bag; print the metrics as JSON on the last line.")
+    bag.add_argument("bag", type=Path, help="rosbag2 folder or .mcap/.db3 file")
+    bag.add_argument("--config", type=Path, default=None,
+                     help="spatial_reward_node parameter file (default: config/spatial_reward.yaml)")
+    bag.add_argument("--out", type=Path, default=None, help="results folder (default: results/eval-<bag>-<time>)")
+    bag.add_argument("--live", action="store_true", help="replay over DDS into the real spatial_reward_node")
+    bag.add_argument("--rate", type=float, default=1.0, help="live replay speed factor")
+    bag.add_argument("--image-topic", default=None, help="colour topic (default: detected)")
+    bag.add_argument("--depth-topic", default=None, help="depth topic (default: detected; '' for none)")
+    bag.add_argument("--info-topic", default=None, help="camera_info topic (default: detected)")
+    bag.add_argument("--truth-topic", default=None, help="ground-truth distance topic (default: detected if any)")
+    bag.add_argument("--gripper", default=None, help="gripper phrase (default: from the config's first pair)")
+    bag.add_argument("--object", dest="target", default=None, help="object phrase (default: from the config)")
+    bag.add_argument("--distance", choices=["gap", "centre"], default=None, help="which distance (default: config)")
+    bag.set_defaults(func=_eval_bag)
+
+    synth = sub.add_parser(
+        "synthesize", help="synthesise spatial VQA (the SpatialVLM data engine) from images, a bag or the simulator",
+        description="Turn images into spatial question-answer pairs (43 question types) with metric truth.")
+    synth.add_argument("--input", required=True, help="image folder, rosbag2, or sim:N (N simulated scenes)")
+    synth.add_argument("--out", type=Path, required=True, help="dataset folder (resumable)")
+    synth.add_argument("--config", type=Path, default=None, help="synthesis YAML (default: config/synthesis.yaml)")
+    synth.add_argument("--engine", choices=["local", "ray"], default="local", help="in-process or Ray Data")
+    synth.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
+    synth.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
+    synth.set_defaults(func=_synthesize)
     return parser
 
 
