@@ -19,7 +19,7 @@ from std_msgs.msg import Float32, Header
 from visualization_msgs.msg import MarkerArray
 
 from spatialvlm_ros.config import SimConfig
-from spatialvlm_ros.ros.conversions import depth_to_image_fields, rgb_to_image_fields, stamp_to_ns
+from spatialvlm_ros.ros.conversions import camera_info_fields, depth_to_image_fields, rgb_to_image_fields, stamp_to_ns
 from spatialvlm_ros.sim import TabletopSim
 
 IMAGE, DEPTH, INFO = "camera/color/image_raw", "camera/aligned_depth_to_color/image_raw", "camera/color/camera_info"
@@ -88,10 +88,7 @@ class _Camera:
         test_node.collect(DiagnosticArray, "/diagnostics")
 
     def camera_info(self) -> None:
-        intr = self.sim_frame.frame.intrinsics
-        info = CameraInfo(width=intr.width, height=intr.height)
-        info.k = intr.k.reshape(-1).tolist()
-        self.info_pub.publish(info)
+        self.info_pub.publish(CameraInfo(**camera_info_fields(self.sim_frame.frame.intrinsics)))
 
     def send(self, rgb: np.ndarray | None = None, depth: np.ndarray | None = None,
              image_fields: dict | None = None) -> Any:
@@ -131,7 +128,7 @@ def test_bad_input_is_flagged_and_the_node_keeps_running(camera: Any) -> None:
         "size mismatch": dict(depth=np.ones((60, 80), np.float32)),
         "all-NaN depth": dict(depth=np.full_like(frame.depth_m, np.nan)),
         "target not in view": dict(rgb=np.full_like(frame.rgb, 128)),
-        "truncated data": dict(image_fields={**rgb_to_image_fields(frame.rgb), "data": b"\x00" * 10}),
+        "truncated data": dict(image_fields={**rgb_to_image_fields(frame.rgb), "data": [0] * 10}),
     }
     expected = {"wrong encoding": "bad_input", "size mismatch": "bad_input", "all-NaN depth": "no_depth",
                 "target not in view": "not_visible", "truncated data": "bad_input"}

@@ -8,12 +8,14 @@ code and breaks on numpy 2), so the few encodings robots use are decoded by hand
 
 from __future__ import annotations
 
+import array
 from typing import Any
 
 import cv2
 import numpy as np
 
 from spatialvlm_ros.errors import InputError
+from spatialvlm_ros.geometry.camera import CameraIntrinsics
 
 # encoding -> (dtype, channels)
 _ENCODINGS: dict[str, tuple[str, int]] = {
@@ -38,8 +40,10 @@ def _image_array(msg: Any) -> np.ndarray:
     if msg.step < row_bytes or buf.size < msg.step * msg.height:
         raise InputError(f"image data too short: {buf.size} bytes for {msg.width}x{msg.height} "
                          f"{msg.encoding} with step {msg.step}")
-    rows = buf[: msg.step * msg.height].reshape(msg.height, msg.step)[:, :row_bytes]
-    arr = rows.copy().view(dtype).reshape(msg.height, msg.width, channels)
+    rows = buf[: msg.step * msg.height].reshape(msg.height, msg.step)
+    if msg.step != row_bytes:
+        rows = np.ascontiguousarray(rows[:, :row_bytes])   # drop row padding (copy only when padded)
+    arr = rows.view(dtype).reshape(msg.height, msg.width, channels)
     return arr.astype(dtype.newbyteorder("="), copy=False)
 
 
@@ -76,11 +80,16 @@ def depth_to_metres(msg: Any) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
+def _byte_array(arr: np.ndarray) -> array.array:
+    # rclpy takes array('B') as it is; ``bytes`` are checked element by element (~17 ms per 640x480 rgb8).
+    return array.array("B", np.ascontiguousarray(arr).tobytes())
+
+
 def rgb_to_image_fields(rgb: np.ndarray) -> dict[str, Any]:
     """Fields of an rgb8 sensor_msgs/Image for an (H, W, 3) uint8 array."""
     h, w = rgb.shape[:2]
     return {"height": h, "width": w, "encoding": "rgb8", "is_bigendian": 0, "step": w * 3,
-            "data": np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()}
+            "data": _byte_array(rgb.astype(np.uint8, copy=False))}
 
 
 def depth_to_image_fields(depth_m: np.ndarray, encoding: str = "16UC1") -> dict[str, Any]:
@@ -96,4 +105,12 @@ def depth_to_image_fields(depth_m: np.ndarray, encoding: str = "16UC1") -> dict[
     else:
         raise InputError(f"depth encoding must be 16UC1 or 32FC1, got {encoding!r}")
     return {"height": h, "width": w, "encoding": encoding, "is_bigendian": 0, "step": step,
-            "data": data.tobytes()}
+            "data": _byte_array(data)}
+
+
+def camera_info_fields(intrinsics: CameraIntrinsics) -> dict[str, Any]:
+    """Fields of a sensor_msgs/CameraInfo for an undistorted pinhole camera (plumb_bob, zero distortion)."""
+    k = intrinsics.k
+    return {"width": intrinsics.width, "height": intrinsics.height, "distortion_model": "plumb_bob",
+            "d": [0.0] * 5, "k": k.reshape(-1).tolist(), "r": np.eye(3).reshape(-1).tolist(),
+            "p": np.hstack([k, np.zeros((3, 1))]).reshape(-1).tolist()}

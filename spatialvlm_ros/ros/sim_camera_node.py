@@ -22,7 +22,7 @@ from std_msgs.msg import Float32, Header
 from spatialvlm_ros.config import SimCameraConfig
 from spatialvlm_ros.errors import ConfigError, SpatialVLMError
 from spatialvlm_ros.ros import params
-from spatialvlm_ros.ros.conversions import depth_to_image_fields, rgb_to_image_fields
+from spatialvlm_ros.ros.conversions import camera_info_fields, depth_to_image_fields, rgb_to_image_fields
 from spatialvlm_ros.sim import TabletopSim
 
 NODE_NAME = "sim_camera_node"
@@ -47,7 +47,7 @@ class SimCameraNode(Node):
         self._info_pub = self.create_publisher(CameraInfo, topics.camera_info, 10)
         self._truth_pub = self.create_publisher(DiagnosticArray, "ground_truth", 10)
         self._truth_distance_pub = self.create_publisher(Float32, "ground_truth/distance", 10)
-        self._info = _camera_info(self.sim.intrinsics)
+        self._info = CameraInfo(**camera_info_fields(self.sim.intrinsics))
         self._timer = None
         self._start_timer = self.create_timer(self.config.start_delay_s, self._start)
         self.get_logger().info(f"{self.sim.n_frames} frames at {self.config.rate_hz} Hz, "
@@ -87,15 +87,6 @@ class SimCameraNode(Node):
                 KeyValue(key="frame_index", value=str(sim_frame.index))])
             for name in truth.gap_m]))
         self._truth_distance_pub.publish(Float32(data=float(truth.gap_m[self.target])))
-
-
-def _camera_info(intrinsics: Any) -> CameraInfo:
-    info = CameraInfo(width=intrinsics.width, height=intrinsics.height, distortion_model="plumb_bob")
-    info.k = intrinsics.k.reshape(-1).tolist()
-    info.d = [0.0] * 5
-    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-    info.p = [intrinsics.fx, 0.0, intrinsics.cx, 0.0, 0.0, intrinsics.fy, intrinsics.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
-    return info
 
 
 def main(args: list[str] | None = None) -> None:
