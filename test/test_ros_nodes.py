@@ -184,3 +184,24 @@ def test_bad_configuration_fails_at_start_naming_the_key(start_node: Any) -> Non
     node = start_node("spatial_reward_node", "-p", "estimator.distance:=diagonal")
     assert node.proc.wait(timeout=30) == 2
     assert "estimator.distance" in node.log and "diagonal" in node.log
+
+
+def test_compressed_colour_transport(start_node: Any, test_node: Any, sim_frame: Any) -> None:
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+    cam = _Camera(test_node, sim_frame)
+    compressed_pub = test_node.node.create_publisher(CompressedImage, IMAGE + "/compressed", 10)
+    node = start_node("spatial_reward_node", *RELIABLE, "-p", "topics.transport:=compressed")
+    test_node.wait_for(lambda: test_node.node.count_subscribers(IMAGE + "/compressed") > 0 or not node.alive(), 30,
+                       "the node's compressed image subscription")
+    assert node.alive(), node.log
+    cam.camera_info()
+    ok, png = cv2.imencode(".png", cv2.cvtColor(sim_frame.frame.rgb, cv2.COLOR_RGB2BGR))
+    depth_fields = depth_to_image_fields(sim_frame.frame.depth_m, "16UC1")
+
+    def answered() -> bool:
+        header = Header(stamp=Time(sec=2000, nanosec=len(test_node.received("estimates"))))
+        compressed_pub.publish(CompressedImage(header=header, format="png", data=png.tobytes()))
+        cam.depth_pub.publish(Image(header=header, **depth_fields))
+        return any(_values(m.status[0])["valid"] == "True" for m in test_node.received("estimates"))
+    test_node.wait_for(answered, 15, "a valid estimate from a CompressedImage + 16UC1 pair")
