@@ -1,0 +1,48 @@
+"""``spatialvlm synthesize``: run the data engine from the command line with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from spatialvlm_ros.errors import ConfigError
+from spatialvlm_ros.synthesis.config import load_synthesis_config
+from spatialvlm_ros.synthesis.engine import run_local
+from spatialvlm_ros.synthesis.sources import open_source
+
+
+def synthesize_cli(args: argparse.Namespace) -> int:
+    """Run ``spatialvlm synthesize`` (arguments from :func:`spatialvlm_ros.cli.build_parser`).
+
+    Prints the run summary as JSON on the last line.
+
+    Raises:
+        ConfigError: bad settings, or ``--engine ray`` (not available yet).
+        InputError: an unsupported ``--input``.
+    """
+    if args.engine == "ray":
+        raise ConfigError("--engine ray is not available yet (Ray is not a dependency of this package); "
+                          "use --engine local")
+    cfg = load_synthesis_config(args.config, {"seed": args.seed} if args.seed is not None else None)
+    source = open_source(args.input, cfg)
+    if not getattr(args, "verbose", False):
+        # One simulator per image would log a line each; the progress bar says enough.
+        logging.getLogger("spatialvlm_ros.sim").setLevel(logging.WARNING)
+    columns = (TextColumn("[bold]synthesize"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rows]} QA"),
+               TimeRemainingColumn())
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("images", total=len(source.image_ids), rows=0)
+        rows = 0
+
+        def advance(image_id: str, n_rows: int) -> None:
+            nonlocal rows
+            rows += n_rows
+            progress.update(task, advance=1, rows=rows)
+
+        summary = run_local(source, args.out, cfg, on_image=advance)
+    print(json.dumps({"out": str(args.out), **dataclasses.asdict(summary)}))
+    return 0

@@ -1,0 +1,154 @@
+"""Typed settings of the data engine, loaded from ``config/synthesis.yaml`` with the package's config mechanism.
+
+The YAML's top level is :class:`SynthesisConfig` itself (no ROS node owns these settings). Expert
+names are registry keys (see :mod:`spatialvlm_ros.synthesis.registry`); an unknown name is reported
+with the known ones when the pipeline is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping
+
+from spatialvlm_ros.config import DepthNoiseConfig, config_path, from_mapping, load_yaml
+from spatialvlm_ros.errors import ConfigError
+
+DEFAULT_CONFIG = "synthesis.yaml"
+
+
+def _require(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertsConfig:
+    """Which registered expert does each job (registry names)."""
+
+    filter: str = "none"               # image filter: keep / drop whole images
+    objects: str = "sim_oracle"        # masks + names + captions (+ the support-surface mask)
+    depth: str = "sensor"              # metric depth registered to the image
+    embedder: str = "char_ngram"       # caption embeddings for ambiguity removal
+
+
+@dataclasses.dataclass(frozen=True)
+class LiftingConfig:
+    """Masks + depth -> per-object clouds -> canonical frame -> 3D boxes."""
+
+    min_pixels: int = 40               # objects with fewer valid depth pixels are dropped
+    depth_min_m: float = 0.05
+    depth_max_m: float = 20.0
+    max_points: int = 400              # per object, evenly subsampled before clustering (speed)
+    cluster_eps_fraction: float = 0.08  # DBSCAN radius = this x the object's robust diagonal ...
+    cluster_eps_pixels: float = 2.5    # ... but at least this many pixel footprints (sparse clouds)
+    cluster_min_samples: int = 4
+    plane_threshold_m: float = 0.05    # RANSAC inlier distance (the paper's 0.05 m)
+    plane_iterations: int = 100
+    plane_min_pixels: int = 200        # fewer support pixels: the scene is not canonicalised
+    plane_max_points: int = 4000       # support pixels subsampled to this before RANSAC
+
+    def __post_init__(self) -> None:
+        _require(self.min_pixels >= 3, "lifting.min_pixels", "must be >= 3")
+        _require(0 <= self.depth_min_m < self.depth_max_m, "lifting.depth_min_m", "need depth_min_m < depth_max_m")
+        _require(self.max_points >= 10, "lifting.max_points", "must be >= 10")
+        _require(0 < self.cluster_eps_fraction < 1, "lifting.cluster_eps_fraction", "must be in (0, 1)")
+        _require(self.cluster_eps_pixels > 0, "lifting.cluster_eps_pixels", "must be > 0")
+        _require(self.cluster_min_samples >= 1, "lifting.cluster_min_samples", "must be >= 1")
+        _require(self.plane_threshold_m > 0, "lifting.plane_threshold_m", "must be > 0")
+        _require(self.plane_iterations >= 1, "lifting.plane_iterations", "must be >= 1")
+        _require(self.plane_min_pixels >= 3, "lifting.plane_min_pixels", "must be >= 3")
+        _require(self.plane_max_points >= self.plane_min_pixels, "lifting.plane_max_points",
+                 "must be >= plane_min_pixels")
+
+
+@dataclasses.dataclass(frozen=True)
+class AmbiguityConfig:
+    """Caption near-duplicates and background regions."""
+
+    similarity_threshold: float = 0.75  # cosine of caption embeddings at or above which two captions collide
+    background: tuple[str, ...] = ("sky", "sun", "moon", "cloud", "clouds", "ceiling", "wall", "floor", "ground")
+
+    def __post_init__(self) -> None:
+        _require(0 < self.similarity_threshold <= 1, "ambiguity.similarity_threshold", "must be in (0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuestionsConfig:
+    """How many question-answer pairs per image and how they are drawn."""
+
+    per_image: int = 24
+    qualitative_fraction: float = 0.5  # the paper's 50 / 50 split
+    concise_decay: float = 0.6         # answer template i is drawn with weight decay**i (data lists concise first)
+    min_margin_m: float = 0.02         # position relations closer than this are ties: no qualitative question
+    min_size_ratio: float = 1.1        # size relations with a smaller ratio are ties
+    imperial_probability: float = 0.2  # the paper's 20% imperial units
+    coarse_probability: float = 0.75   # whole-unit / one-significant-figure rounding, else finer
+    max_tries: int = 20                # draws per question before giving up (ties, non-canonical scenes)
+
+    def __post_init__(self) -> None:
+        _require(self.per_image >= 0, "questions.per_image", "must be >= 0")
+        for key in ("qualitative_fraction", "imperial_probability", "coarse_probability"):
+            _require(0 <= getattr(self, key) <= 1, f"questions.{key}", "must be in [0, 1]")
+        _require(0 < self.concise_decay <= 1, "questions.concise_decay", "must be in (0, 1]")
+        _require(self.min_margin_m >= 0, "questions.min_margin_m", "must be >= 0")
+        _require(self.min_size_ratio >= 1, "questions.min_size_ratio", "must be >= 1")
+        _require(self.max_tries >= 1, "questions.max_tries", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class SimSourceConfig:
+    """The ``sim:N`` input: N randomised tabletop scenes, one image each."""
+
+    width: int = 320
+    height: int = 240
+    fovy_deg: float = 58.0
+    min_distractors: int = 2
+    max_distractors: int = 5
+    depth_noise: DepthNoiseConfig = DepthNoiseConfig()
+
+    def __post_init__(self) -> None:
+        _require(self.width >= 16 and self.height >= 16, "sim.width", "image must be at least 16x16")
+        _require(0 <= self.min_distractors <= self.max_distractors, "sim.min_distractors",
+                 "need 0 <= min_distractors <= max_distractors")
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    """What the dataset folder holds besides the chat rows."""
+
+    save_depth: bool = False           # depth/<id>.npy, float32 metres
+    parquet: bool = True               # data.parquet beside data.jsonl (needs pyarrow)
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthesisConfig:
+    """Everything ``spatialvlm synthesize`` needs."""
+
+    seed: int = 0
+    experts: ExpertsConfig = ExpertsConfig()
+    lifting: LiftingConfig = LiftingConfig()
+    ambiguity: AmbiguityConfig = AmbiguityConfig()
+    questions: QuestionsConfig = QuestionsConfig()
+    sim: SimSourceConfig = SimSourceConfig()
+    output: OutputConfig = OutputConfig()
+
+
+def load_synthesis_config(path: str | Path | None = None,
+                          overrides: Mapping[str, Any] | None = None) -> SynthesisConfig:
+    """Load the synthesis settings from ``path`` (default: the shipped ``config/synthesis.yaml``).
+
+    Args:
+        path: YAML file whose top level holds :class:`SynthesisConfig` keys.
+        overrides: top-level keys replacing the file's (e.g. ``{"seed": 3}``).
+
+    Raises:
+        ConfigError: unreadable file, unknown key, bad value.
+
+    Example:
+        >>> load_synthesis_config(overrides={"seed": 3}).seed
+        3
+    """
+    data = dict(load_yaml(path if path is not None else config_path(DEFAULT_CONFIG)))
+    data.update(overrides or {})
+    return from_mapping(SynthesisConfig, data)

@@ -1,0 +1,141 @@
+"""The data engine end to end: canonical frame, lifting against simulator truth, CLI, resume, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spatialvlm_ros.cli import main
+from spatialvlm_ros.errors import ConfigError, InputError
+from spatialvlm_ros.geometry.camera import CameraIntrinsics
+from spatialvlm_ros.geometry.plane import fit_plane
+from spatialvlm_ros.geometry.pointcloud import backproject
+from spatialvlm_ros.synthesis.config import LiftingConfig, SynthesisConfig
+from spatialvlm_ros.synthesis.extract import SceneExtractor, image_rng
+from spatialvlm_ros.synthesis.lifting import support_frame
+from spatialvlm_ros.synthesis.records import SceneRecord
+from spatialvlm_ros.synthesis.sources import SimSource, open_source
+
+
+def wall_and_table(width: int = 64, height: int = 48) -> tuple[np.ndarray, np.ndarray, CameraIntrinsics]:
+    """A wall 1 m ahead fills the top 75% of the image; a table 0.3 m below the camera fills the rest."""
+    cam = CameraIntrinsics(fx=50.0, fy=50.0, cx=(width - 1) / 2, cy=(height - 1) / 2, width=width, height=height)
+    depth = np.full((height, width), 1.0, dtype=np.float32)
+    rows = np.arange(height)
+    table_rows = rows >= int(0.75 * height)
+    depth[table_rows] = (0.3 * cam.fy / (rows[table_rows] - cam.cy))[:, None]   # optical y = 0.3 on the table
+    support = np.zeros((height, width), dtype=bool)
+    support[table_rows] = True
+    return depth, support, cam
+
+
+def test_plane_is_fitted_on_support_pixels_only() -> None:
+    depth, support, cam = wall_and_table()
+    everything = backproject(depth, np.ones_like(support), cam)
+    whole_scene = fit_plane(everything)
+    assert abs(whole_scene.normal[2]) > 0.99            # a whole-scene RANSAC picks the wall
+    frame = support_frame(depth, support, cam, LiftingConfig(plane_min_pixels=50), np.random.default_rng(0))
+    assert frame is not None
+    assert np.allclose(frame.up, [0.0, -1.0, 0.0], atol=1e-6)
+    assert frame.camera_height_m == pytest.approx(0.3, abs=1e-6)
+    assert np.allclose(frame.forward, [0.0, 0.0, 1.0], atol=1e-6)
+
+
+def test_without_support_pixels_the_scene_is_not_canonicalised() -> None:
+    depth, support, cam = wall_and_table()
+    assert support_frame(depth, None, cam, LiftingConfig(), np.random.default_rng(0)) is None
+    assert support_frame(depth, support & False, cam, LiftingConfig(), np.random.default_rng(0)) is None
+
+
+@pytest.fixture(scope="module")
+def sim_scene() -> tuple[SceneRecord, dict[str, np.ndarray], dict[str, str]]:
+    from spatialvlm_ros.sim import TabletopSim
+    cfg = SynthesisConfig()
+    source = SimSource(2, cfg)
+    sample = source.load("sim000001")
+    record = SceneExtractor(cfg).extract(sample, image_rng(cfg.seed, "sim000001"))
+    with TabletopSim(source.scene_config(1)) as sim:
+        truth = sim.truth(0)
+        kinds = {o.phrase: o.kind for o in sim.layout.objects}
+    return record, dict(truth.object_positions_world), kinds
+
+
+def test_sim_scene_boxes_match_the_ground_truth(sim_scene) -> None:
+    from spatialvlm_ros.sim.scene import HALF_HEIGHT, TABLE_TOP_Z
+    record, positions, kinds = sim_scene
+    assert record.canonicalised
+    assert record.camera_height_m == pytest.approx(1.30 - TABLE_TOP_Z, abs=0.06)
+    on_table = [o for o in record.objects if o.name in positions]
+    assert len(on_table) >= 2
+    for obj in on_table:
+        kind, true_height = kinds[obj.name], 2 * HALF_HEIGHT[kinds[obj.name]]
+        if kind in ("can", "box"):                       # vertical sides: fully visible from top to table
+            assert obj.box.height_m == pytest.approx(true_height, abs=0.015), obj.name   # along up, not the width
+            assert obj.box.bottom_m == pytest.approx(0.0, abs=0.015), obj.name
+        else:                                            # a ball's or bowl's underside is hidden from the camera
+            assert 0.6 * true_height <= obj.box.height_m <= true_height + 0.015, obj.name
+    for a, b in zip(on_table, on_table[1:]):
+        true = np.linalg.norm(positions[a.name] - positions[b.name])
+        est = np.linalg.norm(np.subtract(a.box.centre_m, b.box.centre_m))
+        # Visible-surface centres sit a few cm towards the camera; a x10 scaling would be far outside.
+        assert est == pytest.approx(true, abs=0.06), (a.name, b.name)
+
+
+def run(out: Path, *extra: str, n: int = 3) -> dict:
+    assert main(["synthesize", "--input", f"sim:{n}", "--out", str(out), *extra]) == 0
+    return json.loads((out / "README.md").parent.joinpath("data.jsonl").read_text().splitlines()[0])
+
+
+def test_cli_end_to_end_resume_and_determinism(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "ds"
+    run(out)
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["processed"] == 3 and summary["images"] == 3 and summary["rows"] == 3 * 24
+    assert sum(summary["per_type"].values()) == summary["rows"]
+    for sub, suffix in (("images", ".png"), ("scenes", ".json"), ("qa", ".jsonl")):
+        assert sorted(p.name for p in (out / sub).iterdir()) == [f"sim00000{i}{suffix}" for i in range(3)]
+    rows = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
+    assert len(rows) == 72 and rows[0]["messages"][0]["content"][1]["text"] == rows[0]["question"]
+    assert all(r["images"] == [f"images/{r['image_id']}.png"] for r in rows)
+    scene = SceneRecord.from_json(json.loads((out / "scenes" / "sim000000.json").read_text()))
+    assert SceneRecord.from_json(scene.to_json()) == scene
+    card = (out / "README.md").read_text()
+    assert "| distance |" in card and "question-answer rows: 72" in card
+    first = (out / "data.jsonl").read_bytes()
+
+    run(out)                                                      # resume: nothing to do
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] == 3
+    (out / "done" / "sim000001").unlink()                         # as if interrupted mid-image
+    run(out)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["processed"] == 1
+    assert (out / "data.jsonl").read_bytes() == first
+
+    other = tmp_path / "again"
+    run(other)
+    assert (other / "data.jsonl").read_bytes() == first          # deterministic for the seed
+    assert main(["synthesize", "--input", "sim:3", "--out", str(out), "--seed", "5"]) == 2   # other settings
+
+
+def test_parquet_loads_with_datasets(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("pyarrow")
+    run(tmp_path, n=1)
+    table = datasets.load_dataset("parquet", data_files=str(tmp_path / "data.parquet"), split="train")
+    assert table.num_rows == 24 and table[0]["messages"][1]["role"] == "assistant"
+
+
+def test_unsupported_inputs_and_engines_say_what_is_supported(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="image folders are not yet supported.*supported: sim:N"):
+        open_source(str(tmp_path), SynthesisConfig())
+    with pytest.raises(InputError, match="rosbag2 inputs are not yet supported"):
+        open_source("run.mcap", SynthesisConfig())
+    with pytest.raises(InputError, match="expected sim:N"):
+        open_source("sim:many", SynthesisConfig())
+    from spatialvlm_ros.cli import build_parser
+    from spatialvlm_ros.synthesis.cli import synthesize_cli
+    args = build_parser().parse_args(["synthesize", "--input", "sim:1", "--out", str(tmp_path), "--engine", "ray"])
+    with pytest.raises(ConfigError, match="--engine ray is not available yet"):
+        synthesize_cli(args)
