@@ -64,12 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     bag.add_argument("--gripper", default=None, help="gripper phrase (default: from the config's first pair)")
     bag.add_argument("--object", dest="target", default=None, help="object phrase (default: from the config)")
     bag.add_argument("--distance", choices=["gap", "centre"], default=None, help="which distance (default: config)")
+    bag.add_argument("--workers", type=int, default=None, help="offline estimator threads (default: min(4, cores))")
+    bag.add_argument("--domain-id", type=int, default=None, help="--live ROS_DOMAIN_ID (default: random 10-99)")
+    bag.add_argument("--truth-tolerance", type=float, default=0.05,
+                     help="max time between a Float32 truth message and its frame, seconds")
     bag.set_defaults(func=_eval_bag)
 
     synth = sub.add_parser(
         "synthesize", help="synthesise spatial VQA (the SpatialVLM data engine) from images, a bag or the simulator",
         description="Turn images into spatial question-answer pairs (43 question types) with metric truth.")
-    synth.add_argument("--input", required=True, help="sim:N (N randomised simulated scenes); image folders and bags are planned")
+    synth.add_argument("--input", required=True,
+                       help="sim:N (N randomised simulated scenes); image folders and bags are planned")
     synth.add_argument("--out", type=Path, required=True, help="dataset folder (resumable)")
     synth.add_argument("--config", type=Path, default=None, help="synthesis YAML (default: config/synthesis.yaml)")
     synth.add_argument("--engine", choices=["local", "ray"], default="local", help="in-process or Ray Data")

@@ -150,7 +150,7 @@ def test_build_grounder_by_config_name(name, cls):
 
 
 def test_build_grounder_unknown_name():
-    with pytest.raises(ConfigError, match="estimator.grounding: unknown grounder 'owl'"):
+    with pytest.raises(ConfigError, match="estimator.grounding: unknown 'owl'"):
         build_grounder(EstimatorConfig(grounding="owl"))
 
 

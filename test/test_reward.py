@@ -296,8 +296,8 @@ def test_config_validation(data: dict, match: str) -> None:
 
 
 @pytest.mark.parametrize(("field", "value", "match"), [
-    ("shaping", "linear", "unknown shaping 'linear'"),
-    ("filter", "kalman", "unknown filter 'kalman'"),
+    ("shaping", "linear", "reward.shaping: unknown 'linear'"),
+    ("filter", "kalman", "reward.filter: unknown 'kalman'"),
     ("invalid_policy", "zero", "invalid_policy: 'zero' is not one of"),
 ])
 def test_directly_built_bad_config_fails_at_construction(field: str, value: str, match: str) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from spatialvlm_ros.errors import ConfigError
+from spatialvlm_ros.registry import Registry
 
 if TYPE_CHECKING:
     from spatialvlm_ros.config import EstimatorConfig
@@ -123,24 +124,12 @@ class DistanceEstimator(Protocol):
 
 
 EstimatorFactory = Callable[["EstimatorConfig"], DistanceEstimator]
-_REGISTRY: dict[str, EstimatorFactory] = {}
-
-
-def register_estimator(name: str) -> Callable[[EstimatorFactory], EstimatorFactory]:
-    """Decorator: make a backend constructible by its config name."""
-    def deco(factory: EstimatorFactory) -> EstimatorFactory:
-        _REGISTRY[name] = factory
-        return factory
-    return deco
+ESTIMATORS: Registry[EstimatorFactory] = Registry("estimator.backend")
+register_estimator = ESTIMATORS.register
 
 
 def build_estimator(config: "EstimatorConfig") -> DistanceEstimator:
     """Build the backend named by ``config.backend``."""
     # Importing the backends registers them; kept here so a plain import of base stays light.
     from spatialvlm_ros.estimation import geometric  # noqa: F401
-    try:
-        factory = _REGISTRY[config.backend]
-    except KeyError as err:
-        raise ConfigError(f"estimator.backend: unknown backend {config.backend!r}; "
-                          f"known: {sorted(_REGISTRY)}") from err
-    return factory(config)
+    return ESTIMATORS.create(config.backend, config)

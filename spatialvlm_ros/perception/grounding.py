@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from spatialvlm_ros.errors import ConfigError, GroundingError
+from spatialvlm_ros.registry import Registry
 
 if TYPE_CHECKING:
     from spatialvlm_ros.config import EstimatorConfig
@@ -43,15 +44,8 @@ class Grounder(Protocol):
 
 
 GrounderFactory = Callable[["EstimatorConfig"], Grounder]
-_REGISTRY: dict[str, GrounderFactory] = {}
-
-
-def register_grounder(name: str) -> Callable[[GrounderFactory], GrounderFactory]:
-    """Decorator: make a grounder constructible by its config name."""
-    def deco(factory: GrounderFactory) -> GrounderFactory:
-        _REGISTRY[name] = factory
-        return factory
-    return deco
+GROUNDERS: Registry[GrounderFactory] = Registry("estimator.grounding")
+register_grounder = GROUNDERS.register
 
 
 def build_grounder(config: "EstimatorConfig") -> Grounder:
@@ -62,12 +56,7 @@ def build_grounder(config: "EstimatorConfig") -> Grounder:
         >>> build_grounder(EstimatorConfig(grounding="colour_prompt")).name
         'colour_prompt'
     """
-    try:
-        factory = _REGISTRY[config.grounding]
-    except KeyError as err:
-        raise ConfigError(f"estimator.grounding: unknown grounder {config.grounding!r}; "
-                          f"known: {sorted(_REGISTRY)}") from err
-    return factory(config)
+    return GROUNDERS.create(config.grounding, config)
 
 
 _ARTICLES = ("the ", "a ", "an ")

@@ -13,6 +13,7 @@ import numpy as np
 
 from spatialvlm_ros.config import RewardConfig
 from spatialvlm_ros.errors import ConfigError
+from spatialvlm_ros.registry import Registry
 
 
 class DistanceFilter(Protocol):
@@ -92,11 +93,10 @@ class MedianFilter:
         self._window.clear()
 
 
-_FILTERS: dict[str, Callable[[RewardConfig], DistanceFilter]] = {
-    "none": lambda cfg: PassThrough(),
-    "ema": lambda cfg: EmaFilter(cfg.ema_alpha),
-    "median": lambda cfg: MedianFilter(cfg.median_window),
-}
+FILTERS: Registry[Callable[[RewardConfig], DistanceFilter]] = Registry("reward.filter")
+FILTERS.register("none")(lambda cfg: PassThrough())
+FILTERS.register("ema")(lambda cfg: EmaFilter(cfg.ema_alpha))
+FILTERS.register("median")(lambda cfg: MedianFilter(cfg.median_window))
 
 
 def build_filter(config: RewardConfig) -> DistanceFilter:
@@ -106,8 +106,4 @@ def build_filter(config: RewardConfig) -> DistanceFilter:
         >>> type(build_filter(RewardConfig(filter="median"))).__name__
         'MedianFilter'
     """
-    try:
-        factory = _FILTERS[config.filter]
-    except KeyError as err:
-        raise ConfigError(f"reward.filter: unknown filter {config.filter!r}; known: {sorted(_FILTERS)}") from err
-    return factory(config)
+    return FILTERS.create(config.filter, config)

@@ -7,13 +7,13 @@ Distances are in metres.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, overload
+from typing import Protocol, overload
 
 import numpy as np
 import numpy.typing as npt
 
 from spatialvlm_ros.config import RewardConfig
-from spatialvlm_ros.errors import ConfigError
+from spatialvlm_ros.registry import Registry
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -26,15 +26,8 @@ class Shaping(Protocol):
         ...
 
 
-_SHAPINGS: dict[str, Shaping] = {}
-
-
-def register_shaping(name: str) -> Callable[[Shaping], Shaping]:
-    """Decorator: make a shaping function selectable by ``RewardConfig.shaping == name``."""
-    def deco(fn: Shaping) -> Shaping:
-        _SHAPINGS[name] = fn
-        return fn
-    return deco
+SHAPINGS: Registry[Shaping] = Registry("reward.shaping")
+register_shaping = SHAPINGS.register
 
 
 def get_shaping(name: str) -> Shaping:
@@ -44,10 +37,7 @@ def get_shaping(name: str) -> Shaping:
         >>> get_shaping("negative")(np.array([0.2]), np.array([np.nan]), RewardConfig(scale_m=0.1))
         array([-2.])
     """
-    try:
-        return _SHAPINGS[name]
-    except KeyError as err:
-        raise ConfigError(f"reward.shaping: unknown shaping {name!r}; known: {sorted(_SHAPINGS)}") from err
+    return SHAPINGS.get(name)
 
 
 def _potential(d: FloatArray, config: RewardConfig) -> FloatArray:

@@ -22,11 +22,11 @@ Factories take the :class:`~spatialvlm_ros.synthesis.config.SynthesisConfig` and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Generic, Mapping, Protocol, TypeVar
+from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
-from spatialvlm_ros.errors import ConfigError
+from spatialvlm_ros.registry import Registry
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.synthesis.config import SynthesisConfig
@@ -117,56 +117,11 @@ class TextEmbedder(Protocol):
         """Return (N, D) L2-normalised embeddings of ``texts``."""
 
 
-T = TypeVar("T")
-
-
-class Registry(Generic[T]):
-    """Named factories of one kind of expert.
-
-    Example:
-        >>> reg: Registry[str] = Registry("greeter")
-        >>> @reg.register("hello")
-        ... def _make(cfg):
-        ...     return "hi"
-        >>> reg.create("hello", SynthesisConfig())
-        'hi'
-        >>> reg.create("bye", SynthesisConfig())
-        Traceback (most recent call last):
-        ...
-        spatialvlm_ros.errors.ConfigError: experts.greeter: unknown 'bye'; registered: hello
-    """
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self._factories: dict[str, Callable[[SynthesisConfig], T]] = {}
-
-    def register(self, name: str) -> Callable[[Callable[[SynthesisConfig], T]], Callable[[SynthesisConfig], T]]:
-        """Decorator that registers a factory under ``name``."""
-        def decorate(factory: Callable[[SynthesisConfig], T]) -> Callable[[SynthesisConfig], T]:
-            self._factories[name] = factory
-            return factory
-        return decorate
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Registered names."""
-        return tuple(self._factories)
-
-    def create(self, name: str, cfg: SynthesisConfig) -> T:
-        """Build the expert registered as ``name``.
-
-        Raises:
-            ConfigError: no such name.
-        """
-        if name not in self._factories:
-            raise ConfigError(f"experts.{self.kind}: unknown {name!r}; registered: {', '.join(self.names)}")
-        return self._factories[name](cfg)
-
-
-FILTERS: Registry[ImageFilter] = Registry("filter")
-OBJECT_EXPERTS: Registry[ObjectsExpert] = Registry("objects")
-DEPTH_SOURCES: Registry[DepthSource] = Registry("depth")
-EMBEDDERS: Registry[TextEmbedder] = Registry("embedder")
+# Factories take the SynthesisConfig and return the expert.
+FILTERS: Registry[Callable[[SynthesisConfig], ImageFilter]] = Registry("experts.filter")
+OBJECT_EXPERTS: Registry[Callable[[SynthesisConfig], ObjectsExpert]] = Registry("experts.objects")
+DEPTH_SOURCES: Registry[Callable[[SynthesisConfig], DepthSource]] = Registry("experts.depth")
+EMBEDDERS: Registry[Callable[[SynthesisConfig], TextEmbedder]] = Registry("experts.embedder")
 
 # The built-in experts register themselves on import; importing them here (after the registries
 # exist) means every user of a registry sees them.
