@@ -56,7 +56,6 @@ import dataclasses
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -83,7 +82,7 @@ from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.ros.conversions import (
     camera_info_fields, depth_to_image_fields, depth_to_metres, image_to_rgb, rgb_to_image_fields, stamp_to_ns,
 )
-from spatialvlm_ros.ros.transport import ros_environment
+from spatialvlm_ros.ros.transport import node_command, ros_environment, stop_process
 
 SCRIPT = Path(__file__).resolve()
 NODE_CONFIG = SpatialRewardConfig()        # the node runs with its defaults; topics, pairs and kind follow them
@@ -185,17 +184,6 @@ def spawn(cmd: list[str], log: Path) -> subprocess.Popen:
     """Start ``cmd`` with stdout and stderr going to ``log``."""
     with open(log, "w") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGINT (a clean rclpy shutdown), then SIGKILL after 10 s."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def log_tail(log: Path, lines: int = 20) -> str:
@@ -388,8 +376,7 @@ def run_measure(data: Path, seconds: float, warmup_s: float, reliability: str, l
     Raises:
         RuntimeError: a process failed or nothing got through; the message carries its log tail.
     """
-    node_cmd = [sys.executable, "-m", "spatialvlm_ros.ros.spatial_reward_node",
-                "--ros-args", "-p", f"qos.reliability:={reliability}"]
+    node_cmd = node_command("spatial_reward_node", overrides={"qos.reliability": reliability})
     procs = {"node": spawn(node_cmd, logs / "node.log"),
              "echo": spawn([sys.executable, str(SCRIPT), "--role", "echo", "--qos", reliability], logs / "echo.log")}
     camera_out = logs / "camera.json"
@@ -424,7 +411,7 @@ def run_measure(data: Path, seconds: float, warmup_s: float, reliability: str, l
                 raise RuntimeError(f"{name} died (exit {proc.returncode})\n{log_tail(logs / f'{name}.log')}")
     finally:
         for proc in procs.values():
-            stop(proc)
+            stop_process(proc)
         executor.shutdown()
         node.destroy_node()
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from spatialvlm_ros.ros.transport import ros_environment
+from spatialvlm_ros.ros.transport import node_command, ros_environment, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 # One domain per test run (pid-derived), so parallel runs on one machine never cross-talk.
@@ -36,8 +34,8 @@ class NodeProcess:
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", f"spatialvlm_ros.ros.{name}", "--ros-args", *args],
-                                     env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(node_command(name) + list(args), env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
 
     @property
     def log(self) -> str:
@@ -47,15 +45,9 @@ class NodeProcess:
         return self.proc.poll() is None
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        status = stop_process(self.proc)
         self._log.close()
-        return self.proc.returncode
+        return status
 
 
 @pytest.fixture

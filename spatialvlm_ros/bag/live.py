@@ -9,19 +9,15 @@ also holds the old node's outputs, which must not mix with the new ones.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import math
-import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import rclpy
 import yaml
@@ -39,7 +35,7 @@ from spatialvlm_ros.bag.truth import TruthTrace
 from spatialvlm_ros.config import SpatialRewardConfig, to_flat, unflatten
 from spatialvlm_ros.estimation import Pair
 from spatialvlm_ros.ros.conversions import stamp_to_ns
-from spatialvlm_ros.ros.transport import ros_environment
+from spatialvlm_ros.ros.transport import joined_domain, node_command, ros_environment, stop_process
 
 try:
     from rosgraph_msgs.msg import Clock
@@ -49,7 +45,6 @@ except ImportError:  # a ROS install without rosgraph_msgs: replay on wall time
 log = logging.getLogger(__name__)
 
 NODE = "spatial_reward_node"
-_ENV_KEYS = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "RMW_IMPLEMENTATION", "FASTDDS_DEFAULT_PROFILES_FILE")
 _RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -69,21 +64,6 @@ def _ros_type(name: str) -> type:
         return getattr(importlib.import_module(f"{package}.{kind}"), cls)
     except (ImportError, AttributeError) as err:
         raise BagError(f"cannot replay {name}: its ROS message package is not importable") from err
-
-
-@contextlib.contextmanager
-def _joined(env: dict[str, str]) -> Iterator[None]:
-    """Join this process to the children's DDS domain for the duration; restore the environment after."""
-    saved = {k: os.environ.get(k) for k in _ENV_KEYS}
-    os.environ.update({k: env[k] for k in _ENV_KEYS if k in env})
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def node_parameters(config: SpatialRewardConfig, topics: BagTopics) -> dict[str, Any]:
@@ -144,16 +124,6 @@ def _wait(predicate: Any, timeout_s: float, what: str, proc: subprocess.Popen, l
         if time.monotonic() > deadline:
             raise BagError(f"timed out after {timeout_s:.0f} s {what}; see {log_path}")
         time.sleep(0.05)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _replay(player: _Player, reader: AnyReader, topics: BagTopics, rate: float) -> list[_Sent]:
@@ -229,12 +199,10 @@ def run_live(reader: AnyReader, topics: BagTopics, config: SpatialRewardConfig, 
     params_file.write_text(yaml.safe_dump(node_parameters(config, topics), sort_keys=False))
     log_path = out_dir / f"{NODE}.log"
     env = ros_environment(domain_id, transport="shm")
-    cmd = [sys.executable, "-m", f"spatialvlm_ros.ros.{NODE}", "--ros-args", "--params-file", str(params_file)]
-    if Clock is not None:
-        cmd += ["-p", "use_sim_time:=true"]
+    cmd = node_command(NODE, [params_file], {"use_sim_time": "true"} if Clock is not None else None)
     log.info("live replay on ROS_DOMAIN_ID=%s at %.2gx, %s %s", env["ROS_DOMAIN_ID"], rate, NODE,
              "on sim time (/clock)" if Clock is not None else "on wall time")
-    with _joined(env), open(log_path, "w") as node_log:
+    with joined_domain(env), open(log_path, "w") as node_log:
         context = rclpy.Context()
         rclpy.init(context=context)
         try:
@@ -252,7 +220,7 @@ def run_live(reader: AnyReader, topics: BagTopics, config: SpatialRewardConfig, 
                 _wait_quiet(player, expected=len(sent))
                 wall_s = time.perf_counter() - start
             finally:
-                _stop(proc)
+                stop_process(proc, timeout_s=5)
                 executor.shutdown()
                 player.destroy_node()
         finally:

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,7 +35,7 @@ from spatialvlm_ros.estimation import Pair
 from spatialvlm_ros.evaluation.metrics import distance_metrics, latency_metrics
 from spatialvlm_ros.evaluation.report import plot_trace, write_json
 from spatialvlm_ros.ros.conversions import stamp_to_ns
-from spatialvlm_ros.ros.transport import ros_environment
+from spatialvlm_ros.ros.transport import joined_domain, node_command, ros_environment, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +164,10 @@ def run_demo(config_file: Path | None = None, out_root: Path = Path("results"), 
         topics[f"reward/{pair.slug}"] = Float32
         topics[f"distance/{pair.slug}"] = Float32
 
-    # This process joins the same private domain as its children.
     context = rclpy.Context()
-    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "RMW_IMPLEMENTATION")})
-    if "FASTDDS_DEFAULT_PROFILES_FILE" in env:
-        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = env["FASTDDS_DEFAULT_PROFILES_FILE"]
-    rclpy.init(context=context)
-    recorder = _Recorder(out / "bag", topics, target, console, context)
+    with joined_domain(env):   # this process records on the same private domain as its children
+        rclpy.init(context=context)
+        recorder = _Recorder(out / "bag", topics, target, console, context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(recorder)
     spin = threading.Thread(target=executor.spin, daemon=True)
@@ -181,18 +175,18 @@ def run_demo(config_file: Path | None = None, out_root: Path = Path("results"), 
     logs = {name: open(out / f"{name}.log", "w") for name in ("spatial_reward_node", "sim_camera_node")}
     procs: dict[str, subprocess.Popen] = {}
     try:
-        procs["spatial_reward_node"] = _start_node("spatial_reward_node", [config_file], env, logs, {})
+        procs["spatial_reward_node"] = _start_node("spatial_reward_node", config_file, env, logs)
         _wait(lambda: recorder.count_publishers("estimates") > 0, 30, "spatial_reward_node to start")
         _wait(lambda: recorder.count_subscribers(sim_cfg.topics.image) >= 1, 30, "the reward node's subscription")
         console.print(f"[bold]{'frame':>5}  {'estimate (cm)':>16}  {'truth':>7}  {'reward':>7}  {'lat ms':>7}[/]")
-        procs["sim_camera_node"] = _start_node("sim_camera_node", [config_file], env, logs, sim_overrides)
+        procs["sim_camera_node"] = _start_node("sim_camera_node", config_file, env, logs, sim_overrides)
         timeout = 30 + 3 * sim_cfg.sim.n_frames / sim_cfg.rate_hz
         if procs["sim_camera_node"].wait(timeout=timeout) != 0:
             raise RuntimeError(f"sim_camera_node failed; see {out / 'sim_camera_node.log'}")
         _wait_quiet(recorder.trace, quiet_s=1.0, timeout_s=10.0)
     finally:
         for proc in procs.values():
-            _stop(proc)
+            stop_process(proc, timeout_s=5)
         executor.shutdown()
         recorder.close()
         recorder.destroy_node()
@@ -206,24 +200,10 @@ def run_demo(config_file: Path | None = None, out_root: Path = Path("results"), 
     return out
 
 
-def _start_node(name: str, param_files: list[Path], env: dict[str, str], logs: dict[str, Any],
-                overrides: dict[str, Any]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", f"spatialvlm_ros.ros.{name}", "--ros-args"]
-    for p in param_files:
-        cmd += ["--params-file", str(p)]
-    for key, value in overrides.items():
-        cmd += ["-p", f"{key}:={value}"]
-    return subprocess.Popen(cmd, env=env, stdout=logs[name], stderr=subprocess.STDOUT)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def _start_node(name: str, config_file: Path, env: dict[str, str], logs: dict[str, Any],
+                overrides: dict[str, Any] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(node_command(name, [config_file], overrides), env=env, stdout=logs[name],
+                            stderr=subprocess.STDOUT)
 
 
 def _wait_quiet(trace: _Trace, quiet_s: float, timeout_s: float) -> None:
