@@ -111,7 +111,7 @@ def evaluate_bag(bag: str | Path, config: SpatialRewardConfig, *, out: str | Pat
         else:
             frames = camera_messages(reader, topics, slop_ns=int(config.sync.slop_s * 1e9),
                                      queue_size=config.sync.queue_size)
-            result = run_offline(frames, config, compressed=topics.compressed, truth=truth,
+            result = run_offline(frames, config, truth=truth,
                                  total=colour_frames, workers=workers)
         if not result.records:
             raise BagError(f"no frames to evaluate on {topics.image}"

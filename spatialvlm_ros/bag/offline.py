@@ -27,10 +27,9 @@ from spatialvlm_ros.errors import InputError
 from spatialvlm_ros.estimation import (
     DistanceEstimate, DistanceEstimator, DistanceKind, NoEstimateReason, Pair, build_estimator,
 )
-from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.reward import build_reward
-from spatialvlm_ros.ros.conversions import compressed_to_rgb, depth_to_metres, image_to_rgb
+from spatialvlm_ros.ros.conversions import frame_from_messages
 
 
 def default_workers() -> int:
@@ -38,22 +37,13 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def to_frame(msgs: CameraMessages, compressed: bool) -> Frame:
-    """Decode one frame's messages into a :class:`Frame` (raises InputError on unusable input)."""
-    rgb = compressed_to_rgb(msgs.image) if compressed else image_to_rgb(msgs.image)
-    depth = depth_to_metres(msgs.depth) if msgs.depth is not None else None
-    return Frame(rgb=rgb, intrinsics=CameraIntrinsics.from_camera_info(msgs.camera_info), depth_m=depth,
-                 stamp_ns=msgs.stamp_ns, frame_id=msgs.image.header.frame_id or "camera_color_optical_frame")
-
-
 class _Worker:
     """Decode + estimate one frame; one estimator per thread, as a backend need not be thread-safe."""
 
-    def __init__(self, config: SpatialRewardConfig, pair: Pair, kind: DistanceKind, compressed: bool) -> None:
+    def __init__(self, config: SpatialRewardConfig, pair: Pair, kind: DistanceKind) -> None:
         self._config = config
         self._pair = pair
         self._kind = kind
-        self._compressed = compressed
         self._local = threading.local()
 
     def _estimator(self) -> DistanceEstimator:
@@ -64,7 +54,7 @@ class _Worker:
     def __call__(self, msgs: CameraMessages) -> tuple[DistanceEstimate, float]:
         start = time.perf_counter()
         try:
-            frame = to_frame(msgs, self._compressed)
+            frame = frame_from_messages(msgs.image, msgs.depth, CameraIntrinsics.from_camera_info(msgs.camera_info))
         except InputError as err:
             # The node's policy: an unusable frame is a flagged "no estimate", and the run goes on.
             estimate = DistanceEstimate.invalid(self._pair, self._kind, NoEstimateReason.BAD_INPUT, str(err),
@@ -89,14 +79,13 @@ def _in_order(fn: Callable[[CameraMessages], tuple[DistanceEstimate, float]], it
             yield done_item, future.result()
 
 
-def run_offline(frames: Iterable[CameraMessages], config: SpatialRewardConfig, *, compressed: bool,
+def run_offline(frames: Iterable[CameraMessages], config: SpatialRewardConfig, *,
                 truth: TruthTrace | None, total: int | None = None, workers: int | None = None) -> RunResult:
     """Estimate and reward every frame of ``frames`` for ``config.pairs[0]``.
 
     Args:
         frames: the bag's camera frames in order (:func:`~spatialvlm_ros.bag.reader.camera_messages`).
         config: estimator and reward settings; the first pair and ``estimator.distance`` are evaluated.
-        compressed: the colour messages are CompressedImage.
         truth: ground truth to align to each frame, if any.
         total: expected number of frames, for the progress bar.
         workers: estimator threads (default :func:`default_workers`).
@@ -104,7 +93,7 @@ def run_offline(frames: Iterable[CameraMessages], config: SpatialRewardConfig, *
     pair = Pair.parse(config.pairs[0])
     kind = DistanceKind(config.estimator.distance)
     reward = build_reward(config.reward, [pair])
-    worker = _Worker(config, pair, kind, compressed)
+    worker = _Worker(config, pair, kind)
     records = []
     # The bar goes to stderr: stdout's last line is the CLI's JSON result.
     progress = Progress(TextColumn("estimating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from spatialvlm_ros.errors import InputError
+from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 
 # encoding -> (dtype, channels)
@@ -114,3 +115,16 @@ def camera_info_fields(intrinsics: CameraIntrinsics) -> dict[str, Any]:
     return {"width": intrinsics.width, "height": intrinsics.height, "distortion_model": "plumb_bob",
             "d": [0.0] * 5, "k": k.reshape(-1).tolist(), "r": np.eye(3).reshape(-1).tolist(),
             "p": np.hstack([k, np.zeros((3, 1))]).reshape(-1).tolist()}
+
+
+def frame_from_messages(image: Any, depth: Any | None, intrinsics: CameraIntrinsics) -> Frame:
+    """Decode a colour message (Image or CompressedImage) and an optional registered depth Image into a Frame.
+
+    Raises:
+        InputError: an unsupported encoding, truncated data, or sizes that disagree with ``intrinsics``.
+    """
+    # CompressedImage has ``format`` where Image has ``encoding`` (true of rclpy and rosbags messages alike).
+    rgb = compressed_to_rgb(image) if hasattr(image, "format") else image_to_rgb(image)
+    return Frame(rgb=rgb, intrinsics=intrinsics, depth_m=depth_to_metres(depth) if depth is not None else None,
+                 stamp_ns=stamp_to_ns(image.header.stamp),
+                 frame_id=image.header.frame_id or "camera_color_optical_frame")

@@ -45,7 +45,7 @@ from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.reward import CombinedReward, MultiPairReward, build_reward
 from spatialvlm_ros.ros import params
-from spatialvlm_ros.ros.conversions import compressed_to_rgb, depth_to_metres, image_to_rgb, stamp_to_ns
+from spatialvlm_ros.ros.conversions import frame_from_messages, stamp_to_ns
 from spatialvlm_ros.ros.sync import make_synchronizer
 
 NODE_NAME = "spatial_reward_node"
@@ -203,11 +203,7 @@ class SpatialRewardNode(Node):
     def _to_frame(self, image_msg: Any, depth_msg: Any) -> Frame:
         if self._intrinsics is None:
             raise InputError(f"no valid CameraInfo received on {self._pipeline.config.topics.camera_info!r} yet")
-        rgb = compressed_to_rgb(image_msg) if isinstance(image_msg, CompressedImage) else image_to_rgb(image_msg)
-        depth = depth_to_metres(depth_msg) if depth_msg is not None else None
-        return Frame(rgb=rgb, intrinsics=self._intrinsics, depth_m=depth,
-                     stamp_ns=stamp_to_ns(image_msg.header.stamp),
-                     frame_id=image_msg.header.frame_id or "camera_color_optical_frame")
+        return frame_from_messages(image_msg, depth_msg, self._intrinsics)
 
     def _note_error(self, text: str, stamp_ns: int | None = None) -> None:
         with self._stats.lock:
