@@ -22,6 +22,7 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from spatialvlm_ros.errors import ConfigError
+from spatialvlm_ros.perception.hf import ModelsConfig
 
 
 def config_path(name: str) -> Path:
@@ -50,13 +51,15 @@ class EstimatorConfig:
 
     backend: str = "geometric"
     distance: Literal["gap", "centre"] = "gap"
-    grounding: Literal["colour_prompt", "sim_segmentation"] = "colour_prompt"
+    grounding: Literal["colour_prompt", "sim_segmentation", "open_vocab"] = "colour_prompt"
     min_pixels: int = 30               # fewer mask pixels than this = "not visible"
     depth_min_m: float = 0.1           # sensor valid range; readings outside are dropped
     depth_max_m: float = 5.0
     outlier_k: float = 3.0             # drop points farther than k robust sigmas from the median
     max_points: int = 3000             # per object, subsampled before the KD-tree (speed)
     seed: int = 0                      # for that subsampling
+    monocular_depth: bool = False      # frames without depth: estimate it with models.depth instead of NO_DEPTH
+    models: ModelsConfig = ModelsConfig()   # transformers checkpoints (grounding open_vocab, monocular_depth)
 
     def __post_init__(self) -> None:
         _require(self.min_pixels >= 1, "estimator.min_pixels", "must be >= 1")

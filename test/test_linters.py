@@ -8,7 +8,7 @@ from ament_flake8.main import main_with_errors as flake8_main
 from ament_pep257.main import main as pep257_main
 
 REPO = Path(__file__).resolve().parent.parent
-CODE = [str(REPO / p) for p in ("spatialvlm_ros", "launch", "benchmarks", "setup.py") if (REPO / p).exists()]
+CODE = [str(REPO / p) for p in ("spatialvlm_ros", "launch", "benchmarks", "scripts", "setup.py") if (REPO / p).exists()]
 TESTS = [str(REPO / "test")]
 
 

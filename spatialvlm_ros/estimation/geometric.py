@@ -22,6 +22,7 @@ from spatialvlm_ros.geometry.pointcloud import (
     ObjectCloud, backproject, centre_distance, object_cloud, surface_gap,
 )
 from spatialvlm_ros.perception.grounding import Grounder, build_grounder
+from spatialvlm_ros.perception.hf import MonocularDepth
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,10 @@ class GeometricEstimator:
     def __init__(self, config: EstimatorConfig, grounder: Grounder | None = None) -> None:
         self.config = config
         self.grounder = build_grounder(config) if grounder is None else grounder
+        models = config.models
+        self.depth_model = MonocularDepth.from_pretrained(
+            models.depth, **models.load_options(), fallback_fovy_deg=models.fallback_fovy_deg) \
+            if config.monocular_depth else None
 
     def estimate(self, frame: Frame, pairs: Sequence[Pair], kind: DistanceKind) -> list[DistanceEstimate]:
         """One estimate per pair; per-frame problems come back as invalid estimates, never raised.
@@ -70,6 +75,8 @@ class GeometricEstimator:
         """
         start = time.perf_counter()
         kind = DistanceKind(kind)
+        if self.depth_model is not None:
+            frame = self.depth_model.fill(frame)   # no-op when the frame has depth
         rng = np.random.default_rng(self.config.seed)
         clouds: dict[str, ObjectCloud | _Unusable] = {}
         results = []

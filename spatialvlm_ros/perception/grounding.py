@@ -236,3 +236,8 @@ class ColourPromptGrounder:
         keep[1:] = areas >= max(self.min_area_px, self.keep_ratio * areas.max())
         mask[y:y + h, x:x + w] = keep[labels]
         return mask
+
+
+# The transformers grounder ("open_vocab") registers itself on import; torch and transformers load only
+# when a model does.
+from spatialvlm_ros.perception import hf  # noqa: E402,F401

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from spatialvlm_ros.config import DepthNoiseConfig, config_path, from_mapping, load_yaml
 from spatialvlm_ros.errors import ConfigError
+from spatialvlm_ros.perception.hf import ModelsConfig
 
 DEFAULT_CONFIG = "synthesis.yaml"
 
@@ -132,6 +133,7 @@ class SynthesisConfig:
     questions: QuestionsConfig = QuestionsConfig()
     sim: SimSourceConfig = SimSourceConfig()
     output: OutputConfig = OutputConfig()
+    models: ModelsConfig = ModelsConfig()   # checkpoints of the transformers experts
 
 
 def load_synthesis_config(path: str | Path | None = None,

@@ -125,4 +125,4 @@ EMBEDDERS: Registry[Callable[[SynthesisConfig], TextEmbedder]] = Registry("exper
 
 # The built-in experts register themselves on import; importing them here (after the registries
 # exist) means every user of a registry sees them.
-from spatialvlm_ros.synthesis import ambiguity, experts  # noqa: E402,F401
+from spatialvlm_ros.synthesis import ambiguity, experts, hf_experts  # noqa: E402,F401
