@@ -103,9 +103,17 @@ class RgbdRenderer:
 
     def close(self) -> None:
         """Free the GL resources (idempotent)."""
-        if self._context is not None:
-            self._context.free()
+        context, gl = getattr(self, "_context", None), getattr(self, "_gl", None)  # None if __init__ failed
+        if context is not None:
+            # Freeing in another simulator's current GL context would corrupt that simulator's frames.
+            if gl is not None:
+                gl.make_current()
+            context.free()
             self._context = None
-        if self._gl is not None:
-            self._gl.free()
+        if gl is not None:
+            gl.free()
             self._gl = None
+
+    def __del__(self) -> None:
+        # A simulator dropped without close() must still free its GL objects in its own context.
+        self.close()

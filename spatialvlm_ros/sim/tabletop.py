@@ -125,6 +125,7 @@ class TabletopSim:
         self._gripper_geoms = np.flatnonzero(self._geom_object == 0)
         self._object_geoms = [np.flatnonzero(self._geom_object == i + 1) for i in range(len(self._phrases))]
         self._object_centres = np.stack([self.layout.centre(i) for i in range(len(self._phrases))])
+        self._target_body = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "obj0")
 
         quat = np.empty(4)
         mujoco.mju_mat2Quat(quat, gripper_axes(self.layout.approach).reshape(-1))
@@ -254,7 +255,21 @@ class TabletopSim:
             SimulationError: ``i`` out of range.
         """
         self._check_index(i)
-        self._set_gripper(self._trajectory[i])
+        return self.truth_at(self._trajectory[i])
+
+    def truth_at(self, position_world: np.ndarray) -> GroundTruth:
+        """Put the grasp point at ``position_world`` (3,), world metres, and return the ground truth (cheap).
+
+        Any position is accepted, off the scripted trajectory too (a policy moving the gripper); the
+        gripper keeps its orientation. Nothing stops it from entering an object (no physics): gaps go negative.
+
+        Raises:
+            SimulationError: ``position_world`` is not three finite numbers.
+        """
+        grasp = np.array(position_world, dtype=np.float64)
+        if grasp.shape != (3,) or not np.all(np.isfinite(grasp)):
+            raise SimulationError(f"gripper position must be 3 finite numbers (world metres), got {position_world!r}")
+        self._set_gripper(grasp)
         pose = self._camera_pose()
         rot, eye = pose[:3, :3], pose[:3, 3]
 
@@ -263,7 +278,6 @@ class TabletopSim:
             cam.setflags(write=False)
             return cam
 
-        grasp = self._trajectory[i].copy()
         gap, centre, points, obj_cam, obj_world = {}, {}, {}, {}, {}
         fromto = np.empty(6)
         for k, phrase in enumerate(self._phrases):
@@ -296,15 +310,54 @@ class TabletopSim:
         Raises:
             SimulationError: ``i`` out of range.
         """
+        self._check_index(i)
+        return self._render_state(self._trajectory[i], i, i * FRAME_PERIOD_NS if stamp_ns is None else int(stamp_ns),
+                                  np.random.default_rng([self.config.seed, i]))
+
+    def render_at(self, position_world: np.ndarray, stamp_ns: int = 0,
+                  rng: np.random.Generator | None = None) -> SimFrame:
+        """Put the grasp point at ``position_world`` (3,), world metres, and render (see :meth:`truth_at`).
+
+        Args:
+            position_world: grasp point, world frame, metres.
+            stamp_ns: frame time, integer nanoseconds.
+            rng: draws the depth noise; default seeded with ``(config.seed, stamp_ns)``, so a frame is reproducible.
+
+        Returns:
+            The frame and its ground truth, with ``index`` -1 (not a trajectory step).
+
+        Raises:
+            SimulationError: ``position_world`` is not three finite numbers.
+        """
+        return self._render_state(position_world, -1, int(stamp_ns),
+                                  np.random.default_rng([self.config.seed, int(stamp_ns)]) if rng is None else rng)
+
+    def _render_state(self, position_world: np.ndarray, index: int, stamp_ns: int,
+                      rng: np.random.Generator) -> SimFrame:
         start = time.perf_counter()
-        truth = self.truth(i)
+        truth = self.truth_at(position_world)
         rgb, depth, segmentation = self._renderer.render(self.data)
-        depth = apply_depth_noise(depth, self.config.depth_noise, np.random.default_rng([self.config.seed, i]))
-        frame = Frame(rgb=rgb, intrinsics=self._intrinsics, depth_m=depth,
-                      stamp_ns=i * FRAME_PERIOD_NS if stamp_ns is None else int(stamp_ns), frame_id=OPTICAL_FRAME_ID,
-                      segmentation=segmentation, labels=self.labels)
-        logger.debug("rendered step %d in %.1f ms", i, 1e3 * (time.perf_counter() - start))
-        return SimFrame(index=i, frame=frame, truth=truth)
+        depth = apply_depth_noise(depth, self.config.depth_noise, rng)
+        frame = Frame(rgb=rgb, intrinsics=self._intrinsics, depth_m=depth, stamp_ns=stamp_ns,
+                      frame_id=OPTICAL_FRAME_ID, segmentation=segmentation, labels=self.labels)
+        logger.debug("rendered step %d in %.1f ms", index, 1e3 * (time.perf_counter() - start))
+        return SimFrame(index=index, frame=frame, truth=truth)
+
+    def move_target(self, xy_world: np.ndarray) -> None:
+        """Move the target object's centre to ``xy_world`` (2,) on the table, world metres, and re-solve the trajectory.
+
+        Distractors stay where they are; the caller keeps the target clear of them (no overlap check).
+        :attr:`layout` keeps the layout as drawn; the ground truth follows the move.
+
+        Raises:
+            SimulationError: ``xy_world`` is not two finite numbers.
+        """
+        xy = np.array(xy_world, dtype=np.float64)
+        if xy.shape != (2,) or not np.all(np.isfinite(xy)):
+            raise SimulationError(f"target position must be 2 finite numbers (world x, y metres), got {xy_world!r}")
+        self._object_centres[0, :2] = xy
+        self.model.body_pos[self._target_body] = self._object_centres[0]
+        self._trajectory = self._solve_trajectory()
 
     def close(self) -> None:
         """Free the renderer (idempotent)."""

@@ -1,0 +1,270 @@
+"""Tests of spatialvlm_ros.gym: the reach env, the spatial reward wrapper (single and vector)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Iterator
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+from scipy.stats import spearmanr
+
+from spatialvlm_ros.config import EstimatorConfig, RewardConfig, SimConfig
+from spatialvlm_ros.errors import ConfigError
+from spatialvlm_ros.estimation import DistanceEstimator, build_estimator
+from spatialvlm_ros.geometry.camera import CameraIntrinsics
+from spatialvlm_ros.gym import (
+    INFO_KEYS, REACH_ID, RgbdRenderable, SpatialRewardVectorWrapper, SpatialRewardWrapper, TabletopReachEnv,
+)
+from spatialvlm_ros.gym.reach import DEFAULT_SIM
+
+PAIR = "yellow gripper -> red can"
+NEGATIVE = RewardConfig(shaping="negative", scale_m=0.1, filter="none")
+# A narrow camera that sees the can but not the gripper's start: estimates go invalid, valid, invalid again.
+NARROW = SimConfig(width=160, height=120, n_frames=2, fovy_deg=20.0, distractors=())
+
+
+@pytest.fixture(scope="module")
+def estimator() -> DistanceEstimator:
+    return build_estimator(EstimatorConfig(grounding="colour_prompt"))
+
+
+@pytest.fixture
+def closing() -> Iterator[Callable[[gym.Env], gym.Env]]:
+    """Register envs to close at teardown, newest first.
+
+    Every env owns an OpenGL context; freeing one while another's is current corrupts that one, so
+    nothing is left to the garbage collector.
+    """
+    envs: list[gym.Env] = []
+
+    def keep(env: gym.Env) -> gym.Env:
+        envs.append(env)
+        return env
+    yield keep
+    for env in reversed(envs):
+        env.close()
+
+
+def towards_target(obs: np.ndarray) -> np.ndarray:
+    """Scripted policy: full speed towards the can's centre."""
+    return np.clip((obs[3:] - obs[:3]) / 0.03, -1.0, 1.0).astype(np.float32)
+
+
+def away_from_target(obs: np.ndarray) -> np.ndarray:
+    """Scripted policy: up and to the left, out of the narrow camera's view."""
+    return np.array([-1.0, 0.0, 1.0], dtype=np.float32)
+
+
+def test_reach_env_implements_the_frame_protocol(closing: Callable) -> None:
+    env = closing(TabletopReachEnv(render_mode="rgb_array"))
+    assert isinstance(env, RgbdRenderable)
+    env.reset(seed=0)
+    frame = env.render_rgbd()
+    assert frame.depth_m is not None and frame.rgb.shape == (120, 160, 3)
+    assert env.render() is frame.rgb          # rendered once per state
+
+
+def test_reset_moves_the_can_in_the_rendered_scene(closing: Callable) -> None:
+    env = closing(TabletopReachEnv())
+    for seed in (0, 1):
+        obs, _ = env.reset(seed=seed)
+        frame = env.render_rgbd()
+        truth = env.sim.truth_at(obs[:3])
+        centre = truth.object_positions_cam["red can"]
+        u, v = np.rint(frame.intrinsics.project(centre[None])[0]).astype(int)
+        assert frame.segmentation[v, u] == frame.labels["red can"]
+        np.testing.assert_allclose(truth.object_positions_world["red can"], obs[3:], atol=1e-6)
+        end = env.sim.truth(env.sim.n_frames - 1).gap_m["red can"]   # the scripted approach follows the can
+        assert end == pytest.approx(env.sim.config.end_gap_m, abs=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:.*is different from the unwrapped version")  # wrapped on purpose
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_env_checker_passes(wrapped: bool, estimator: DistanceEstimator, closing: Callable) -> None:
+    env = closing(gym.make(REACH_ID, render_mode="rgb_array"))
+    if wrapped:
+        check_env(closing(SpatialRewardWrapper(env, estimator, PAIR)), skip_render_check=False)
+    else:
+        check_env(env.unwrapped)
+
+
+@pytest.mark.parametrize(("width", "height", "max_median_error_m"), [
+    (160, 120, 0.05),   # the colour mask's opening erodes the 12 mm fingers: estimates read a few cm long
+    (320, 240, 0.01),
+])
+def test_scripted_approach_reaches_and_spatial_distance_tracks_truth(
+        width: int, height: int, max_median_error_m: float, estimator: DistanceEstimator, closing: Callable) -> None:
+    sim_config = dataclasses.replace(DEFAULT_SIM, width=width, height=height)
+    env = closing(SpatialRewardWrapper(TabletopReachEnv(sim_config=sim_config), estimator, PAIR,
+                                       reward_config=NEGATIVE))
+    spatial, true = [], []
+    for seed in (0, 1):
+        obs, info = env.reset(seed=seed)
+        for _ in range(10):
+            spatial.append(info["spatial_distance_m"])
+            true.append(info["true_distance_m"])
+            obs, _, _, _, info = env.step(towards_target(obs))
+        assert info["is_success"], f"seed {seed}: the scripted approach ends {info['true_distance_m']:.3f} m away"
+    assert spearmanr(spatial, true).statistic > 0.9
+    assert np.median(np.abs(np.subtract(spatial, true))) < max_median_error_m
+
+
+@pytest.mark.parametrize("mode", ["replace", "add", "info"])
+def test_modes(mode: str, estimator: DistanceEstimator, closing: Callable) -> None:
+    env = closing(SpatialRewardWrapper(gym.make(REACH_ID), estimator, PAIR, reward_config=NEGATIVE, mode=mode))
+    obs, info = env.reset(seed=3)
+    assert set(INFO_KEYS) <= info.keys() and "true_distance_m" in info
+    for _ in range(3):
+        obs, reward, _, _, info = env.step(towards_target(obs))
+        assert set(INFO_KEYS) | {"true_distance_m", "is_success"} <= info.keys()
+        assert info["spatial_distance_valid"] and info["spatial_reason"] == ""
+        assert info["spatial_reward"] == pytest.approx(-info["spatial_distance_m"] / 0.1)
+        env_reward = -info["true_distance_m"]
+        expected = {"replace": info["spatial_reward"], "add": env_reward + info["spatial_reward"],
+                    "info": env_reward}[mode]
+        assert isinstance(reward, float) and reward == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("policy", ["hold_last", "nan"])
+def test_invalid_estimates_follow_the_policy(policy: str, estimator: DistanceEstimator, closing: Callable) -> None:
+    """The narrow camera does not see the gripper at the start nor after it leaves again."""
+    config = RewardConfig(shaping="negative", scale_m=0.1, filter="none", invalid_policy=policy)
+    env = closing(SpatialRewardWrapper(TabletopReachEnv(sim_config=NARROW), estimator, PAIR, reward_config=config))
+    obs, info = env.reset(seed=0)
+    steps = [(math.nan, info)]
+    for policy_fn in [towards_target] * 12 + [away_from_target] * 12:
+        obs, reward, _, _, info = env.step(policy_fn(obs))
+        steps.append((reward, info))
+    valid = [i["spatial_distance_valid"] for _, i in steps]
+    first_valid, last_valid = valid.index(True), len(valid) - 1 - valid[::-1].index(True)
+    assert 0 < first_valid < last_valid < len(steps) - 1, valid
+    for k, (reward, info) in enumerate(steps):
+        if info["spatial_distance_valid"]:
+            assert info["spatial_reward"] == pytest.approx(-info["spatial_distance_m"] / 0.1)
+            continue
+        assert info["spatial_reason"] == "not_visible" and math.isnan(info["spatial_distance_m"])
+        if policy == "hold_last" and k > last_valid:
+            assert reward == steps[last_valid][0]       # the last valid distance, held
+        else:
+            assert math.isnan(info["spatial_reward"])   # "nan", or nothing to hold yet: never a silent 0
+            assert k == 0 or math.isnan(reward)
+
+
+def test_skip_adds_nothing_for_an_object_out_of_view(estimator: DistanceEstimator, closing: Callable) -> None:
+    config = RewardConfig(shaping="negative", invalid_policy="skip")
+    env = closing(SpatialRewardWrapper(gym.make(REACH_ID), estimator, "yellow gripper -> purple box",
+                                       reward_config=config, mode="add"))
+    _, info = env.reset(seed=0)
+    _, reward, _, _, info = env.step(np.zeros(3, np.float32))
+    assert not info["spatial_distance_valid"] and info["spatial_reason"] == "not_visible"
+    assert math.isnan(info["spatial_reward"]) and reward == -info["true_distance_m"]
+
+
+def test_rgb_only_frames_come_from_render(estimator: DistanceEstimator, closing: Callable) -> None:
+    base = closing(TabletopReachEnv(render_mode="rgb_array"))
+    env = closing(SpatialRewardWrapper(base, estimator, PAIR, reward_config=NEGATIVE, mode="info",
+                                       intrinsics=base.sim.intrinsics))
+    _, info = env.reset(seed=0)
+    assert not info["spatial_distance_valid"] and info["spatial_reason"] == "no_depth"
+
+
+def test_several_pairs_give_arrays_in_pair_order(estimator: DistanceEstimator, closing: Callable) -> None:
+    pairs = [PAIR, "yellow gripper -> blue box"]
+    env = closing(SpatialRewardWrapper(gym.make(REACH_ID), estimator, pairs, reward_config=NEGATIVE))
+    _, info = env.reset(seed=0)
+    assert [str(p) for p in env.pairs] == pairs
+    assert info["spatial_distance_m"].shape == (2,) and info["spatial_distance_valid"].all()
+    assert info["spatial_reward"] == pytest.approx(-info["spatial_distance_m"].mean() / 0.1)
+
+
+def test_reset_clears_the_filter_state(estimator: DistanceEstimator, closing: Callable) -> None:
+    config = RewardConfig(shaping="negative", scale_m=0.1, filter="ema", ema_alpha=0.3)
+
+    def rewards(env: gym.Env, seed: int) -> list[float]:
+        obs, info = env.reset(seed=seed)
+        out = [info["spatial_reward"]]
+        for _ in range(4):
+            obs, reward, *_ = env.step(towards_target(obs))
+            out.append(reward)
+        return out
+
+    used = closing(SpatialRewardWrapper(gym.make(REACH_ID), estimator, PAIR, reward_config=config))
+    fresh = closing(SpatialRewardWrapper(gym.make(REACH_ID), estimator, PAIR, reward_config=config))
+    rewards(used, seed=5)
+    assert rewards(used, seed=6) == rewards(fresh, seed=6)
+
+
+def test_vector_wrapper_matches_single_wrappers(estimator: DistanceEstimator, closing: Callable) -> None:
+    """Same seeds and actions, across an autoreset (episodes are 50 steps)."""
+    n, steps, seeds = 3, 53, [7, 8, 9]
+    config = RewardConfig(shaping="progress", scale_m=0.1, filter="ema")   # stateful: exposes any mix-up
+    vec = closing(SpatialRewardVectorWrapper(SyncVectorEnv([lambda: gym.make(REACH_ID)] * n), estimator, PAIR,
+                                             reward_config=config, mode="add"))
+    singles = [closing(SpatialRewardWrapper(gym.make(REACH_ID), estimator, PAIR, reward_config=config, mode="add"))
+               for _ in range(n)]
+    _, vinfo = vec.reset(seed=seeds)
+    sinfo = [env.reset(seed=s)[1] for env, s in zip(singles, seeds)]
+    assert vinfo["spatial_reward"].tolist() == [i["spatial_reward"] for i in sinfo]
+    actions = np.random.default_rng(0).uniform(-1, 1, size=(steps, n, 3)).astype(np.float32)
+    done = np.zeros(n, dtype=bool)
+    for t in range(steps):
+        _, vrewards, vterm, vtrunc, vinfo = vec.step(actions[t])
+        for i, env in enumerate(singles):
+            if done[i]:   # NEXT_STEP autoreset: this step reset sub-env i, with reward 0
+                _, info = env.reset()
+                reward = 0.0
+                done[i] = False
+            else:
+                _, reward, term, trunc, info = env.step(actions[t, i])
+                done[i] = term or trunc
+            assert vrewards[i] == reward, (t, i)
+            assert vinfo["spatial_distance_m"][i] == info["spatial_distance_m"], (t, i)
+            assert vinfo["_spatial_reward"][i]
+        assert (vterm | vtrunc).tolist() == done.tolist()
+    assert t >= 50  # the loop crossed an autoreset
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"mode": "swap"}, "^mode: 'swap'"),
+    ({"estimator": object()}, "^estimator: object has no estimate"),
+    ({"pairs": "yellow gripper"}, "^pairs: "),
+    ({"pairs": []}, "^pairs: "),
+    ({"kind": "diagonal"}, "^kind: 'diagonal'"),
+    ({"reward_config": {"shaping": "exp"}}, "^reward_config: expected a RewardConfig"),
+    ({"reward_config": RewardConfig(invalid_policy="skip")}, "^reward_config.invalid_policy: 'skip'"),
+    ({"intrinsics": (1.0, 1.0)}, "^intrinsics: expected CameraIntrinsics"),
+    ({"intrinsics": CameraIntrinsics.from_fov(160, 120, 58.0)}, "^intrinsics: .*render_mode"),
+])
+def test_bad_arguments_name_the_argument(kwargs: dict, match: str, estimator: DistanceEstimator,
+                                         closing: Callable) -> None:
+    env = closing(gym.make(REACH_ID))
+    args = {"estimator": estimator, "pairs": PAIR, **kwargs}
+    with pytest.raises(ConfigError, match=match):
+        SpatialRewardWrapper(env, **args)
+
+
+def test_env_without_frames_is_refused(estimator: DistanceEstimator, closing: Callable) -> None:
+    with pytest.raises(ConfigError, match=r"^env: .*render_rgbd"):
+        SpatialRewardWrapper(closing(gym.make("Pendulum-v1")), estimator, PAIR)
+
+
+def test_vector_wrapper_refuses_same_step_autoreset(estimator: DistanceEstimator, closing: Callable) -> None:
+    envs = closing(SyncVectorEnv([lambda: gym.make(REACH_ID)], autoreset_mode=AutoresetMode.SAME_STEP))
+    with pytest.raises(ConfigError, match="^env: autoreset_mode must be NEXT_STEP"):
+        SpatialRewardVectorWrapper(envs, estimator, PAIR)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"render_mode": "human"}, "^render_mode: 'human'"),
+    ({"max_step_m": 0.0}, "^max_step_m: "),
+    ({"success_threshold_m": -1.0}, "^success_threshold_m: "),
+    ({"sim_config": SimConfig(randomise=True)}, "^sim_config.randomise: "),
+])
+def test_reach_env_bad_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        TabletopReachEnv(**kwargs)
