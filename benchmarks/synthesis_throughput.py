@@ -1,16 +1,20 @@
-"""Throughput of the data engine with the simulator-oracle experts at 320x240, in one process.
+"""Throughput of the data engine with the simulator-oracle experts at 320x240.
 
-Three measurements over the same ``sim:N`` scenes:
+Measurements over the same ``sim:N`` scenes, after a one-image warm-up run (so one-off imports, e.g.
+pandas under the Parquet writer and the OpenGL loader, are not charged to the images):
 
-* end to end (``run_local``): scene build + CPU rendering (OSMesa) + extraction + QA + writing files;
-* without rendering: the same scenes rendered beforehand, then extraction + QA + writing, timed alone;
-* QA synthesis alone (questions, templates, rounding) on the extracted scene records.
+* end to end, one process (``run_local``): scene build + CPU rendering (OSMesa) + extraction + QA + files;
+* without rendering, one process: the scenes rendered beforehand, then extraction + QA + files, timed alone;
+* QA synthesis alone (questions, templates, rounding) on the extracted scene records;
+* end to end on Ray Data (``run_ray``) with ``--ray-workers`` workers (default 2) on a local Ray, rendering
+  included; Ray's own start-up is timed apart, the workers' start-up (imports) is inside the run, and the
+  steady rate (first to last image) is given beside it.
 
-Prints a table and, as its last line, JSON with ``images_per_s`` and ``qa_per_s`` (end to end,
-rendering included), their ``*_without_rendering`` twins, ``qa_synthesis_only_per_s``, ``render_s_per_image``
-and ``ray_images_per_s`` (null: the Ray engine is not implemented).
+Prints a table and, as its last line, JSON with ``images_per_s`` and ``qa_per_s`` (one process, end to end,
+rendering included), their ``*_without_rendering`` twins, ``qa_synthesis_only_per_s``,
+``render_s_per_image`` (scene build + render + table mask, per image) and ``ray_images_per_s``.
 
-Usage: MUJOCO_GL=osmesa python benchmarks/synthesis_throughput.py [--images 40]
+Usage: MUJOCO_GL=osmesa python benchmarks/synthesis_throughput.py [--images 40] [--ray-workers 2] [--no-ray]
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from spatialvlm_ros.synthesis.config import load_synthesis_config
+from spatialvlm_ros.synthesis.config import SynthesisConfig, load_synthesis_config
 from spatialvlm_ros.synthesis.engine import run_local
 from spatialvlm_ros.synthesis.extract import SceneExtractor, image_rng
 from spatialvlm_ros.synthesis.questions import synthesize_qa
@@ -44,21 +48,21 @@ class _Prerendered:
         return self._samples[image_id]
 
 
-def measure(n_images: int) -> dict[str, float | None]:
-    """Run the three measurements and return the figures."""
-    cfg = load_synthesis_config()
+def measure_local(cfg: SynthesisConfig, n_images: int, tmp: Path) -> dict[str, float]:
+    """One process: end to end, without rendering, and QA synthesis alone."""
     source = SimSource(n_images, cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        summary = run_local(source, Path(tmp) / "end_to_end", cfg)
-        end_to_end_s = time.perf_counter() - start
+    run_local(SimSource(1, cfg), tmp / "warm_up", cfg)
 
-        start = time.perf_counter()
-        prerendered = _Prerendered(source)
-        render_s = time.perf_counter() - start
-        start = time.perf_counter()
-        run_local(prerendered, Path(tmp) / "no_render", cfg)
-        no_render_s = time.perf_counter() - start
+    start = time.perf_counter()
+    summary = run_local(source, tmp / "end_to_end", cfg)
+    end_to_end_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    prerendered = _Prerendered(source)
+    render_s = time.perf_counter() - start
+    start = time.perf_counter()
+    run_local(prerendered, tmp / "no_render", cfg)
+    no_render_s = time.perf_counter() - start
 
     extractor = SceneExtractor(cfg)
     scenes = [(extractor.extract(prerendered.load(i), image_rng(cfg.seed, i)), i) for i in prerendered.image_ids]
@@ -71,19 +75,45 @@ def measure(n_images: int) -> dict[str, float | None]:
         "images_per_s_without_rendering": n_images / no_render_s,
         "qa_per_s_without_rendering": summary.rows / no_render_s,
         "qa_synthesis_only_per_s": n_qa / qa_only_s, "render_s_per_image": render_s / n_images,
-        "ray_images_per_s": None,
     }
+
+
+def measure_ray(cfg: SynthesisConfig, n_images: int, workers: int, tmp: Path) -> dict[str, float]:
+    """Ray Data on a local Ray with ``workers`` one-CPU workers, rendering included; Ray is shut down after."""
+    from spatialvlm_ros.synthesis.ray_engine import import_ray, run_ray
+    ray = import_ray()
+    start = time.perf_counter()
+    ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        init_s = time.perf_counter() - start
+        stamps: list[float] = []
+        start = time.perf_counter()
+        summary = run_ray(SimSource(n_images, cfg), tmp / "ray", cfg, num_workers=workers,
+                          on_image=lambda image_id, n: stamps.append(time.perf_counter()))
+        run_s = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    return {"ray_workers": workers, "ray_init_s": init_s, "ray_images_per_s": summary.processed / run_s,
+            "ray_qa_per_s": summary.rows / run_s,
+            "ray_images_per_s_steady": (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else None}
 
 
 def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=40)
+    parser.add_argument("--ray-workers", type=int, default=2)
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray measurement (ray_images_per_s: null)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    figures = measure(args.images)
+    cfg = load_synthesis_config()
+    with tempfile.TemporaryDirectory() as tmp:
+        figures: dict[str, float | None] = {**measure_local(cfg, args.images, Path(tmp)),
+                                            "images_per_s_includes_rendering": True}
+        figures.update({"ray_images_per_s": None} if args.no_ray
+                       else measure_ray(cfg, args.images, args.ray_workers, Path(tmp)))
     for key, value in figures.items():
-        print(f"{key:34s} {value if value is None or isinstance(value, int) else round(value, 3)}")
+        print(f"{key:34s} {value if value is None or isinstance(value, (bool, int)) else round(value, 3)}")
     print(json.dumps(figures))
 
 

@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--config", type=Path, default=None, help="synthesis YAML (default: config/synthesis.yaml)")
     synth.add_argument("--engine", choices=["local", "ray"], default="local", help="in-process or Ray Data")
     synth.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
+    synth.add_argument("--ray-workers", type=int, default=None, help="Ray workers (default: the cluster's CPUs)")
     synth.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
     synth.set_defaults(func=_synthesize)
     return parser

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from spatialvlm_ros.cli import main
-from spatialvlm_ros.errors import ConfigError, InputError
+from spatialvlm_ros.errors import InputError
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.geometry.plane import fit_plane
 from spatialvlm_ros.geometry.pointcloud import backproject
@@ -127,15 +127,10 @@ def test_parquet_loads_with_datasets(tmp_path: Path) -> None:
     assert table.num_rows == 24 and table[0]["messages"][1]["role"] == "assistant"
 
 
-def test_unsupported_inputs_and_engines_say_what_is_supported(tmp_path: Path) -> None:
+def test_unsupported_inputs_say_what_is_supported(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="image folders are not yet supported.*supported: sim:N"):
         open_source(str(tmp_path), SynthesisConfig())
     with pytest.raises(InputError, match="rosbag2 inputs are not yet supported"):
         open_source("run.mcap", SynthesisConfig())
     with pytest.raises(InputError, match="expected sim:N"):
         open_source("sim:many", SynthesisConfig())
-    from spatialvlm_ros.cli import build_parser
-    from spatialvlm_ros.synthesis.cli import synthesize_cli
-    args = build_parser().parse_args(["synthesize", "--input", "sim:1", "--out", str(tmp_path), "--engine", "ray"])
-    with pytest.raises(ConfigError, match="--engine ray is not available yet"):
-        synthesize_cli(args)

@@ -9,26 +9,28 @@ import logging
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from spatialvlm_ros.errors import ConfigError
 from spatialvlm_ros.synthesis.config import load_synthesis_config
-from spatialvlm_ros.synthesis.engine import run_local
+from spatialvlm_ros.synthesis.engine import RunSummary, run_local
 from spatialvlm_ros.synthesis.sources import open_source
 
 
 def synthesize_cli(args: argparse.Namespace) -> int:
     """Run ``spatialvlm synthesize`` (arguments from :func:`spatialvlm_ros.cli.build_parser`).
 
+    ``--engine local`` runs in this process; ``--engine ray`` runs on Ray Data, on the cluster at
+    ``--ray-address`` or on a local Ray started (and stopped) for the run. Both write the same dataset.
     Prints the run summary as JSON on the last line.
 
     Raises:
-        ConfigError: bad settings, or ``--engine ray`` (not available yet).
+        ConfigError: bad settings, or ``--engine ray`` without Ray installed.
         InputError: an unsupported ``--input``.
     """
-    if args.engine == "ray":
-        raise ConfigError("--engine ray is not available yet (Ray is not a dependency of this package); "
-                          "use --engine local")
     cfg = load_synthesis_config(args.config, {"seed": args.seed} if args.seed is not None else None)
     source = open_source(args.input, cfg)
+    if args.engine == "ray":
+        # Fail on a missing Ray before drawing a progress bar.
+        from spatialvlm_ros.synthesis.ray_engine import import_ray, run_ray
+        import_ray()
     if not getattr(args, "verbose", False):
         # One simulator per image would log a line each; the progress bar says enough.
         logging.getLogger("spatialvlm_ros.sim").setLevel(logging.WARNING)
@@ -43,6 +45,11 @@ def synthesize_cli(args: argparse.Namespace) -> int:
             rows += n_rows
             progress.update(task, advance=1, rows=rows)
 
-        summary = run_local(source, args.out, cfg, on_image=advance)
-    print(json.dumps({"out": str(args.out), **dataclasses.asdict(summary)}))
+        summary: RunSummary
+        if args.engine == "ray":
+            summary = run_ray(source, args.out, cfg, on_image=advance, address=args.ray_address,
+                              num_workers=args.ray_workers)
+        else:
+            summary = run_local(source, args.out, cfg, on_image=advance)
+    print(json.dumps({"out": str(args.out), "engine": args.engine, **dataclasses.asdict(summary)}))
     return 0

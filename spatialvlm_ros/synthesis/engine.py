@@ -1,19 +1,30 @@
-"""Run the pipeline over a source into a dataset folder (the in-process engine)."""
+"""Run the pipeline over a source into a dataset folder: the in-process engine and the per-image step it shares.
+
+Both engines (this one and :mod:`spatialvlm_ros.synthesis.ray_engine`) run :func:`synthesize_image` on
+each image and hand its :class:`ImageResult` to the same :class:`DatasetWriter`, so for the same
+settings and seed they write byte-identical datasets.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+import numpy as np
 
 from spatialvlm_ros.synthesis.config import SynthesisConfig
 from spatialvlm_ros.synthesis.extract import SceneExtractor, image_rng
-from spatialvlm_ros.synthesis.questions import synthesize_qa
+from spatialvlm_ros.synthesis.questions import QAPair, synthesize_qa
+from spatialvlm_ros.synthesis.records import SceneRecord
 from spatialvlm_ros.synthesis.sources import Source
 from spatialvlm_ros.synthesis.writer import DatasetWriter
 
 logger = logging.getLogger(__name__)
+
+#: Progress callback: image id and the number of rows it produced (0 for skipped or filtered images).
+ProgressCallback = Callable[[str, int], None]
 
 
 @dataclass(frozen=True)
@@ -38,9 +49,58 @@ class RunSummary:
     per_type: dict[str, int]
     parquet: bool
 
+    @classmethod
+    def from_writer(cls, processed: int, skipped: int, summary: dict[str, Any]) -> "RunSummary":
+        """Combine a run's counts with :meth:`DatasetWriter.finalize`'s summary."""
+        return cls(processed=processed, skipped=skipped, rows=summary["rows"], images=summary["images"],
+                   filtered=summary["filtered"], per_type=summary["per_type"], parquet=summary["parquet"])
+
+
+@dataclass(frozen=True, eq=False)
+class ImageResult:
+    """Everything the writer needs about one processed image.
+
+    Attributes:
+        image_id: the image.
+        rgb: (H, W, 3) uint8 image.
+        depth_m: (H, W) float32 metres; None when the settings do not save depth (or the image has none).
+        scene: the scene record; None when the filter dropped the image.
+        pairs: the image's question-answer pairs (empty when filtered).
+    """
+
+    image_id: str
+    rgb: np.ndarray
+    depth_m: np.ndarray | None
+    scene: SceneRecord | None
+    pairs: tuple[QAPair, ...]
+
+
+def synthesize_image(source: Source, extractor: SceneExtractor, image_id: str) -> ImageResult:
+    """Load, extract and question one image; the result depends on (settings, seed, image id) alone.
+
+    Raises:
+        InputError: an image the experts cannot use.
+    """
+    sample = source.load(image_id)
+    rng = image_rng(extractor.cfg.seed, image_id)
+    scene = extractor.extract(sample, rng)
+    pairs = () if scene is None else tuple(synthesize_qa(scene, rng, extractor.cfg.questions))
+    # Depth only travels on when it is saved: it is the largest array, and Ray ships results between processes.
+    depth_m = sample.frame.depth_m if extractor.cfg.output.save_depth else None
+    return ImageResult(image_id=image_id, rgb=sample.frame.rgb, depth_m=depth_m, scene=scene, pairs=pairs)
+
+
+def write_result(writer: DatasetWriter, result: ImageResult) -> int:
+    """Write one image's files (or its filtered marker) and return its number of rows."""
+    if result.scene is None:
+        writer.mark_filtered(result.image_id, "filter")
+        return 0
+    writer.write_image(result.rgb, result.depth_m, result.scene, list(result.pairs))
+    return len(result.pairs)
+
 
 def run_local(source: Source, out: Path, cfg: SynthesisConfig,
-              on_image: Callable[[str, int], None] | None = None) -> RunSummary:
+              on_image: ProgressCallback | None = None) -> RunSummary:
     """Synthesise every image of ``source`` into the dataset folder ``out``, in this process.
 
     Args:
@@ -55,6 +115,15 @@ def run_local(source: Source, out: Path, cfg: SynthesisConfig,
     Raises:
         ConfigError: bad expert names, or ``out`` made with other settings.
         InputError: an image the experts cannot use.
+
+    Example:
+        >>> import tempfile
+        >>> from spatialvlm_ros.synthesis.sources import open_source
+        >>> cfg = SynthesisConfig()
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     summary = run_local(open_source("sim:1", cfg), Path(tmp), cfg)
+        >>> summary.processed, summary.rows
+        (1, 24)
     """
     writer = DatasetWriter(out, cfg)
     extractor = SceneExtractor(cfg)
@@ -62,23 +131,12 @@ def run_local(source: Source, out: Path, cfg: SynthesisConfig,
     for image_id in source.image_ids:
         if writer.is_done(image_id):
             skipped += 1
-            if on_image is not None:
-                on_image(image_id, 0)
-            continue
-        sample = source.load(image_id)
-        rng = image_rng(cfg.seed, image_id)
-        scene = extractor.extract(sample, rng)
-        if scene is None:
-            writer.mark_filtered(image_id, "filter")
             n_rows = 0
         else:
-            pairs = synthesize_qa(scene, rng, cfg.questions)
-            writer.write_image(sample.frame.rgb, sample.frame.depth_m, scene, pairs)
-            n_rows = len(pairs)
-        processed += 1
+            n_rows = write_result(writer, synthesize_image(source, extractor, image_id))
+            processed += 1
         if on_image is not None:
             on_image(image_id, n_rows)
-    summary = writer.finalize()
-    logger.info("synthesised %d images (%d skipped as done): %d rows in %s", processed, skipped, summary["rows"], out)
-    return RunSummary(processed=processed, skipped=skipped, rows=summary["rows"], images=summary["images"],
-                      filtered=summary["filtered"], per_type=summary["per_type"], parquet=summary["parquet"])
+    summary = RunSummary.from_writer(processed, skipped, writer.finalize())
+    logger.info("synthesised %d images (%d skipped as done): %d rows in %s", processed, skipped, summary.rows, out)
+    return summary
