@@ -27,6 +27,11 @@ def _synthesize(args: argparse.Namespace) -> int:
     return synthesize_cli(args)
 
 
+def _ask(args: argparse.Namespace) -> int:
+    from spatialvlm_ros.vlm.cli import ask_cli
+    return ask_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
@@ -82,6 +87,28 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--ray-workers", type=int, default=None, help="Ray workers (default: the cluster's CPUs)")
     synth.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
     synth.set_defaults(func=_synthesize)
+
+    ask = sub.add_parser(
+        "ask", help="ask a spatial VLM how far apart two objects are in an image",
+        description="Send an image and a question to the spatial VLM of estimator.vlm (an OpenAI-compatible "
+                    "server such as vLLM, Ollama or llama.cpp); print the answers and the metres parsed from them "
+                    "as JSON.")
+    ask.add_argument("image", help="image file (PNG, JPEG), or 'sim' for a simulated tabletop frame")
+    ask.add_argument("question", nargs="?", default=None,
+                     help="free-text question, e.g. 'How far is the yellow gripper from the red can?'")
+    ask.add_argument("--pair", help="instead of a question, 'GRIPPER -> OBJECT': ask the distance question and "
+                                    "report mean +- std over the samples")
+    ask.add_argument("--distance", choices=["gap", "centre"], default=None, help="with --pair (default: config)")
+    ask.add_argument("--config", type=Path, default=None,
+                     help="spatial_reward_node parameter file (default: config/spatial_reward.yaml)")
+    ask.add_argument("--backend", default=None, help="VLM backend (default: config; 'openai' = chat-completions)")
+    ask.add_argument("--url", default=None, help="API base URL, e.g. http://127.0.0.1:8000/v1")
+    ask.add_argument("--model", default=None, help="model name the server knows")
+    ask.add_argument("--samples", type=int, default=None, help="answers per question")
+    ask.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
+    ask.add_argument("--default-unit", default=None, help="unit of a bare number in an answer (m, cm, ...)")
+    ask.add_argument("--timeout", type=float, default=None, help="per-request timeout, seconds")
+    ask.set_defaults(func=_ask)
     return parser
 
 

@@ -23,6 +23,7 @@ import yaml
 
 from spatialvlm_ros.errors import ConfigError
 from spatialvlm_ros.perception.hf import ModelsConfig
+from spatialvlm_ros.vlm.base import VLMConfig
 
 
 def config_path(name: str) -> Path:
@@ -58,6 +59,7 @@ class EstimatorConfig:
     outlier_k: float = 3.0             # drop points farther than k robust sigmas from the median
     max_points: int = 3000             # per object, subsampled before the KD-tree (speed)
     seed: int = 0                      # for that subsampling
+    vlm: VLMConfig = VLMConfig()       # backend "vlm": which spatial VLM, where, how many samples
     monocular_depth: bool = False      # frames without depth: estimate it with models.depth instead of NO_DEPTH
     models: ModelsConfig = ModelsConfig()   # transformers checkpoints (grounding open_vocab, monocular_depth)
 

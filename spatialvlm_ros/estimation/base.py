@@ -132,4 +132,5 @@ def build_estimator(config: "EstimatorConfig") -> DistanceEstimator:
     """Build the backend named by ``config.backend``."""
     # Importing the backends registers them; kept here so a plain import of base stays light.
     from spatialvlm_ros.estimation import geometric  # noqa: F401
+    from spatialvlm_ros.vlm import base as vlm  # noqa: F401
     return ESTIMATORS.create(config.backend, config)

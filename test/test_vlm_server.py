@@ -1,0 +1,375 @@
+"""The chat-completions backend against a real local HTTP server, and the VLM estimator end to end."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+import pytest
+
+from spatialvlm_ros.config import EstimatorConfig, SimConfig
+from spatialvlm_ros.errors import ConfigError, InputError
+from spatialvlm_ros.estimation import DistanceKind, NoEstimateReason, Pair, build_estimator
+from spatialvlm_ros.frame import Frame
+from spatialvlm_ros.sim import TabletopSim
+from spatialvlm_ros.vlm import (
+    DISTANCE_QUESTIONS, VLMAnswer, VLMConfig, VLMDistanceEstimator, VLMError, VLMTimeoutError, build_vlm,
+    parse_answer,
+)
+from spatialvlm_ros.vlm.server import OpenAIChatVLM
+
+KEY_ENV = "SPATIALVLM_TEST_API_KEY"
+KEY = "sk-test-not-a-real-key"
+MODEL = "remyxai/SpaceQwen2.5-VL-3B-Instruct"
+PAIR = Pair("yellow gripper", "red can")
+
+
+class FakeVLMServer:
+    """An OpenAI-compatible chat-completions server on 127.0.0.1 (ephemeral port) that records requests.
+
+    Each request takes the next scripted reply (then ``default``): ``("answer", text)``, ``("status",
+    code)``, ``("raw", bytes)`` or ``("sleep", seconds)``. Requests without ``Bearer KEY`` get a 401.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.script: list[tuple[Any, ...]] = []
+        self.default: tuple[Any, ...] = ("answer", "About 1 meter.")
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    reply = server.script.pop(0) if server.script else server.default
+                if self.headers.get("Authorization") != f"Bearer {KEY}":
+                    reply = ("status", 401)
+                try:
+                    self._reply(*reply)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+
+            def _reply(self, kind: str, arg: Any) -> None:
+                if kind == "sleep":
+                    server.stop.wait(arg)
+                    kind, arg = "answer", "1 m"
+                if kind == "status":
+                    self._send(arg, json.dumps({"error": {"message": f"status {arg}"}}).encode())
+                elif kind == "raw":
+                    self._send(200, arg)
+                else:
+                    self._send(200, json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "model": MODEL,
+                                                "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                                    "role": "assistant", "content": arg}}]}).encode())
+
+            def _send(self, status: int, payload: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeVLMServer]:
+    fake = FakeVLMServer()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def fake(server: FakeVLMServer, monkeypatch: pytest.MonkeyPatch) -> FakeVLMServer:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    server.requests.clear()
+    server.script.clear()
+    server.default = ("answer", "About 1 meter.")
+    return server
+
+
+def config(fake: FakeVLMServer, **kw: Any) -> VLMConfig:
+    settings = dict(url=fake.url, model=MODEL, api_key_env=KEY_ENV, timeout_s=2.0, retry_backoff_s=0.01)
+    return VLMConfig(**{**settings, **kw})
+
+
+@pytest.fixture(scope="module")
+def sim_frame() -> tuple[Frame, float]:
+    with TabletopSim(SimConfig(width=160, height=120, n_frames=2)) as sim:
+        step = sim.render(1)
+    return step.frame, step.truth.gap_m["red can"]
+
+
+def rgb(h: int = 12, w: int = 20) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_request_shape(fake: FakeVLMServer) -> None:
+    image = rgb(12, 20)
+    answer = OpenAIChatVLM(config(fake, temperature=0.3, max_tokens=64, system_prompt="Answer in metres.")).ask(
+        image, "How far is the yellow gripper from the red can?")
+    assert answer.text == "About 1 meter." and answer.parsed.value_m == 1.0 and answer.latency_ms > 0
+    [request] = fake.requests
+    assert request["path"] == "/v1/chat/completions"
+    assert request["headers"]["Authorization"] == f"Bearer {KEY}"
+    assert request["headers"]["Content-Type"] == "application/json"
+    body = request["body"]
+    assert (body["model"], body["temperature"], body["max_tokens"]) == (MODEL, 0.3, 64)
+    system, user = body["messages"]
+    assert system == {"role": "system", "content": "Answer in metres."}
+    text, image_part = user["content"]
+    assert text == {"type": "text", "text": "How far is the yellow gripper from the red can?"}
+    url = image_part["image_url"]["url"]
+    assert image_part["type"] == "image_url" and url.startswith("data:image/png;base64,")
+    png = base64.b64decode(url.split(",", 1)[1])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(decoded[..., ::-1], image)   # lossless, RGB order kept
+
+
+def test_no_key_env_means_no_auth_header(fake: FakeVLMServer) -> None:
+    with pytest.raises(VLMError, match="401"):
+        OpenAIChatVLM(config(fake, api_key_env="")).ask(rgb(), "How far?")
+    assert "Authorization" not in fake.requests[0]["headers"]
+
+
+def test_unparseable_answer_is_returned_flagged(fake: FakeVLMServer) -> None:
+    fake.script = [("answer", "I cannot tell from this image.")]
+    answer = OpenAIChatVLM(config(fake)).ask(rgb(), "How far?")
+    assert not answer.parsed.valid and "no number" in answer.parsed.reason
+
+
+def test_content_parts_and_default_unit(fake: FakeVLMServer) -> None:
+    fake.script = [("raw", json.dumps({"choices": [{"message": {"content": [{"type": "text", "text": "0.4"}]}}]})
+                    .encode())]
+    answer = OpenAIChatVLM(config(fake, default_unit="m")).ask(rgb(), "How far?")
+    assert answer.parsed.valid and answer.parsed.value_m == 0.4
+
+
+def test_timeout(fake: FakeVLMServer) -> None:
+    fake.script = [("sleep", 5.0)]
+    vlm = OpenAIChatVLM(config(fake, timeout_s=0.2, retries=2))
+    start = time.monotonic()
+    with pytest.raises(VLMTimeoutError, match="no answer within 0.2 s"):
+        vlm.ask(rgb(), "How far?")
+    assert time.monotonic() - start < 1.5
+    assert len(fake.requests) == 1    # a timeout is not retried
+
+
+def test_retry_after_one_503(fake: FakeVLMServer, caplog: pytest.LogCaptureFixture) -> None:
+    fake.script = [("status", 503), ("answer", "roughly 30 cm")]
+    answer = OpenAIChatVLM(config(fake, retries=2)).ask(rgb(), "How far?")
+    assert answer.parsed.value_m == pytest.approx(0.3)
+    assert len(fake.requests) == 2
+    assert "HTTP 503" in caplog.text and "retry 1/2" in caplog.text
+    assert KEY not in caplog.text
+
+
+def test_retries_are_bounded(fake: FakeVLMServer) -> None:
+    fake.default = ("status", 500)
+    with pytest.raises(VLMError, match="HTTP 500"):
+        OpenAIChatVLM(config(fake, retries=2)).ask(rgb(), "How far?")
+    assert len(fake.requests) == 3
+
+
+def test_retry_after_header_wins() -> None:
+    vlm = OpenAIChatVLM(VLMConfig(retry_backoff_s=0.5))
+    assert [vlm._delay(a, None) for a in range(3)] == [0.5, 1.0, 2.0]
+    assert vlm._delay(0, "3") == 3.0 and vlm._delay(0, "9999") == 30.0
+    assert vlm._delay(1, "Wed, 21 Oct 2015 07:28:00 GMT") == 1.0
+
+
+@pytest.mark.parametrize("payload, match", [
+    (b"<html>Bad gateway</html>", "not JSON"),
+    (b'{"object": "error"}', "no choices"),
+    (b'{"choices": []}', "no choices"),
+])
+def test_bad_responses(fake: FakeVLMServer, payload: bytes, match: str) -> None:
+    fake.script = [("raw", payload)]
+    with pytest.raises(VLMError, match=match):
+        OpenAIChatVLM(config(fake)).ask(rgb(), "How far?")
+
+
+def test_401_is_not_retried_and_never_shows_the_key(fake: FakeVLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, "sk-wrong-key")
+    vlm = OpenAIChatVLM(config(fake, retries=3))
+    with pytest.raises(VLMError, match=f"HTTP 401.*{KEY_ENV}") as info:
+        vlm.ask(rgb(), "How far?")
+    assert len(fake.requests) == 1
+    assert "sk-wrong-key" not in str(info.value) and "sk-wrong-key" not in repr(vlm)
+
+
+def test_missing_key_env_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(ConfigError, match=f"estimator.vlm.api_key_env: environment variable '{KEY_ENV}'"):
+        OpenAIChatVLM(VLMConfig(api_key_env=KEY_ENV))
+
+
+def test_unreachable_server_after_retries(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as s:   # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    vlm = OpenAIChatVLM(VLMConfig(url=f"http://127.0.0.1:{port}/v1", retries=1, retry_backoff_s=0.01))
+    with pytest.raises(VLMError, match="cannot reach"):
+        vlm.ask(rgb(), "How far?")
+    assert "retry 1/1" in caplog.text
+
+
+def test_bad_image_and_batch_lengths(fake: FakeVLMServer) -> None:
+    vlm = OpenAIChatVLM(config(fake))
+    with pytest.raises(InputError, match="uint8"):
+        vlm.ask(np.zeros((4, 4, 3), np.float32), "How far?")
+    with pytest.raises(InputError, match="2 images but 1 questions"):
+        vlm.ask_batch([rgb(), rgb()], ["How far?"])
+    assert vlm.ask_batch([], []) == []
+
+
+def test_batch_keeps_order(fake: FakeVLMServer) -> None:
+    vlm = OpenAIChatVLM(config(fake, max_concurrency=3))
+    questions = [f"Q{i}" for i in range(5)]
+    fake.default = ("answer", "1 m")
+    answers = vlm.ask_batch([rgb()] * 5, questions)
+    assert [a.text for a in answers] == ["1 m"] * 5
+    assert sorted(r["body"]["messages"][0]["content"][0]["text"] for r in fake.requests) == questions
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError, match="estimator.vlm.url: must be an http"):
+        VLMConfig(url="127.0.0.1:8000")
+    with pytest.raises(ConfigError, match="estimator.vlm.samples: must be >= 1"):
+        VLMConfig(samples=0)
+    with pytest.raises(ConfigError, match="estimator.vlm.backend: unknown 'nope'; registered: openai"):
+        build_vlm(VLMConfig(backend="nope"))
+
+
+# --- the estimator adapter ----------------------------------------------------------------------------------
+
+def test_estimator_end_to_end_on_a_simulated_frame(fake: FakeVLMServer, sim_frame: tuple[Frame, float]) -> None:
+    frame, gap_m = sim_frame
+    cm = 100 * gap_m
+    # Three samples as a reasoning model words them; requests run concurrently, so order is arbitrary.
+    fake.script = [("answer", f"<think>The can is about 7 cm wide...</think>\n<answer>About {0.9 * cm:.1f} cm."
+                              "</answer>"),
+                   ("answer", f"The gap is roughly **{gap_m:.4f} m**."),
+                   ("answer", f"I'd estimate around {1.1 * cm / 2.54:.3f} inches")]
+    estimator = build_estimator(EstimatorConfig(backend="vlm", vlm=config(fake, samples=3)))
+    assert isinstance(estimator, VLMDistanceEstimator) and estimator.name == "vlm"
+    [estimate] = estimator.estimate(frame, [PAIR], DistanceKind.GAP)
+    assert estimate.valid, estimate.detail
+    assert estimate.distance_m == pytest.approx(gap_m, rel=1e-3)
+    assert estimate.uncertainty_m == pytest.approx(0.1 * gap_m, rel=1e-2)   # std (ddof=1) of 0.9, 1.0, 1.1 x gap
+    assert (estimate.stamp_ns, estimate.frame_id) == (frame.stamp_ns, frame.frame_id)
+    assert estimate.answer_text.count("\n---\n") == 2 and "inches" in estimate.answer_text
+    assert estimate.detail.startswith("3/3 answers parsed")
+    assert len(fake.requests) == 3
+    for request in fake.requests:
+        content = request["body"]["messages"][0]["content"]
+        assert content[0]["text"] == "What is the gap between the yellow gripper and the red can?"
+        png = base64.b64decode(content[1]["image_url"]["url"].split(",", 1)[1])
+        assert cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR).shape == (120, 160, 3)
+
+
+def test_estimator_failures_become_flagged_estimates(fake: FakeVLMServer, sim_frame: tuple[Frame, float]) -> None:
+    frame, _ = sim_frame
+    pairs = [PAIR, Pair("yellow gripper", "blue box")]
+
+    fake.default = ("answer", "They are far apart.")
+    estimates = VLMDistanceEstimator(config(fake, samples=2)).estimate(frame, pairs, DistanceKind.CENTRE)
+    assert [e.reason for e in estimates] == [NoEstimateReason.UNPARSEABLE] * 2
+    assert "0/2 answers parsed: no number" in estimates[0].detail
+    assert estimates[0].answer_text == "They are far apart.\n---\nThey are far apart."
+
+    fake.default = ("status", 500)
+    estimates = VLMDistanceEstimator(config(fake, samples=1, retries=0)).estimate(frame, pairs, "centre")
+    assert [e.reason for e in estimates] == [NoEstimateReason.BACKEND_ERROR] * 2
+    assert all(not e.valid and "HTTP 500" in e.detail for e in estimates)
+
+    fake.default = ("sleep", 5.0)
+    estimates = VLMDistanceEstimator(config(fake, samples=1, timeout_s=0.2)).estimate(frame, [PAIR], "gap")
+    assert [e.reason for e in estimates] == [NoEstimateReason.TIMEOUT]
+
+
+class Scripted:
+    """A stand-in model: answers are given per call; questions are recorded."""
+
+    name = "scripted"
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self.questions: list[str] = []
+
+    def ask(self, image: np.ndarray, question: str, depth: np.ndarray | None = None) -> VLMAnswer:
+        return self.ask_batch([image], [question])[0]
+
+    def ask_batch(self, images: Any, questions: Any, depths: Any = None) -> list[VLMAnswer]:
+        self.questions += questions
+        return [VLMAnswer(t, parse_answer(t), 1.0) for t in self.texts[:len(questions)]]
+
+
+@pytest.mark.parametrize("texts, distance, uncertainty", [
+    (["1 m"], 1.0, None),                         # one value: no spread known
+    (["between 1 and 2 m"], 1.5, 0.5),            # one range: its half-range
+    (["1 m", "no idea", "3 m"], 2.0, 2 ** 0.5),   # the unparsed sample is left out
+])
+def test_estimator_statistics(sim_frame: tuple[Frame, float], texts: list[str], distance: float,
+                              uncertainty: float | None) -> None:
+    frame, _ = sim_frame
+    [e] = VLMDistanceEstimator(VLMConfig(samples=len(texts)), vlm=Scripted(texts)).estimate(frame, [PAIR], "gap")
+    assert e.valid and e.distance_m == pytest.approx(distance)
+    if uncertainty is None:
+        assert np.isnan(e.uncertainty_m)
+    else:
+        assert e.uncertainty_m == pytest.approx(uncertainty)
+
+
+def test_sampled_phrasing_is_seeded(sim_frame: tuple[Frame, float]) -> None:
+    frame, _ = sim_frame
+
+    def questions(seed: int, stamp_ns: int) -> list[str]:
+        vlm = Scripted(["1 m"] * 8)
+        VLMDistanceEstimator(VLMConfig(samples=8, phrasing="sampled"), vlm=vlm, seed=seed).estimate(
+            dataclasses.replace(frame, stamp_ns=stamp_ns), [PAIR], DistanceKind.CENTRE)
+        return vlm.questions
+
+    first = questions(0, 10)
+    assert first == questions(0, 10)
+    assert first != questions(0, 11) or first != questions(1, 10)
+    allowed = {t.format(A="the yellow gripper", B="the red can") for t in DISTANCE_QUESTIONS[DistanceKind.CENTRE]}
+    assert set(first) <= allowed and len(set(first)) > 1
+
+
+def test_ask_cli_prints_answers_and_parsed_metres(fake: FakeVLMServer, capsys: pytest.CaptureFixture) -> None:
+    from spatialvlm_ros.cli import main
+    url = config(fake).url
+    status = main(["ask", "sim", "How far is the yellow gripper from the red can?", "--url", url,
+                   "--samples", "2", "--timeout", "5", "--api-key-env", KEY_ENV])
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert status == 0 and len(lines) == 2
+    assert all(line["valid"] and line["distance_m"] > 0 and line["answer"] for line in lines)
+    assert main(["ask", "sim", "--url", url]) == 2          # neither a question nor --pair
