@@ -127,10 +127,6 @@ def test_parquet_loads_with_datasets(tmp_path: Path) -> None:
     assert table.num_rows == 24 and table[0]["messages"][1]["role"] == "assistant"
 
 
-def test_unsupported_inputs_say_what_is_supported(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="image folders are not yet supported.*supported: sim:N"):
-        open_source(str(tmp_path), SynthesisConfig())
-    with pytest.raises(InputError, match="rosbag2 inputs are not yet supported"):
-        open_source("run.mcap", SynthesisConfig())
+def test_malformed_sim_input_says_what_is_expected() -> None:
     with pytest.raises(InputError, match="expected sim:N"):
         open_source("sim:many", SynthesisConfig())

@@ -63,8 +63,8 @@ class SimOracle:
         """One detection per labelled object visible in the frame, plus the true support mask."""
         frame = sample.frame
         if frame.segmentation is None:
-            raise InputError(f"{sample.image_id}: the sim_oracle expert needs a simulated frame with segmentation; "
-                             "choose another objects expert for real images")
+            raise InputError(f"{sample.image_id}: objects expert sim_oracle needs simulator frames; "
+                             "use experts.objects: open_vocab")
         present = set(np.unique(frame.segmentation).tolist())
         detections = []
         for name, label in sorted(frame.labels.items(), key=lambda kv: kv[1]):

@@ -1,25 +1,69 @@
-"""Image sources for the engine: ``sim:N`` (randomised MuJoCo tabletop scenes) today.
+"""Image sources for the engine: ``sim:N`` simulated scenes, image folders and rosbag2 recordings.
 
 A source lists its image ids up front and loads one sample by id, so a resumed run skips finished
-images without rendering or decoding them.
+images without rendering or decoding them. Ids depend on the input alone (never on the run), which
+keeps runs resumable and deterministic. Every source pickles to the Ray engine's workers; a folder or
+a bag is read there by path, so it must be reachable from every worker.
+
+Image folder (``--input path/to/folder``), searched recursively, in sorted relative-path order:
+
+* colour: ``*.png``, ``*.jpg``, ``*.jpeg`` (any case); hidden files and folders are skipped;
+* depth, optional, registered to the colour image and of its size: ``<stem>.depth.png`` beside the
+  image, single-channel 16-bit millimetres (0 = no reading, as ``16UC1``), or ``<stem>.depth.npy``,
+  (H, W) float metres;
+* intrinsics, optional: ``<stem>.intrinsics.json`` beside the image, else the nearest
+  ``intrinsics.json`` in the image's folder or a parent up to the input folder, else the field of
+  view ``models.fallback_fovy_deg``. The JSON holds ``{"fx", "fy", "cx", "cy"}`` (pixels) or
+  ``{"fovy_deg"}`` (vertical, degrees; principal point at the centre), optionally ``"width"`` and
+  ``"height"``, which must match the image;
+* image id: the relative path without its suffix, ``/`` replaced by ``__`` and any character other
+  than letters, digits, ``.``, ``_`` and ``-`` by ``_`` (``shelf/0001.png`` -> ``shelf__0001``).
+
+rosbag2 (``--input run.mcap``, a ``.db3`` file or a bag folder): colour (raw or compressed), registered
+depth when the bag has a depth topic, and camera_info, detected as ``spatialvlm eval-bag`` detects
+them; colour is paired with depth by header stamp, and every ``every_n``-th paired frame is kept.
+Image id: ``<bag name>-<colour header stamp, ns>`` (``run-1700000000100000000``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
+import cv2
 import numpy as np
 
-from spatialvlm_ros.config import SimConfig
+from spatialvlm_ros.config import SimConfig, SyncConfig
 from spatialvlm_ros.errors import InputError, SimulationError
+from spatialvlm_ros.frame import Frame
+from spatialvlm_ros.geometry.camera import CameraIntrinsics
+from spatialvlm_ros.ros.conversions import frame_from_messages
 from spatialvlm_ros.synthesis.config import SynthesisConfig
 from spatialvlm_ros.synthesis.registry import Sample
 
+if TYPE_CHECKING:
+    from rosbags.highlevel import AnyReader
+
+    from spatialvlm_ros.bag.reader import BagTopics, CameraMessages
+
 logger = logging.getLogger(__name__)
 
-SUPPORTED_INPUTS = "sim:N (N simulated tabletop scenes)"
+SUPPORTED_INPUTS = ("sim:N (N simulated tabletop scenes), an image folder, or a rosbag2 (.mcap or .db3 file, "
+                    "or its folder)")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+DEPTH_PNG_SUFFIX = ".depth.png"      # 16-bit millimetres
+DEPTH_NPY_SUFFIX = ".depth.npy"      # float metres
+INTRINSICS_SUFFIX = ".intrinsics.json"
+FOLDER_INTRINSICS = "intrinsics.json"
+BAG_SUFFIXES = (".mcap", ".db3")
+
+_PINHOLE_KEYS = ("fx", "fy", "cx", "cy")
+_INTRINSICS_KEYS = frozenset((*_PINHOLE_KEYS, "fovy_deg", "width", "height"))
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class Source(Protocol):
@@ -96,11 +140,289 @@ class SimSource:
                       support_mask=table_top_mask(step.frame, step.truth.camera_pose_world))
 
 
-def open_source(spec: str, cfg: SynthesisConfig) -> Source:
-    """The source named by ``--input``.
+class FolderSource:
+    """The images of a folder and its subfolders, with optional depth and intrinsics beside them.
+
+    The file conventions are in this module's docstring. Listing reads no pixels; :meth:`load`
+    decodes one image with its depth and intrinsics.
+
+    Args:
+        root: the folder.
+        fallback_fovy_deg: vertical field of view, degrees, of images without intrinsics.
 
     Raises:
-        InputError: malformed or not yet supported input.
+        InputError: ``root`` is not a folder, holds no images, or two images give one id.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = cv2.imwrite(f"{tmp}/shelf_0001.png", np.zeros((48, 64, 3), np.uint8))
+        ...     sample = FolderSource(tmp, fallback_fovy_deg=53.0).load("shelf_0001")
+        >>> sample.frame.rgb.shape, sample.frame.depth_m, round(sample.frame.intrinsics.fy, 1)
+        ((48, 64, 3), None, 48.1)
+    """
+
+    def __init__(self, root: str | Path, *, fallback_fovy_deg: float) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise InputError(f"{root}: not a folder")
+        found = sorted((p.relative_to(root) for p in root.rglob("*") if _is_image(p)), key=lambda rel: rel.as_posix())
+        paths: dict[str, Path] = {}
+        for rel in found:
+            if any(part.startswith(".") for part in rel.parts):
+                continue
+            image_id = _UNSAFE_ID_CHARS.sub("_", rel.with_suffix("").as_posix().replace("/", "__"))
+            if image_id in paths:
+                raise InputError(f"{root}: {paths[image_id].relative_to(root)} and {rel} both give image id "
+                                 f"{image_id!r}; rename one")
+            paths[image_id] = root / rel
+        if not paths:
+            raise InputError(f"{root}: no images ({', '.join('*' + s for s in IMAGE_SUFFIXES)}) in the folder "
+                             "or its subfolders")
+        self.root = root
+        self.fallback_fovy_deg = fallback_fovy_deg
+        self._paths = paths
+        logger.info("image folder %s: %d images", root, len(paths))
+
+    @property
+    def image_ids(self) -> tuple[str, ...]:
+        """Ids of the images, in sorted relative-path order."""
+        return tuple(self._paths)
+
+    def image_path(self, image_id: str) -> Path:
+        """The colour image of ``image_id``.
+
+        Raises:
+            InputError: no image has this id.
+        """
+        try:
+            return self._paths[image_id]
+        except KeyError as err:
+            raise InputError(f"{image_id}: no such image in {self.root}") from err
+
+    def depth_path(self, image_id: str) -> Path | None:
+        """The depth file of ``image_id`` (``<stem>.depth.png`` or ``<stem>.depth.npy``), None without one.
+
+        Raises:
+            InputError: no image has this id, or it has both depth files.
+        """
+        image = self.image_path(image_id)
+        found = [p for p in (image.parent / (image.stem + s) for s in (DEPTH_PNG_SUFFIX, DEPTH_NPY_SUFFIX))
+                 if p.is_file()]
+        if len(found) > 1:
+            raise InputError(f"{image}: both {found[0].name} and {found[1].name} exist; keep one depth file")
+        return found[0] if found else None
+
+    def intrinsics_path(self, image_id: str) -> Path | None:
+        """The intrinsics file of ``image_id``: its own, else the nearest folder-wide one; None without one.
+
+        Raises:
+            InputError: no image has this id.
+        """
+        image = self.image_path(image_id)
+        own = image.parent / (image.stem + INTRINSICS_SUFFIX)
+        if own.is_file():
+            return own
+        folder = image.parent
+        while True:
+            if (folder / FOLDER_INTRINSICS).is_file():
+                return folder / FOLDER_INTRINSICS
+            if folder == self.root:
+                return None
+            folder = folder.parent
+
+    def load(self, image_id: str) -> Sample:
+        """Decode the image of ``image_id`` with its depth (metres) and intrinsics.
+
+        Raises:
+            InputError: an unreadable image, depth or intrinsics file, or one of another size than the image.
+        """
+        image = self.image_path(image_id)
+        rgb = _read_colour(image)
+        height, width = rgb.shape[:2]
+        depth_file = self.depth_path(image_id)
+        depth_m = None
+        if depth_file is not None:
+            depth_m = _read_depth(depth_file)
+            if depth_m.shape != (height, width):
+                raise InputError(f"{depth_file}: depth is {depth_m.shape[1]}x{depth_m.shape[0]} but {image.name} is "
+                                 f"{width}x{height}; depth must be registered (aligned) to the colour image")
+        intrinsics_file = self.intrinsics_path(image_id)
+        if intrinsics_file is None:
+            logger.debug("%s: no intrinsics file; assuming a vertical field of view of %.1f deg", image_id,
+                         self.fallback_fovy_deg)
+            intrinsics = CameraIntrinsics.from_fov(width, height, self.fallback_fovy_deg)
+        else:
+            intrinsics = read_intrinsics(intrinsics_file, width, height)
+        return Sample(image_id=image_id, frame=Frame(rgb=rgb, intrinsics=intrinsics, depth_m=depth_m))
+
+
+class BagSource:
+    """The camera frames of a rosbag2: colour (+ registered depth) + camera_info, every ``every_n``-th frame.
+
+    Listing reads the bag once (the frames a run will see depend on the colour-depth pairing). Loading
+    streams the bag from the start, and onward for increasing ids, so a run in id order reads it once
+    more; an id before the last one loaded restarts the stream.
+
+    Args:
+        path: the bag folder or its ``.mcap`` / ``.db3`` file.
+        every_n: keep every ``every_n``-th paired frame, starting with the first.
+        sync: colour-depth pairing by header stamp (as the reward node pairs them).
+        image_topic: colour topic; default detected (see :func:`~spatialvlm_ros.bag.reader.resolve_topics`).
+        depth_topic: registered depth topic; default detected, none when the bag has no depth image
+            topic; ``""`` ignores depth.
+        info_topic: camera_info topic; default detected.
+
+    Raises:
+        BagError: the bag is missing or unreadable, or its camera topics cannot be told apart.
+        InputError: ``every_n`` < 1, or no frame to synthesise from.
+    """
+
+    def __init__(self, path: str | Path, *, every_n: int = 1, sync: SyncConfig = SyncConfig(),
+                 image_topic: str | None = None, depth_topic: str | None = None,
+                 info_topic: str | None = None) -> None:
+        if every_n < 1:
+            raise InputError(f"{path}: every_n must be >= 1, got {every_n}")
+        # The bag reader (rosbags, storage plugins) is imported only when a bag is read.
+        from spatialvlm_ros.bag.reader import IMAGE, open_bag, resolve_topics, topic_types
+        self.path = Path(path)
+        self.every_n = every_n
+        self.sync = sync
+        with open_bag(self.path) as reader:
+            if depth_topic is None and not any(m == IMAGE and "depth" in t for t, m in topic_types(reader).items()):
+                depth_topic = ""
+            self.topics: BagTopics = resolve_topics(reader, image=image_topic, depth=depth_topic,
+                                                    camera_info=info_topic)
+            stamps = [(i, m.stamp_ns) for i, m in enumerate(self._camera_messages(reader)) if i % every_n == 0]
+        if not stamps:
+            raise InputError(f"{self.path}: no frames on {self.topics.image}"
+                             + (f" paired with {self.topics.depth}" if self.topics.depth else ""))
+        name = _UNSAFE_ID_CHARS.sub("_", self.path.name if self.path.is_dir() else self.path.stem)
+        self._positions: dict[str, int] = {}
+        for position, stamp_ns in stamps:
+            image_id = f"{name}-{stamp_ns}"
+            repeat = 0
+            while image_id in self._positions:   # a repeated header stamp
+                repeat += 1
+                image_id = f"{name}-{stamp_ns}-{repeat}"
+            self._positions[image_id] = position
+        self._cursor: Iterator[tuple[int, CameraMessages]] | None = None
+        self._next = 0
+        logger.info("bag %s: %d frames kept (every_n %d) from %s%s", self.path, len(stamps), every_n,
+                    self.topics.image, f" + {self.topics.depth}" if self.topics.depth else "")
+
+    @property
+    def image_ids(self) -> tuple[str, ...]:
+        """Ids of the kept frames, in bag order."""
+        return tuple(self._positions)
+
+    def load(self, image_id: str) -> Sample:
+        """Decode the frame of ``image_id`` (colour, depth in metres, intrinsics from camera_info).
+
+        Raises:
+            InputError: an unknown id, an unsupported encoding, or sizes that disagree with camera_info.
+            BagError: the bag cannot be read.
+        """
+        try:
+            position = self._positions[image_id]
+        except KeyError as err:
+            raise InputError(f"{image_id}: no such frame in {self.path}") from err
+        messages = self._messages(position)
+        try:
+            frame = frame_from_messages(messages.image, messages.depth,
+                                        CameraIntrinsics.from_camera_info(messages.camera_info))
+        except InputError as err:
+            raise InputError(f"{image_id}: {err}") from err
+        return Sample(image_id=image_id, frame=frame)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # An open stream does not pickle; a copy (a Ray worker's) opens its own.
+        return {**self.__dict__, "_cursor": None, "_next": 0}
+
+    def _camera_messages(self, reader: AnyReader) -> Iterator[CameraMessages]:
+        from spatialvlm_ros.bag.reader import camera_messages
+        return camera_messages(reader, self.topics, slop_ns=int(self.sync.slop_s * 1e9),
+                               queue_size=self.sync.queue_size)
+
+    def _stream(self) -> Iterator[CameraMessages]:
+        # The bag closes when the stream is exhausted or dropped (generator close).
+        from spatialvlm_ros.bag.reader import open_bag
+        with open_bag(self.path) as reader:
+            yield from self._camera_messages(reader)
+
+    def _messages(self, position: int) -> CameraMessages:
+        """The messages of paired frame ``position``, moving the stream forward (or restarting it)."""
+        if self._cursor is None or position < self._next:
+            self._cursor = enumerate(self._stream())
+            self._next = 0
+        for index, messages in self._cursor:
+            self._next = index + 1
+            if index == position:
+                return messages
+        raise InputError(f"{self.path}: frame {position} is gone; did the bag change since it was listed?")
+
+
+def read_intrinsics(path: Path, width: int, height: int) -> CameraIntrinsics:
+    """Intrinsics of a ``width`` x ``height`` image from a JSON file of the folder convention.
+
+    Args:
+        path: JSON ``{"fx", "fy", "cx", "cy"}`` (pixels) or ``{"fovy_deg"}`` (vertical, degrees),
+            optionally with ``"width"`` and ``"height"``.
+        width: image width, pixels.
+        height: image height, pixels.
+
+    Raises:
+        InputError: unreadable or malformed JSON, unknown or missing keys, bad numbers, or another image size.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = Path(tmp, "intrinsics.json")
+        ...     _ = path.write_text('{"fx": 600, "fy": 600, "cx": 319.5, "cy": 239.5}')
+        ...     read_intrinsics(path, 640, 480).fx
+        600.0
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not readable JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object with fx, fy, cx, cy or fovy_deg, got {type(data).__name__}")
+    unknown = sorted(set(data) - _INTRINSICS_KEYS)
+    if unknown:
+        raise InputError(f"{path}: unknown keys {unknown}; expected fx, fy, cx, cy or fovy_deg, and width, height")
+    for key, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InputError(f"{path}: {key} must be a finite number, got {value!r}")
+    size = (data.get("width", width), data.get("height", height))
+    if size != (width, height):
+        raise InputError(f"{path}: intrinsics are for {size[0]}x{size[1]} images, the image is {width}x{height}")
+    pinhole = [key for key in _PINHOLE_KEYS if key in data]
+    if "fovy_deg" in data:
+        if pinhole:
+            raise InputError(f"{path}: give either fx, fy, cx, cy or fovy_deg, not both")
+        if not 0 < data["fovy_deg"] < 180:
+            raise InputError(f"{path}: fovy_deg must be in (0, 180), got {data['fovy_deg']}")
+        return CameraIntrinsics.from_fov(width, height, data["fovy_deg"])
+    if len(pinhole) < len(_PINHOLE_KEYS):
+        missing = [key for key in _PINHOLE_KEYS if key not in data]
+        raise InputError(f"{path}: missing {missing}; give fx, fy, cx, cy (pixels) or fovy_deg (degrees)")
+    try:
+        return CameraIntrinsics(fx=float(data["fx"]), fy=float(data["fy"]), cx=float(data["cx"]),
+                                cy=float(data["cy"]), width=width, height=height)
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from err
+
+
+def open_source(spec: str, cfg: SynthesisConfig) -> Source:
+    """The source named by ``--input``: ``sim:N``, an image folder, or a rosbag2 (file or folder).
+
+    Image folders and bags hold no segmentation, so they need a learned objects expert; an input
+    without depth (or a folder with some images without it) needs a depth expert other than ``sensor``.
+
+    Raises:
+        InputError: a malformed or missing input, or experts that cannot use it.
+        BagError: an unreadable bag, or one whose camera topics cannot be told apart.
 
     Example:
         >>> from spatialvlm_ros.synthesis.config import SynthesisConfig
@@ -109,13 +431,79 @@ def open_source(spec: str, cfg: SynthesisConfig) -> Source:
         >>> open_source("photos/", SynthesisConfig())
         Traceback (most recent call last):
         ...
-        spatialvlm_ros.errors.InputError: --input photos/: image folders are not yet supported ...
+        spatialvlm_ros.errors.InputError: --input photos/: no such file or folder; expected sim:N ...
     """
-    match = re.fullmatch(r"sim:(\d+)", spec.strip())
+    text = spec.strip()
+    match = re.fullmatch(r"sim:(\d+)", text)
     if match:
         return SimSource(int(match.group(1)), cfg)
-    if spec.startswith("sim"):
-        raise InputError(f"--input {spec}: expected sim:N with a whole number N, e.g. sim:100")
-    kind = "rosbag2 inputs" if spec.endswith((".mcap", ".db3")) else "image folders"
-    raise InputError(f"--input {spec}: {kind} are not yet supported (they need the transformers experts for "
-                     f"objects and depth); supported: {SUPPORTED_INPUTS}")
+    path = Path(text).expanduser()
+    if not path.exists():
+        if text.startswith("sim"):
+            raise InputError(f"--input {spec}: expected sim:N with a whole number N, e.g. sim:100")
+        raise InputError(f"--input {spec}: no such file or folder; expected {SUPPORTED_INPUTS}")
+    is_bag = path.suffix in BAG_SUFFIXES or (path.is_dir() and (
+        (path / "metadata.yaml").is_file() or any(p.suffix in BAG_SUFFIXES for p in path.iterdir())))
+    if not is_bag and not path.is_dir():
+        raise InputError(f"--input {spec}: not a folder, .mcap or .db3 file; expected {SUPPORTED_INPUTS}")
+    if cfg.experts.objects == "sim_oracle":
+        raise InputError(f"--input {spec}: objects expert sim_oracle needs simulator frames; "
+                         "use experts.objects: open_vocab")
+    source: BagSource | FolderSource
+    if is_bag:
+        source = BagSource(path)
+        without_depth = [] if source.topics.depth else list(source.image_ids)
+    else:
+        source = FolderSource(path, fallback_fovy_deg=cfg.models.fallback_fovy_deg)
+        without_depth = [image_id for image_id in source.image_ids if source.depth_path(image_id) is None]
+    if without_depth and cfg.experts.depth == "sensor":
+        raise InputError(f"--input {spec}: {len(without_depth)} of {len(source.image_ids)} images have no depth "
+                         f"(e.g. {without_depth[0]}); depth expert sensor needs RGB-D input; "
+                         "use experts.depth: monocular")
+    return source
+
+
+def _is_image(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(IMAGE_SUFFIXES) and not name.endswith(DEPTH_PNG_SUFFIX) and path.is_file()
+
+
+def _read_bytes(path: Path) -> np.ndarray:
+    try:
+        return np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read: {err}") from err
+
+
+def _decode(path: Path, flags: int) -> np.ndarray:
+    data = _read_bytes(path)
+    try:
+        image = cv2.imdecode(data, flags) if data.size else None
+    except cv2.error as err:
+        raise InputError(f"{path}: cannot decode the image: {err}") from err
+    if image is None:
+        raise InputError(f"{path}: cannot decode the image (empty, corrupt, or not a PNG / JPEG)")
+    return image
+
+
+def _read_colour(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: grey is expanded, alpha dropped, 16-bit colour reduced to 8 bits."""
+    return cv2.cvtColor(_decode(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _read_depth(path: Path) -> np.ndarray:
+    """(H, W) float32 metres from ``<stem>.depth.png`` (16-bit millimetres) or ``<stem>.depth.npy`` (metres)."""
+    if path.name.endswith(DEPTH_NPY_SUFFIX):
+        try:
+            depth = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise InputError(f"{path}: not a readable .npy array: {err}") from err
+        if not isinstance(depth, np.ndarray) or depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
+            raise InputError(f"{path}: depth .npy must be an (H, W) float array of metres, got "
+                             f"{getattr(depth, 'shape', '?')} {getattr(depth, 'dtype', type(depth).__name__)}")
+        return depth.astype(np.float32)
+    depth = _decode(path, cv2.IMREAD_UNCHANGED)
+    if depth.dtype != np.uint16 or depth.ndim != 2:
+        raise InputError(f"{path}: depth PNG must be single-channel 16-bit millimetres, got "
+                         f"{depth.dtype} with {1 if depth.ndim == 2 else depth.shape[2]} channels")
+    return depth.astype(np.float32) * np.float32(0.001)
