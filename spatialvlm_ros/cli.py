@@ -32,6 +32,11 @@ def _ask(args: argparse.Namespace) -> int:
     return ask_cli(args)
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from spatialvlm_ros.vlm.finetune import finetune_cli
+    return finetune_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
@@ -109,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--default-unit", default=None, help="unit of a bare number in an answer (m, cm, ...)")
     ask.add_argument("--timeout", type=float, default=None, help="per-request timeout, seconds")
     ask.set_defaults(func=_ask)
+
+    from spatialvlm_ros.vlm.finetune import add_finetune_arguments  # light: torch is imported only to train
+    finetune = sub.add_parser(
+        "finetune", help="LoRA-fine-tune a transformers VLM on a synthesized spatial VQA dataset",
+        description="Train a LoRA adapter (peft) on data.jsonl from 'spatialvlm synthesize'; checkpoints are "
+                    "resumable; prints a JSON summary on the last line.")
+    add_finetune_arguments(finetune)
+    finetune.set_defaults(func=_finetune)
     return parser
 
 

@@ -331,7 +331,7 @@ class TransformersExpert:
         try:
             processor = getattr(transformers, cls.processor_class).from_pretrained(source, **common)
             model = getattr(transformers, cls.model_class).from_pretrained(source, dtype=torch_dtype, **common)
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, ImportError, AttributeError) as err:
             where = " (offline: HF_HUB_OFFLINE=1 or local_files_only, and it is not in the local cache)" \
                 if offline and not _is_local_path(name_or_path) else ""
             raise ConfigError(f"{cls.role}: cannot load {name_or_path!r}{where}: {err}") from err

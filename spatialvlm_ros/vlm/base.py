@@ -77,6 +77,11 @@ class VLMConfig:
         max_concurrency: requests in flight at once for a batch (pairs x samples).
         default_unit: unit of a bare number in an answer ("" = such answers are unparseable).
         system_prompt: optional system message ("" = none).
+        device: torch device of the "transformers" backend ("cpu", "cuda", "cuda:1").
+        dtype: its weight dtype (bfloat16 on a GPU).
+        local_files_only: never contact the model hub (HF_HUB_OFFLINE=1 does the same).
+        trust_remote_code: run code shipped with the checkpoint (off unless you mean it).
+        adapter: LoRA adapter folder from "spatialvlm finetune" ("" = none).
     """
 
     backend: str = "openai"
@@ -93,6 +98,11 @@ class VLMConfig:
     max_concurrency: int = 4
     default_unit: Literal["", "mm", "cm", "m", "km", "in", "ft", "yd"] = ""
     system_prompt: str = ""
+    device: str = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    local_files_only: bool = False
+    trust_remote_code: bool = False
+    adapter: str = ""
 
     def __post_init__(self) -> None:
         _require(bool(self.model), "model", "must name the model")
@@ -149,7 +159,7 @@ register_vlm = VLM_BACKENDS.register
 def build_vlm(config: VLMConfig) -> SpatialVLM:
     """Build the backend named by ``config.backend``."""
     # Importing the backends registers them; kept here so a plain import of base stays light.
-    from spatialvlm_ros.vlm import server  # noqa: F401
+    from spatialvlm_ros.vlm import server, transformers_backend  # noqa: F401
     return VLM_BACKENDS.create(config.backend, config)
 
 
