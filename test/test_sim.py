@@ -11,6 +11,8 @@ import pytest
 from spatialvlm_ros.config import DepthNoiseConfig, SimConfig
 from spatialvlm_ros.errors import SimulationError
 from spatialvlm_ros.sim import SimFrame, TabletopSim, apply_depth_noise
+from spatialvlm_ros.sim.render import GLContext
+from spatialvlm_ros.sim.scene import FOOTPRINT, make_layout
 
 SMALL = SimConfig(width=160, height=120, n_frames=8)
 
@@ -216,3 +218,95 @@ def test_bad_scene_raises_simulation_error(override: dict, match: str) -> None:
 def test_step_out_of_range(sim: TabletopSim) -> None:
     with pytest.raises(SimulationError, match="out of range"):
         sim.render(sim.n_frames)
+
+
+def _assert_same_frame(a: SimFrame, b: SimFrame) -> None:
+    np.testing.assert_array_equal(a.frame.rgb, b.frame.rgb)
+    np.testing.assert_array_equal(a.frame.depth_m, b.frame.depth_m)
+    np.testing.assert_array_equal(a.frame.segmentation, b.frame.segmentation)
+
+
+RANDOM = SimConfig(width=96, height=72, n_frames=2, randomise=True, seed=5, distractors=("blue bowl", "green ball"))
+
+
+def test_shared_context_renders_what_an_own_context_renders(sim: TabletopSim) -> None:
+    with TabletopSim(RANDOM) as own:
+        expected = own.render(1)
+    with GLContext(64, 48) as gl:               # smaller than the images: renderers draw in their own buffers
+        with TabletopSim(SMALL, gl_context=gl) as other, TabletopSim(RANDOM, gl_context=gl) as shared:
+            other.render(0)                      # another scene's objects and framebuffer in the same context
+            _assert_same_frame(shared.render(1), expected)
+            _assert_same_frame(other.render(0), sim.render(0))
+
+
+def test_closing_a_sim_leaves_the_shared_context_and_its_other_sims_working() -> None:
+    with GLContext(96, 72) as gl:
+        keep = TabletopSim(RANDOM, gl_context=gl)
+        before = keep.render(1)
+        with TabletopSim(SMALL, gl_context=gl) as dropped:
+            dropped.render(0)
+        assert not gl.closed
+        _assert_same_frame(keep.render(1), before)
+        with TabletopSim(dataclasses.replace(RANDOM, seed=6), gl_context=gl) as new:    # reuses freed GL ids
+            new.render(0)
+        _assert_same_frame(keep.render(1), before)
+    # Closing the context closed the sim still using it: its GL objects went with the context.
+    with pytest.raises(SimulationError, match="after close"):
+        keep.render(1)
+    with pytest.raises(SimulationError, match="after close"):
+        TabletopSim(SMALL, gl_context=gl)
+
+
+def test_own_contexts_interleaved_stay_correct() -> None:
+    configs = [RANDOM, dataclasses.replace(RANDOM, seed=9, target="ball")]
+    alone = []
+    for cfg in configs:
+        with TabletopSim(cfg) as s:
+            alone.append([s.render(i) for i in (0, 1)])
+    a, b = (TabletopSim(cfg) for cfg in configs)
+    with a, b:
+        for i in (0, 1):
+            _assert_same_frame(a.render(i), alone[0][i])
+            _assert_same_frame(b.render(i), alone[1][i])
+        a.render(0)                              # a's context is current when b closes:
+        b.close()                                # b must free its objects in its own context, not in a's
+        _assert_same_frame(a.render(1), alone[0][1])
+
+
+def test_shadows_and_tessellation_change_only_the_look() -> None:
+    """Without shadows the colours change but depth and labels do not; coarse shapes keep depth on the can."""
+    with TabletopSim(SMALL) as s:
+        shaded = s.render(0)
+    with TabletopSim(SMALL, shadows=False) as s:
+        flat = s.render(0)
+    np.testing.assert_array_equal(flat.frame.depth_m, shaded.frame.depth_m)
+    np.testing.assert_array_equal(flat.frame.segmentation, shaded.frame.segmentation)
+    assert not np.array_equal(flat.frame.rgb, shaded.frame.rgb)
+    with TabletopSim(SMALL, shadows=False, tessellation=(16, 8)) as s:
+        coarse = s.render(0)
+    assert coarse.truth.gap_m == shaded.truth.gap_m
+    pts = _backproject(coarse, coarse.frame.segmentation == coarse.frame.labels["red can"])
+    axis = coarse.truth.object_positions_world["red can"]
+    on_side = np.abs(np.linalg.norm(pts[:, :2] - axis[:2], axis=1) - 0.033) < 0.003
+    on_top = np.abs(pts[:, 2] - (axis[2] + 0.061)) < 0.003
+    assert len(pts) > 100 and np.all(on_side | on_top)
+    with pytest.raises(SimulationError, match="at least 3 slices"):
+        TabletopSim(SMALL, tessellation=(16, 2))
+
+
+def test_placement_is_deterministic_and_keeps_objects_apart() -> None:
+    distractors = ("blue box", "green ball", "yellow bowl", "blue can", "green can")
+    cfgs = [SimConfig(randomise=True, seed=seed, distractors=distractors) for seed in (11, 11, 12)]
+    a, b, c = (make_layout(cfg) for cfg in cfgs)
+    np.testing.assert_array_equal(a.xy, b.xy)
+    np.testing.assert_array_equal(a.yaw, b.yaw)
+    assert not np.array_equal(a.xy, c.xy)
+    for layout in (a, c):
+        kinds = [o.kind for o in layout.objects]
+        for i in range(len(kinds)):
+            for j in range(i):
+                assert np.linalg.norm(layout.xy[i] - layout.xy[j]) >= FOOTPRINT[kinds[i]] + FOOTPRINT[kinds[j]]
+    # The canonical layout fills its fixed slots in order, whatever the seed.
+    canonical = [make_layout(dataclasses.replace(SMALL, seed=seed)) for seed in (0, 3)]
+    np.testing.assert_array_equal(canonical[0].xy, canonical[1].xy)
+    np.testing.assert_array_equal(canonical[0].xy[1:], [(0.20, 0.14), (0.24, -0.06)])

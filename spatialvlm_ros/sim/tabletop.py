@@ -19,7 +19,7 @@ from spatialvlm_ros.errors import SimulationError
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.sim.noise import apply_depth_noise
-from spatialvlm_ros.sim.render import RgbdRenderer
+from spatialvlm_ros.sim.render import GLContext, RgbdRenderer
 from spatialvlm_ros.sim.scene import CAMERA_NAME, GRIPPER_BODY, build_mjcf, gripper_axes, make_layout
 
 logger = logging.getLogger(__name__)
@@ -85,9 +85,16 @@ class TabletopSim:
 
     Args:
         config: scene, camera, trajectory and noise settings.
+        gl_context: an OpenGL context shared with other simulators (one per worker when building many
+            scenes: creating a context and its first frame cost more than a whole frame); :meth:`close`
+            leaves it open. Default: a context of the simulator's own, freed by :meth:`close`.
+        shadows: draw the key light's shadows; off halves a frame's cost on CPU rendering.
+        tessellation: (slices, stacks) of the drawn round shapes, see :func:`~spatialvlm_ros.sim.scene.build_mjcf`;
+            default MuJoCo's (28, 16). The ground truth uses the exact shapes either way.
 
     Raises:
-        SimulationError: unknown colour or kind, objects that do not fit, no OpenGL context.
+        SimulationError: unknown colour or kind, objects that do not fit, no OpenGL context, ``gl_context``
+            already closed.
 
     Example:
         >>> from spatialvlm_ros.config import SimConfig
@@ -99,10 +106,11 @@ class TabletopSim:
         0.01
     """
 
-    def __init__(self, config: SimConfig) -> None:
+    def __init__(self, config: SimConfig, *, gl_context: GLContext | None = None, shadows: bool = True,
+                 tessellation: tuple[int, int] | None = None) -> None:
         self.config = config
         self.layout = make_layout(config)
-        self._xml = build_mjcf(config, self.layout)
+        self._xml = build_mjcf(config, self.layout, tessellation=tessellation)
         try:
             self.model = mujoco.MjModel.from_xml_string(self._xml)
         except ValueError as err:
@@ -134,7 +142,8 @@ class TabletopSim:
 
         self._intrinsics = CameraIntrinsics.from_fov(config.width, config.height, float(self.model.cam_fovy[self._cam]))
         self._warn_if_out_of_view()
-        self._renderer = RgbdRenderer(self.model, CAMERA_NAME, config.width, config.height, self._geom_object)
+        self._renderer = RgbdRenderer(self.model, CAMERA_NAME, config.width, config.height, self._geom_object,
+                                      gl_context=gl_context, shadows=shadows)
         logger.info("tabletop sim: %s, %d frames, gap %.3f -> %.3f m, %dx%d", list(self._labels), config.n_frames,
                     config.start_gap_m, config.end_gap_m, config.width, config.height)
 
@@ -360,7 +369,7 @@ class TabletopSim:
         self._trajectory = self._solve_trajectory()
 
     def close(self) -> None:
-        """Free the renderer (idempotent)."""
+        """Free the renderer, and its OpenGL context unless it was given one (idempotent)."""
         self._renderer.close()
 
     def __enter__(self) -> "TabletopSim":
