@@ -10,10 +10,12 @@ code paths, never what only a trained model could get right (which box is the ca
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Iterator
 
+import cv2
 import numpy as np
 import pytest
 
@@ -36,10 +38,12 @@ from spatialvlm_ros.perception.hf import (DEFAULT_FOVY_DEG, KEEP_LABELS, BoxSegm
                                           ClipTextEmbedder, ModelsConfig, MonocularDepth, OpenVocabDetector,
                                           OpenVocabGrounder, RegionCaptioner, clean_caption, nms)
 from spatialvlm_ros.sim import TabletopSim  # noqa: E402
-from spatialvlm_ros.synthesis.config import SynthesisConfig  # noqa: E402
+from spatialvlm_ros.synthesis.config import ExpertsConfig, SynthesisConfig  # noqa: E402
+from spatialvlm_ros.synthesis.engine import run_local  # noqa: E402
 from spatialvlm_ros.synthesis.hf_experts import (ClipFilter, MonocularDepthSource, OpenVocabObjects)  # noqa: E402
 from spatialvlm_ros.synthesis.registry import (DEPTH_SOURCES, EMBEDDERS, FILTERS, OBJECT_EXPERTS,  # noqa: E402
                                                Detections, FilterVerdict, Sample)
+from spatialvlm_ros.synthesis.sources import open_source  # noqa: E402
 
 WORDS = ("a photo of an iphone indoor outdoor scene the red can yellow gripper table top floor object thing on "
          "container tool toy close-up single product white background artwork painting screenshot graphical user "
@@ -375,3 +379,26 @@ def test_synthesis_registries_build_the_transformers_experts(models_cfg: ModelsC
     _, assumed = DEPTH_SOURCES.create("monocular", fov_cfg).depth(sample)
     assert assumed.fy == pytest.approx(60 / np.tan(np.deg2rad(DEFAULT_FOVY_DEG) / 2))
     assert EMBEDDERS.create("clip_text", cfg).embed(["red can"]).shape == (1, 8)
+
+
+def test_whole_pipeline_runs_offline_through_the_tiny_models(models_cfg: ModelsConfig, tmp_path: Path) -> None:
+    """An image folder (no depth, no segmentation) through filter, objects, depth and embedder experts.
+
+    Random weights make arbitrary decisions (the filter may drop an image, detections are noise), so this
+    checks that the whole data engine runs on learned experts, offline, and writes a well-formed dataset.
+    """
+    images = tmp_path / "images"
+    images.mkdir()
+    with TabletopSim(SimConfig(width=160, height=120, n_frames=3, randomise=True, seed=4)) as sim:
+        for i in range(3):
+            cv2.imwrite(str(images / f"view{i}.png"), cv2.cvtColor(sim.render(i).frame.rgb, cv2.COLOR_RGB2BGR))
+    experts = ExpertsConfig(filter="clip", objects="open_vocab", depth="monocular", embedder="clip_text")
+    cfg = SynthesisConfig(models=models_cfg, experts=experts)
+    out = tmp_path / "dataset"
+    summary = run_local(open_source(str(images), cfg), out, cfg)
+    assert summary.processed == 3 and summary.images + summary.filtered == 3
+    rows = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
+    assert len(rows) == summary.rows
+    for row in rows:
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"] and row["question_type"]
+    assert run_local(open_source(str(images), cfg), out, cfg).skipped == 3     # resumable
