@@ -37,6 +37,11 @@ def _finetune(args: argparse.Namespace) -> int:
     return finetune_cli(args)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from spatialvlm_ros.vlm.evaluate import evaluate_cli
+    return evaluate_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
@@ -122,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "resumable; prints a JSON summary on the last line.")
     add_finetune_arguments(finetune)
     finetune.set_defaults(func=_finetune)
+
+    from spatialvlm_ros.vlm.evaluate import add_evaluate_arguments  # light: the simulator is imported only to run
+    evaluate = sub.add_parser(
+        "evaluate", help="score a spatial VLM with the paper's metrics on held-out spatial VQA",
+        description="Ask the VLM of estimator.vlm every question of a synthesized dataset (default: a fresh "
+                    "held-out simulated set) and along approach trajectories; print qualitative accuracy, number "
+                    "rate, ratio bands and Spearman beside the paper's numbers, the JSON summary on the last line.")
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(func=_evaluate)
     return parser
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spatialvlm_ros.config import SpatialRewardConfig, config_path, load_config
+from spatialvlm_ros.config import EstimatorConfig, SpatialRewardConfig, config_path, load_config
 from spatialvlm_ros.errors import ConfigError, InputError
 from spatialvlm_ros.estimation.base import Pair
 from spatialvlm_ros.frame import Frame
@@ -42,12 +42,17 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else value  # JSON has no NaN
 
 
-def ask_cli(args: argparse.Namespace) -> int:
-    """Ask, print one JSON line per answer (``--question``) or the estimate (``--pair``); 0 when one parsed."""
+def estimator_config_from_args(args: argparse.Namespace) -> EstimatorConfig:
+    """The estimator settings of ``--config`` (default: the shipped file) with the VLM flags applied on top."""
     overrides = {f"estimator.vlm.{key}": getattr(args, flag) for flag, key in _OVERRIDES.items()
                  if getattr(args, flag) is not None}
-    cfg = load_config(SpatialRewardConfig, "spatial_reward_node", args.config or config_path("spatial_reward.yaml"),
-                      overrides).estimator
+    return load_config(SpatialRewardConfig, "spatial_reward_node",
+                       args.config or config_path("spatial_reward.yaml"), overrides).estimator
+
+
+def ask_cli(args: argparse.Namespace) -> int:
+    """Ask, print one JSON line per answer (``--question``) or the estimate (``--pair``); 0 when one parsed."""
+    cfg = estimator_config_from_args(args)
     if (args.question is None) == (args.pair is None):
         raise ConfigError("give either a QUESTION or --pair 'GRIPPER -> OBJECT'")
     frame = _frame(args.image)

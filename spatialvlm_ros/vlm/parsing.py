@@ -225,7 +225,7 @@ def _fmt(value: float) -> str:
     return format(value, ".12g")
 
 
-def _answer_span(text: str) -> tuple[int, int] | None:
+def answer_span(text: str) -> tuple[int, int] | None:
     """Where the answer is (rule 1); None when reasoning was cut off before it."""
     tags = list(_ANSWER_TAG.finditer(text))
     if tags:
@@ -388,7 +388,7 @@ def parse_answer(text: str, default_unit: str | None = None) -> ParsedDistance:
     """
     if default_unit is not None and default_unit not in METRES_PER_UNIT:
         raise ConfigError(f"default unit {default_unit!r} is not one of {list(METRES_PER_UNIT)}")
-    span = _answer_span(text)
+    span = answer_span(text)
     if span is None:
         return ParsedDistance.invalid("reasoning cut off before the answer (<think> never closed)")
     t = _Text(text, *span)

@@ -1,0 +1,829 @@
+r"""``spatialvlm evaluate``: score a spatial VLM with the paper's metrics on held-out spatial VQA.
+
+The VLM (``estimator.vlm`` of the spatial_reward config, with ``spatialvlm ask``'s overrides) is asked
+every question of a dataset folder written by ``spatialvlm synthesize`` (``data.jsonl`` + ``images/``),
+in batches of :meth:`~spatialvlm_ros.vlm.base.SpatialVLM.ask_batch`, each ``samples`` times; every
+answer is scored on its own. Without ``--data`` a fresh held-out set of simulated scenes is synthesised
+first.
+
+Metrics (the paper's, Table 1 / Table 4, plus a robot-style rank check):
+
+* **qualitative accuracy**: share of answers to predicate / choice / classify questions whose decided
+  label (:func:`decide_label`) equals the row's ``truth_label``; an answer no label can be read from
+  counts as wrong.
+* **number rate**: share of answers to quantity / difference questions that state a distance
+  (:func:`~spatialvlm_ros.vlm.parsing.parse_answer` valid).
+* **within [0.5x, 2x]** and **within [0.75x, 1.25x]**: share of those answers whose ``|value| / |truth_m|``
+  lies in the band. Absolute values because a difference's truth is signed ("how much more to the left":
+  -0.1 m means 0.1 m to the right) and the direction is a qualitative matter; a difference answered as
+  "-10 cm" is read as 10 cm. An answer without a number is outside every band. Rows whose ``|truth_m|``
+  is below :data:`MIN_BAND_TRUTH_M` are left out of the bands (counted as ``band_excluded``): a ratio to
+  a near-zero truth, such as the elevation of an object resting on the table, measures box-fitting
+  noise, not the model.
+* **Spearman** along scripted approach trajectories (:func:`approach_trajectories`, the paper's Fig. 5
+  set-up: a yellow gripper closing in on a red can): the distance question is asked on every frame, the
+  parsed answers are averaged per frame, and the rank correlation with the simulator's exact distance is
+  computed per trajectory; the reported ``spearman`` is their mean.
+
+Held-out seeds: the data engine draws every simulated scene from ``(seed, index)`` alone. Seeds at or
+above :data:`EVAL_SEED_OFFSET` are reserved for evaluation, training data uses seeds below it;
+:func:`held_out_seed` maps ``--seed`` into the reserved range and :func:`check_held_out` refuses any
+other seed for a set this module synthesises or simulates. A ``--data`` folder made with a training
+seed is evaluated with a warning (it may be real images, which have no such convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import re
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from spatialvlm_ros.config import SimConfig
+from spatialvlm_ros.errors import ConfigError, InputError
+from spatialvlm_ros.estimation.base import DistanceKind, Pair
+from spatialvlm_ros.synthesis.questions import CLASSIFY_PAIRS, OPPOSITE, TYPES_BY_NAME
+from spatialvlm_ros.synthesis.templates import RELATION_WORDS
+from spatialvlm_ros.vlm.base import SpatialVLM, VLMAnswer, VLMError, build_vlm
+# The same VLM flags as `spatialvlm ask`, and the parser's rule for where the answer is (so labels and numbers
+# are read from the same span).
+from spatialvlm_ros.vlm.cli import estimator_config_from_args
+from spatialvlm_ros.vlm.parsing import ParsedDistance, answer_span, parse_answer
+from spatialvlm_ros.vlm.prompts import distance_question
+
+logger = logging.getLogger(__name__)
+
+#: Synthesis / simulator seeds at or above this are reserved for evaluation; training data uses smaller ones.
+EVAL_SEED_OFFSET = 1_000_000
+#: Quantitative rows with a smaller ``|truth_m|`` are left out of the ratio bands (metres).
+MIN_BAND_TRUTH_M = 0.01
+#: The bands, as (name, low, high) ratios of answer to truth.
+BANDS = (("within_0.5_2x", 0.5, 2.0), ("within_0.75_1.25x", 0.75, 1.25))
+#: The paper's Table 1 (qualitative: 331 human-written questions; quantitative: 215), as fractions.
+PAPER_RESULTS: dict[str, dict[str, float]] = {
+    "SpatialVLM": {"qualitative_accuracy": 0.752, "number_rate": 0.990, "within_0.5_2x": 0.372},
+    "GPT-4V": {"qualitative_accuracy": 0.680, "number_rate": 0.010, "within_0.5_2x": 0.000},
+    "LLaVA-1.5": {"qualitative_accuracy": 0.713, "number_rate": 0.209, "within_0.5_2x": 0.130},
+    "PaLM 2-E": {"qualitative_accuracy": 0.504, "number_rate": 0.888, "within_0.5_2x": 0.339},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out seeds
+# ---------------------------------------------------------------------------------------------
+
+def check_held_out(seed: int) -> None:
+    """Refuse a seed outside the evaluation range (``>= EVAL_SEED_OFFSET``).
+
+    Raises:
+        ConfigError: ``seed`` is a training seed.
+
+    Example:
+        >>> check_held_out(EVAL_SEED_OFFSET + 3)
+        >>> check_held_out(7)
+        Traceback (most recent call last):
+        ...
+        spatialvlm_ros.errors.ConfigError: seed 7 is in the training range (< 1000000); evaluation needs ...
+    """
+    if seed < EVAL_SEED_OFFSET:
+        raise ConfigError(f"seed {seed} is in the training range (< {EVAL_SEED_OFFSET}); evaluation needs a "
+                          f"held-out seed >= {EVAL_SEED_OFFSET}")
+
+
+def held_out_seed(seed: int) -> int:
+    """The evaluation seed for ``--seed`` (``EVAL_SEED_OFFSET + seed``), checked to be held out.
+
+    Raises:
+        ConfigError: ``seed`` is negative, or so large that training seeds could reach it.
+
+    Example:
+        >>> held_out_seed(0), held_out_seed(5)
+        (1000000, 1000005)
+    """
+    if not 0 <= seed < EVAL_SEED_OFFSET:
+        raise ConfigError(f"--seed must be in [0, {EVAL_SEED_OFFSET}), got {seed}")
+    check_held_out(EVAL_SEED_OFFSET + seed)
+    return EVAL_SEED_OFFSET + seed
+
+
+def synthesize_held_out(out: Path, scenes: int, seed: int, synthesis_config: Path | None = None) -> Path:
+    """Synthesise ``scenes`` simulated scenes with the held-out ``seed`` into the dataset folder ``out``.
+
+    Args:
+        out: dataset folder (created; an existing one made with the same settings is resumed).
+        scenes: number of ``sim:N`` scenes.
+        seed: synthesis seed, already mapped by :func:`held_out_seed`.
+        synthesis_config: data engine YAML (default: the shipped ``config/synthesis.yaml``).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ConfigError: ``seed`` is a training seed, or bad settings.
+    """
+    from spatialvlm_ros.synthesis.config import load_synthesis_config
+    from spatialvlm_ros.synthesis.engine import run_local
+    from spatialvlm_ros.synthesis.sources import open_source
+    check_held_out(seed)
+    cfg = load_synthesis_config(synthesis_config, {"seed": seed})
+    summary = run_local(open_source(f"sim:{scenes}", cfg), out, cfg)
+    logger.info("held-out set: %d scenes, %d questions, seed %d, in %s", summary.images, summary.rows, seed, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading labels from answers
+# ---------------------------------------------------------------------------------------------
+
+_YES = r"yes|yeah|yep|correct|indeed|true|affirmative|that'?s right|that is right"
+_NO = r"no|nope|not|incorrect|false|wrong|\w+n't"
+_YES_NO = re.compile(rf"\b(?:(?P<yes>{_YES})|(?P<no>{_NO}))\b")
+_NEGATED = re.compile(r"(?:\bnot|n't)\s+$")
+#: Hedges: an answer that says it cannot tell gives no label, whatever else it says ("I don't know" is no "no").
+_UNSURE = re.compile(r"\b(?:(?:do|does|did)n'?t know|not sure|unsure|unclear|can(?:no|')t (?:tell|say|determine)|"
+                     r"impossible to (?:tell|say))\b")
+_DETERMINER = re.compile(r"^(?:the|a|an)\s+")
+#: Words that tell two object references apart no better than chance.
+_FILLER = frozenset({"the", "a", "an", "that", "that's", "is", "more", "to", "of", "image", "in", "on", "one", "and"})
+#: One-word forms a model may use beside the templates' phrases (the data engine's own phrasings come from
+#: :data:`~spatialvlm_ros.synthesis.templates.RELATION_WORDS`).
+_EXTRA_WORDS = {"left": ("left",), "right": ("right",), "above": ("above", "higher", "over", "on top of"),
+                "below": ("below", "lower", "under", "beneath", "underneath"), "behind": ("behind", "back", "farther"),
+                "front": ("front", "closer", "nearer"), "tall": ("taller",), "short": ("shorter",),
+                "wide": ("wider", "broader"), "thin": ("thinner", "narrower"), "big": ("bigger", "larger"),
+                "small": ("smaller",)}
+
+
+def _normalise(text: str) -> str:
+    text = text.replace("\u2019", "'").replace("\u2018", "'").lower()
+    return " ".join(re.sub(r"[*_`]", "", text).split())
+
+
+def final_answer(text: str) -> str:
+    """The part of ``text`` that is the answer (parse_answer's rule 1), normalised; "" when reasoning was cut off.
+
+    Example:
+        >>> final_answer("<think>Left? No, it is right.</think> **Yes**, it is.")
+        'yes, it is.'
+    """
+    span = answer_span(text)
+    return "" if span is None else _normalise(text[span[0]:span[1]])
+
+
+def _core(reference: str) -> str:
+    return _DETERMINER.sub("", _normalise(reference))
+
+
+def _blank_references(text: str, references: Sequence[str]) -> str:
+    """``text`` with the object references blanked out: their words ("the small ball") are not answers."""
+    for core in sorted({_core(r) for r in references if _core(r)}, key=len, reverse=True):
+        text = re.sub(rf"\b{re.escape(core)}\b", " ", text)
+    return text
+
+
+def yes_no(text: str, references: Sequence[str] = ()) -> str | None:
+    """``"yes"`` or ``"no"``: the earlier of an affirmation and a negation in the answer; None if neither.
+
+    Args:
+        text: the model's answer.
+        references: the objects' references, blanked out first.
+
+    Example:
+        >>> [yes_no(t) for t in ("Yes.", "No, it is not.", "Incorrect.", "That's right: it is.", "Maybe.")]
+        ['yes', 'no', 'no', 'yes', None]
+    """
+    m = _YES_NO.search(_blank_references(final_answer(text), references))
+    if m is None:
+        return None
+    return "yes" if m["yes"] else "no"
+
+
+@lru_cache(maxsize=None)
+def _relation_pattern(relations: tuple[str, ...]) -> tuple[re.Pattern[str], dict[str, str]]:
+    phrase_to_relation = {}
+    for relation in relations:
+        words = RELATION_WORDS[relation]
+        template_phrases = [p for key in ("rel", "cmp", "short", "more") for p in words.get(key, ())]
+        for phrase in (*_EXTRA_WORDS[relation], *template_phrases):
+            phrase_to_relation[phrase] = relation
+    # Longest first: at one position the alternation takes the first alternative that matches.
+    alternatives = sorted(phrase_to_relation, key=len, reverse=True)
+    return re.compile(r"\b(" + "|".join(re.escape(p) for p in alternatives) + r")\b"), phrase_to_relation
+
+
+def which_relation(text: str, relations: tuple[str, str], references: Sequence[str] = ()) -> str | None:
+    """Which of two opposite relations the answer states: the first relation phrase after the references are blanked.
+
+    A phrase right after "not" / "n't" states the other relation ("not taller" = shorter).
+
+    Args:
+        text: the model's answer.
+        relations: the two candidates, e.g. ``("left", "right")``.
+        references: the objects' references (their words, like "the left cup", are not answers).
+
+    Example:
+        >>> which_relation("In front.", ("behind", "front"))
+        'front'
+        >>> which_relation("The can on the left is not taller than the cup.", ("tall", "short"),
+        ...                ["the can on the left", "the cup"])
+        'short'
+    """
+    pattern, phrase_to_relation = _relation_pattern(tuple(relations))
+    answer = _blank_references(final_answer(text), references)
+    m = pattern.search(answer)
+    if m is None:
+        return None
+    relation = phrase_to_relation[m[1]]
+    if _NEGATED.search(answer[:m.start()]):
+        return relations[1] if relation == relations[0] else relations[0]
+    return relation
+
+
+def which_object(text: str, references: Sequence[str]) -> int | None:
+    """Index of the reference the answer names first; None when it names none or they cannot be told apart.
+
+    References are matched without their article, longest first (so "the red can" is not also a
+    mention of "the can"). Failing that, the first word that occurs in only one reference decides
+    ("the ball" for "the red ball" vs "the blue box").
+
+    Example:
+        >>> refs = ["the tin can that's more to the left of the image", "the little red tin can"]
+        >>> which_object("It is the little red tin can.", refs), which_object("The tin can on the left.", refs)
+        (1, 0)
+    """
+    answer = final_answer(text)
+    cores = [_core(r) for r in references]
+    if len(set(cores)) < len(cores):
+        return None
+    claimed: list[tuple[int, int, int]] = []
+    for i in sorted(range(len(cores)), key=lambda j: len(cores[j]), reverse=True):
+        for m in re.finditer(rf"\b{re.escape(cores[i])}\b", answer):
+            if all(m.end() <= s or m.start() >= e for s, e, _ in claimed):
+                claimed.append((m.start(), m.end(), i))
+    if claimed:
+        return min(claimed)[2]
+    word_sets = [set(c.split()) - _FILLER for c in cores]
+    unique = {w: i for i, words in enumerate(word_sets) for w in words
+              if not any(w in other for j, other in enumerate(word_sets) if j != i)}
+    if not unique:
+        return None
+    m = re.search(r"\b(" + "|".join(re.escape(w) for w in sorted(unique, key=len, reverse=True)) + r")\b", answer)
+    return unique[m[1]] if m else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Questions and their scores
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EvalQuestion:
+    """One dataset row as the evaluation needs it.
+
+    Attributes:
+        row_id: the row's ``id``.
+        image: the image file, absolute.
+        question: the user message's text.
+        question_type: a :data:`~spatialvlm_ros.synthesis.questions.QUESTION_TYPES` name.
+        family: predicate, choice, classify, quantity or difference.
+        qualitative: predicate / choice / classify.
+        truth_m: exact truth, metres (signed for differences).
+        truth_label: qualitative truth: yes / no, the chosen object's id, or the relation that holds.
+        object_ids: ids of A (and B), question order.
+        object_references: how the question names them, same order.
+    """
+
+    row_id: str
+    image: Path
+    question: str
+    question_type: str
+    family: str
+    qualitative: bool
+    truth_m: float
+    truth_label: str | None
+    object_ids: tuple[int, ...]
+    object_references: tuple[str, ...]
+
+    @property
+    def relation(self) -> str:
+        """What the question asks about: ``"left"``, an either-or pair like ``"left_right"``, or a quantity."""
+        return TYPES_BY_NAME[self.question_type].relation
+
+
+def load_questions(root: Path, limit: int | None = None) -> list[EvalQuestion]:
+    """The rows of ``root/data.jsonl`` (the first ``limit`` if given), images resolved against ``root``.
+
+    Raises:
+        InputError: no ``data.jsonl``, or a row without the fields the data engine writes.
+    """
+    path = Path(root) / "data.jsonl"
+    if not path.is_file():
+        raise InputError(f"{path}: no such file; --data must be a folder written by 'spatialvlm synthesize'")
+    out = []
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if limit is not None and len(out) >= limit:
+                break
+            row = json.loads(line)
+            try:
+                user = next(m for m in row["messages"] if m["role"] == "user")
+                question = next(c["text"] for c in user["content"] if c["type"] == "text")
+                out.append(EvalQuestion(
+                    row_id=row["id"], image=Path(root) / row["images"][0], question=question,
+                    question_type=row["question_type"], family=row["family"], qualitative=bool(row["qualitative"]),
+                    truth_m=float(row["truth_m"]), truth_label=row["truth_label"],
+                    object_ids=tuple(row["object_ids"]), object_references=tuple(row["object_references"])))
+            except (KeyError, StopIteration, TypeError) as err:
+                raise InputError(f"{path}:{line_no}: not a data engine row ({err!r} missing)") from err
+    return out
+
+
+def decide_label(question: EvalQuestion, text: str) -> str | None:
+    """The qualitative label an answer gives, comparable to ``question.truth_label``; None when undecidable.
+
+    An answer that hedges ("I don't know", "can't tell") gives no label. Otherwise:
+
+    * predicate: :func:`yes_no`; if the answer says neither, whether it states the asked relation or its
+      opposite (:func:`which_relation`);
+    * choice: the id of the object :func:`which_object` finds;
+    * classify: the relation :func:`which_relation` finds.
+    """
+    refs = question.object_references
+    if _UNSURE.search(final_answer(text)):
+        return None
+    if question.family == "predicate":
+        label = yes_no(text, refs)
+        if label is None:
+            stated = which_relation(text, (question.relation, OPPOSITE[question.relation]), refs)
+            label = None if stated is None else ("yes" if stated == question.relation else "no")
+        return label
+    if question.family == "choice":
+        index = which_object(text, refs)
+        return None if index is None else str(question.object_ids[index])
+    if question.family == "classify":
+        return which_relation(text, CLASSIFY_PAIRS[question.relation], refs)
+    raise ValueError(f"{question.question_type} is not qualitative")
+
+
+@dataclass(frozen=True)
+class AnswerRecord:
+    """One answer, scored.
+
+    Attributes:
+        question: what was asked.
+        sample: which sample of the question (0-based).
+        text: the answer ("" when the request failed).
+        error: why no answer came ("" = it came).
+        label: qualitative: the decided label (None = undecidable).
+        value_m: quantitative: the distance read (NaN = no number).
+        latency_ms: request wall time.
+    """
+
+    question: EvalQuestion
+    sample: int
+    text: str
+    error: str
+    label: str | None
+    value_m: float
+    latency_ms: float
+
+    @property
+    def correct(self) -> bool:
+        """Qualitative: the label matches the truth."""
+        return self.label is not None and self.label == self.question.truth_label
+
+    @property
+    def has_number(self) -> bool:
+        """Quantitative: the answer states a distance."""
+        return math.isfinite(self.value_m)
+
+    @property
+    def ratio(self) -> float:
+        """``|value| / |truth|``; NaN without a number or with a truth below :data:`MIN_BAND_TRUTH_M`."""
+        truth = abs(self.question.truth_m)
+        return abs(self.value_m) / truth if truth >= MIN_BAND_TRUTH_M else math.nan
+
+
+def _magnitude(question: EvalQuestion, parsed: ParsedDistance, text: str, default_unit: str | None) -> float:
+    """The distance an answer states, metres, NaN if none; a difference's sign is dropped ("-10 cm" = 10 cm)."""
+    if not parsed.valid and question.family == "difference":
+        parsed = parse_answer(re.sub(r"(?<![\w.])-(?=\s*[\d.])", "", text), default_unit)
+    return parsed.value_m if parsed.valid else math.nan
+
+
+def score_answer(question: EvalQuestion, answer: VLMAnswer, sample: int = 0,
+                 default_unit: str | None = None) -> AnswerRecord:
+    """Score one answer: its label for a qualitative question, its distance for a quantitative one."""
+    if question.qualitative:
+        return AnswerRecord(question, sample, answer.text, "", decide_label(question, answer.text), math.nan,
+                            answer.latency_ms)
+    return AnswerRecord(question, sample, answer.text, "", None,
+                        _magnitude(question, answer.parsed, answer.text, default_unit), answer.latency_ms)
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InputError(f"cannot read the image {path}")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def ask_questions(vlm: SpatialVLM, questions: Sequence[EvalQuestion], samples: int = 1, batch_size: int = 32,
+                  default_unit: str | None = None) -> list[AnswerRecord]:
+    """Ask every question ``samples`` times, ``batch_size`` requests per :meth:`SpatialVLM.ask_batch`, and score them.
+
+    Once the model has answered, a batch whose request fails is recorded with the error and scored as no
+    answer (wrong, no number), and the evaluation goes on with the next batch.
+
+    Raises:
+        VLMError: the first batch failed (the model is unreachable or misconfigured: fail fast).
+        InputError: an image cannot be read.
+    """
+    jobs = [(q, s) for q in questions for s in range(samples)]
+    records: list[AnswerRecord] = []
+    for batch in _batches(jobs, batch_size):
+        images: dict[Path, np.ndarray] = {}
+        for q, _ in batch:
+            if q.image not in images:
+                images[q.image] = _read_rgb(q.image)
+        try:
+            answers = vlm.ask_batch([images[q.image] for q, _ in batch], [q.question for q, _ in batch])
+        except VLMError as err:
+            if not records:
+                raise
+            logger.warning("%d questions unanswered: %s", len(batch), err)
+            records += [AnswerRecord(q, s, "", str(err), None, math.nan, math.nan) for q, s in batch]
+            continue
+        records += [score_answer(q, a, s, default_unit) for (q, s), a in zip(batch, answers)]
+        logger.debug("%d/%d answers", len(records), len(jobs))
+    return records
+
+
+def _mean(values: Iterable[bool]) -> float:
+    values = list(values)
+    return float(np.mean(values)) if values else math.nan
+
+
+def _band_share(records: Sequence[AnswerRecord], low: float, high: float) -> float:
+    """Share of the band-eligible answers within ``[low, high]``; no number counts as outside."""
+    eligible = [r for r in records if abs(r.question.truth_m) >= MIN_BAND_TRUTH_M]
+    return _mean(r.has_number and low <= r.ratio <= high for r in eligible)
+
+
+def answer_metrics(records: Sequence[AnswerRecord]) -> dict[str, Any]:
+    """Qualitative accuracy, number rate, ratio bands, their counts and the per-question-type breakdown.
+
+    Example:
+        >>> q = EvalQuestion("r0", Path("x.png"), "How tall is the can?", "height", "quantity", False, 0.1, None,
+        ...                  (1,), ("the can",))
+        >>> m = answer_metrics([AnswerRecord(q, 0, "12 cm", "", None, 0.12, 5.0)])
+        >>> m["number_rate"], m["within_0.5_2x"], m["within_0.75_1.25x"], m["per_type"]["height"]["n"]
+        (1.0, 1.0, 1.0, 1)
+    """
+    qualitative = [r for r in records if r.question.qualitative]
+    quantitative = [r for r in records if not r.question.qualitative]
+    metrics: dict[str, Any] = {
+        "qualitative_accuracy": _mean(r.correct for r in qualitative),
+        "number_rate": _mean(r.has_number for r in quantitative),
+        **{name: _band_share(quantitative, low, high) for name, low, high in BANDS},
+        "answers": len(records),
+        "qualitative_answers": len(qualitative),
+        "undecided_answers": sum(r.label is None for r in qualitative),
+        "quantitative_answers": len(quantitative),
+        "band_excluded": sum(abs(r.question.truth_m) < MIN_BAND_TRUTH_M for r in quantitative),
+        "failed_requests": sum(bool(r.error) for r in records),
+    }
+    by_type: dict[str, list[AnswerRecord]] = defaultdict(list)
+    for r in records:
+        by_type[r.question.question_type].append(r)
+    per_type: dict[str, dict[str, Any]] = {}
+    for name in sorted(by_type):
+        rs = by_type[name]
+        if rs[0].question.qualitative:
+            per_type[name] = {"n": len(rs), "accuracy": _mean(r.correct for r in rs)}
+        else:
+            per_type[name] = {"n": len(rs), "number_rate": _mean(r.has_number for r in rs),
+                              **{band: _band_share(rs, low, high) for band, low, high in BANDS}}
+    metrics["per_type"] = per_type
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Approach trajectories: does the answer fall as the gripper closes in?
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrajectoryFrames:
+    """One rendered approach: RGB frames and the exact distance behind each.
+
+    Attributes:
+        seed: the simulator seed (held out).
+        pair: gripper and target, as the question names them.
+        kind: which distance the truth is (gap or centre).
+        images: (H, W, 3) uint8 RGB frames, in trajectory order.
+        truth_m: the simulator's distance per frame, metres.
+    """
+
+    seed: int
+    pair: Pair
+    kind: DistanceKind
+    images: tuple[np.ndarray, ...]
+    truth_m: tuple[float, ...]
+
+
+def approach_trajectories(count: int, n_frames: int, seed: int, kind: DistanceKind | str = DistanceKind.GAP,
+                          width: int = 320, height: int = 240) -> Iterator[TrajectoryFrames]:
+    """Render ``count`` scripted approaches (randomised layout, camera and light) of ``n_frames`` frames each.
+
+    Trajectory ``k`` is the simulator scene of seed ``seed + k``: a yellow gripper closing from a 30 cm
+    to a 1 cm gap on a red can among distractors, the set-up of the paper's Fig. 5.
+
+    Args:
+        count: trajectories.
+        n_frames: frames each (>= 2).
+        seed: first simulator seed, held out (see :func:`check_held_out`).
+        kind: the truth: surface gap or centre distance.
+        width: image width, pixels.
+        height: image height, pixels.
+
+    Raises:
+        ConfigError: a training seed, or bad image / trajectory sizes.
+    """
+    from spatialvlm_ros.sim import TabletopSim
+    kind = DistanceKind(kind)
+    check_held_out(seed)
+    for k in range(count):
+        config = SimConfig(seed=seed + k, width=width, height=height, randomise=True, n_frames=n_frames)
+        with TabletopSim(config) as sim:
+            pair = Pair(sim.gripper_label, sim.target_label)
+            steps = [sim.render(i) for i in range(n_frames)]
+        distances = [(s.truth.gap_m if kind is DistanceKind.GAP else s.truth.centre_m)[pair.target] for s in steps]
+        yield TrajectoryFrames(seed + k, pair, kind, tuple(s.frame.rgb for s in steps), tuple(distances))
+
+
+@dataclass(frozen=True)
+class TrajectoryResult:
+    """The VLM's answers along one approach.
+
+    Attributes:
+        seed: the simulator seed.
+        question: the distance question asked on every frame.
+        estimate_m: per frame, the mean of the parsed answers (NaN: none parsed, or the request failed).
+        truth_m: per frame, the exact distance.
+        metrics: :func:`~spatialvlm_ros.evaluation.metrics.distance_metrics` of the two.
+    """
+
+    seed: int
+    question: str
+    estimate_m: tuple[float, ...]
+    truth_m: tuple[float, ...]
+    metrics: dict[str, float]
+
+
+def score_trajectory(vlm: SpatialVLM, trajectory: TrajectoryFrames, samples: int = 1) -> TrajectoryResult:
+    """Ask the distance question on every frame (``samples`` times, one batch) and score the trace."""
+    from spatialvlm_ros.evaluation.metrics import distance_metrics  # scipy: kept off `spatialvlm --help`
+    question = distance_question(trajectory.pair, trajectory.kind)
+    n = len(trajectory.images)
+    estimates = [math.nan] * n
+    try:
+        answers = vlm.ask_batch([img for img in trajectory.images for _ in range(samples)], [question] * (n * samples))
+    except VLMError as err:
+        logger.warning("trajectory %d unanswered: %s", trajectory.seed, err)
+        answers = []
+    for i in range(len(answers) // samples):
+        values = [a.parsed.value_m for a in answers[i * samples:(i + 1) * samples] if a.parsed.valid]
+        estimates[i] = float(np.mean(values)) if values else math.nan
+    return TrajectoryResult(trajectory.seed, question, tuple(estimates), trajectory.truth_m,
+                            distance_metrics(estimates, trajectory.truth_m))
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole evaluation
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """Everything one evaluation measured.
+
+    Attributes:
+        model: the model name.
+        data: the dataset folder evaluated.
+        answers: every scored answer.
+        trajectories: every scored approach.
+        metrics: :func:`answer_metrics` plus ``spearman`` (mean over trajectories) and ``trajectory_frames``.
+    """
+
+    model: str
+    data: str
+    answers: tuple[AnswerRecord, ...]
+    trajectories: tuple[TrajectoryResult, ...]
+    metrics: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        """Metrics, per-type breakdown, per-trajectory figures and the paper's numbers, JSON-ready (NaN as null)."""
+        trajectories = [{"seed": t.seed, "question": t.question, **t.metrics} for t in self.trajectories]
+        return _json_safe({"model": self.model, "data": self.data, **self.metrics, "trajectories": trajectories,
+                           "paper": PAPER_RESULTS})
+
+    def write(self, out: Path) -> None:
+        """Write ``metrics.json``, ``answers.csv`` (one row per answer) and ``trajectories.csv`` under ``out``."""
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(self.summary(), indent=1) + "\n")
+        with open(out / "answers.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "image", "question_type", "family", "sample", "question", "answer", "truth_m",
+                        "truth_label", "label", "correct", "value_m", "ratio", "latency_ms", "error"])
+            for r in self.answers:
+                q = r.question
+                w.writerow([q.row_id, q.image.name, q.question_type, q.family, r.sample, q.question, r.text, q.truth_m,
+                            q.truth_label or "", r.label or "", int(r.correct) if q.qualitative else "",
+                            _csv_number(r.value_m), _csv_number(r.ratio), _csv_number(r.latency_ms), r.error])
+        with open(out / "trajectories.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["seed", "frame", "estimate_m", "truth_m"])
+            for t in self.trajectories:
+                for i, (est, truth) in enumerate(zip(t.estimate_m, t.truth_m)):
+                    w.writerow([t.seed, i, _csv_number(est), truth])
+
+
+def _csv_number(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.6g}"
+
+
+def _json_safe(value: Any) -> Any:
+    """Replace NaN by None, recursively (JSON has no NaN)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def evaluate_vlm(vlm: SpatialVLM, data: Path, *, model: str = "", samples: int = 1, batch_size: int = 32,
+                 limit: int | None = None, default_unit: str | None = None, trajectories: int = 2,
+                 frames: int = 20, seed: int = EVAL_SEED_OFFSET, kind: DistanceKind | str = DistanceKind.GAP,
+                 size: tuple[int, int] = (320, 240)) -> EvaluationReport:
+    """Ask ``vlm`` every question of the dataset ``data`` and along ``trajectories`` approaches; score it all.
+
+    Args:
+        vlm: the model.
+        data: dataset folder from the data engine.
+        model: its name, for the report.
+        samples: answers per question and frame.
+        batch_size: requests per ``ask_batch``.
+        limit: evaluate only the first ``limit`` rows.
+        default_unit: unit of a bare number in an answer (None: such answers state no distance).
+        trajectories: approaches to render (0: none).
+        frames: frames per approach.
+        seed: first simulator seed of the approaches (held out).
+        kind: distance asked along the approaches.
+        size: (width, height) of the approach frames.
+
+    Raises:
+        ConfigError: bad counts or a training seed.
+        InputError: an unreadable dataset.
+        VLMError: the model did not answer the first batch.
+    """
+    if samples < 1 or batch_size < 1 or trajectories < 0 or frames < 2:
+        raise ConfigError("need samples >= 1, batch size >= 1, trajectories >= 0 and frames >= 2")
+    if trajectories:
+        check_held_out(seed)  # before the questions are asked, not after
+    questions = load_questions(data, limit)
+    logger.info("asking %d questions x %d samples from %s", len(questions), samples, data)
+    records = ask_questions(vlm, questions, samples, batch_size, default_unit)
+    scored = [score_trajectory(vlm, t, samples)
+              for t in approach_trajectories(trajectories, frames, seed, kind, *size)]
+    rhos = [t.metrics["spearman"] for t in scored if math.isfinite(t.metrics["spearman"])]
+    metrics = {**answer_metrics(records), "spearman": float(np.mean(rhos)) if rhos else math.nan,
+               "trajectory_frames": sum(len(t.truth_m) for t in scored)}
+    return EvaluationReport(model, str(data), tuple(records), tuple(scored), metrics)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``spatialvlm evaluate``'s arguments (the VLM flags are ``spatialvlm ask``'s)."""
+    parser.add_argument("--data", type=Path, default=None,
+                        help="dataset folder from 'spatialvlm synthesize' (default: synthesise a held-out sim set)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder: metrics.json, answers.csv, trajectories.csv (and dataset/ "
+                             "without --data)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="spatial_reward_node parameter file with estimator.vlm (default: "
+                             "config/spatial_reward.yaml)")
+    parser.add_argument("--synthesis-config", type=Path, default=None,
+                        help="data engine YAML for the held-out set (default: config/synthesis.yaml)")
+    parser.add_argument("--scenes", type=int, default=20, help="held-out simulated scenes without --data")
+    parser.add_argument("--seed", type=int, default=0,
+                        help=f"held-out seed index: scenes and trajectories use {EVAL_SEED_OFFSET} + SEED")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
+    parser.add_argument("--batch-size", type=int, default=32, help="questions per ask_batch")
+    parser.add_argument("--trajectories", type=int, default=2, help="approach trajectories for Spearman (0: skip)")
+    parser.add_argument("--frames", type=int, default=20, help="frames per trajectory")
+    parser.add_argument("--backend", default=None, help="VLM backend (default: config; 'openai' = chat-completions)")
+    parser.add_argument("--url", default=None, help="API base URL, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--model", default=None, help="model name the server knows")
+    parser.add_argument("--samples", type=int, default=1, help="answers per question (each scored)")
+    parser.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
+    parser.add_argument("--default-unit", default=None, help="unit of a bare number in an answer (m, cm, ...)")
+    parser.add_argument("--timeout", type=float, default=None, help="per-request timeout, seconds")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+
+
+def print_report(summary: dict[str, Any]) -> None:
+    """Print the metrics beside the paper's Table 1, and the per-type breakdown, as rich tables."""
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    table = Table(title=f"{summary['model']} on {summary['data']}",
+                  caption="Paper: 331 / 215 human-written questions on real images; here: templated questions "
+                          "on held-out synthetic scenes. Not the same benchmark.")
+    table.add_column("metric")
+    table.add_column("this model", justify="right", style="bold")
+    for name in PAPER_RESULTS:
+        table.add_column(name, justify="right")
+    rows = (("qualitative accuracy", "qualitative_accuracy"), ("answers with a number", "number_rate"),
+            ("within [0.5x, 2x]", "within_0.5_2x"), ("within [0.75x, 1.25x]", "within_0.75_1.25x"))
+    for label, key in rows:
+        table.add_row(label, _fmt(summary[key]), *(_fmt(p.get(key)) for p in PAPER_RESULTS.values()))
+    rho = summary["spearman"]
+    table.add_row("Spearman along approaches", "-" if rho is None else f"{rho:.3f}", *("-" for _ in PAPER_RESULTS))
+    console.print(table)
+    per_type = Table(title="per question type")
+    for column in ("type", "n", "accuracy", "number", "[0.5x, 2x]", "[0.75x, 1.25x]"):
+        per_type.add_column(column, justify="left" if column == "type" else "right")
+    for name, m in summary["per_type"].items():
+        per_type.add_row(name, str(m["n"]), _fmt(m.get("accuracy")), _fmt(m.get("number_rate")),
+                         _fmt(m.get("within_0.5_2x")), _fmt(m.get("within_0.75_1.25x")))
+    console.print(per_type)
+
+
+def evaluate_cli(args: argparse.Namespace) -> int:
+    """Run ``spatialvlm evaluate``: print the tables, then the summary as JSON on the last line; 0 on success.
+
+    Raises:
+        ConfigError: bad settings or seeds.
+        InputError: an unreadable dataset.
+        VLMError: the model did not answer the first batch.
+    """
+    estimator = estimator_config_from_args(args)
+    seed = held_out_seed(args.seed)
+    if not getattr(args, "verbose", False):
+        # One simulator per scene would log a line each.
+        logging.getLogger("spatialvlm_ros.sim").setLevel(logging.WARNING)
+    vlm = build_vlm(estimator.vlm)
+    with tempfile.TemporaryDirectory(prefix="spatialvlm-eval-") as tmp:
+        data = args.data
+        if data is None:
+            data = synthesize_held_out((args.out or Path(tmp)) / "dataset", args.scenes, seed, args.synthesis_config)
+        else:
+            _warn_if_training_data(data)
+        report = evaluate_vlm(vlm, data, model=estimator.vlm.model, samples=estimator.vlm.samples,
+                              batch_size=args.batch_size, limit=args.limit,
+                              default_unit=estimator.vlm.default_unit or None, trajectories=args.trajectories,
+                              frames=args.frames, seed=seed, kind=estimator.distance)
+    summary = report.summary()
+    if args.out is not None:
+        report.write(args.out)
+    print_report(summary)
+    print(json.dumps(summary))
+    return 0
+
+
+def _warn_if_training_data(data: Path) -> None:
+    stored = data / "synthesis_config.json"
+    if stored.is_file():
+        seed = json.loads(stored.read_text()).get("seed", 0)
+        if seed < EVAL_SEED_OFFSET:
+            logger.warning("%s was synthesised with seed %d, a training seed (< %d): it may not be held out",
+                           data, seed, EVAL_SEED_OFFSET)
+
+
+__all__ = ["BANDS", "EVAL_SEED_OFFSET", "MIN_BAND_TRUTH_M", "PAPER_RESULTS", "AnswerRecord", "EvalQuestion",
+           "EvaluationReport", "TrajectoryFrames", "TrajectoryResult", "add_evaluate_arguments", "answer_metrics",
+           "approach_trajectories", "ask_questions", "check_held_out", "decide_label", "evaluate_cli",
+           "evaluate_vlm", "final_answer", "held_out_seed", "load_questions", "print_report", "score_answer",
+           "score_trajectory", "synthesize_held_out", "which_object", "which_relation", "yes_no"]

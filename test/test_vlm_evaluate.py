@@ -1,0 +1,314 @@
+"""``spatialvlm evaluate`` end to end against real local chat-completions servers that answer from the truth."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+import pytest
+
+from spatialvlm_ros.errors import ConfigError
+from spatialvlm_ros.synthesis.questions import CLASSIFY_PAIRS, TYPES_BY_NAME
+from spatialvlm_ros.synthesis.templates import RELATION_WORDS
+from spatialvlm_ros.vlm import VLMAnswer, VLMConfig, VLMError, build_vlm, distance_question, parse_answer
+from spatialvlm_ros.vlm.evaluate import (
+    EVAL_SEED_OFFSET, MIN_BAND_TRUTH_M, EvalQuestion, add_evaluate_arguments, approach_trajectories, ask_questions,
+    check_held_out, decide_label, evaluate_cli, evaluate_vlm, held_out_seed, load_questions, synthesize_held_out,
+    which_object, which_relation, yes_no,
+)
+
+FRAMES = 5
+
+
+def _digest(bgr: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(bgr).tobytes()).hexdigest()
+
+
+class TruthServer:
+    """An OpenAI-compatible server that knows the truth of every (image, question) it was told about.
+
+    ``oracle`` answers right: a qualitative row with the data engine's own answer text, a quantity with
+    the exact truth (a difference signed, "-0.1 m"). ``noisy`` answers wrong on purpose: the opposite
+    qualitative answer and 1.6x every distance. Dataset folders in ``roots`` are indexed when a request
+    misses, so a set synthesised during the call under test is known too.
+    """
+
+    def __init__(self) -> None:
+        self.mode = "oracle"
+        self.truth: dict[tuple[str, str], dict[str, Any]] = {}
+        self.roots: list[Path] = []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                content = body["messages"][-1]["content"]
+                question = next(c["text"] for c in content if c["type"] == "text")
+                url = next(c["image_url"]["url"] for c in content if c["type"] == "image_url")
+                png = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
+                text = server.answer(_digest(cv2.imdecode(png, cv2.IMREAD_COLOR)), question)
+                message = {"role": "assistant", "content": text}
+                payload = json.dumps({"choices": [{"index": 0, "message": message}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def index(self, root: Path) -> None:
+        images: dict[str, str] = {}
+        for line in (root / "data.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            if row["images"][0] not in images:
+                images[row["images"][0]] = _digest(cv2.imread(str(root / row["images"][0]), cv2.IMREAD_COLOR))
+            self.truth[(images[row["images"][0]], row["question"])] = row
+
+    def add_trajectories(self, count: int, frames: int, seed: int) -> None:
+        for t in approach_trajectories(count, frames, seed):
+            for rgb, truth in zip(t.images, t.truth_m):
+                key = (_digest(rgb[..., ::-1]), distance_question(t.pair, t.kind))
+                self.truth[key] = {"qualitative": False, "family": "quantity", "truth_m": truth}
+
+    def answer(self, digest: str, question: str) -> str:
+        with self.lock:
+            if (digest, question) not in self.truth:
+                for root in self.roots:
+                    if (root / "data.jsonl").exists():
+                        self.index(root)
+            row = self.truth[(digest, question)]
+        noisy = self.mode == "noisy"
+        if not row["qualitative"]:
+            value = row["truth_m"] if row["family"] == "difference" else abs(row["truth_m"])
+            return f"About {1.6 * value if noisy else value:.9f} meters."
+        if not noisy:
+            return row["answer"]
+        if row["family"] == "predicate":
+            return "No." if row["truth_label"] == "yes" else "Yes."
+        if row["family"] == "choice":
+            chosen = row["object_ids"].index(int(row["truth_label"]))
+            return f"{row['object_references'][1 - chosen]}."
+        pair = CLASSIFY_PAIRS[TYPES_BY_NAME[row["question_type"]].relation]
+        other = pair[1] if row["truth_label"] == pair[0] else pair[0]
+        return RELATION_WORDS[other]["short"][0].capitalize() + "."
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthesize_held_out(tmp_path_factory.mktemp("eval") / "data", 3, held_out_seed(1))
+
+
+@pytest.fixture(scope="module")
+def server(dataset: Path) -> Iterator[TruthServer]:
+    truth = TruthServer()
+    truth.index(dataset)
+    truth.add_trajectories(1, FRAMES, held_out_seed(1))
+    yield truth
+    truth.close()
+
+
+def _vlm(server: TruthServer) -> Any:
+    return build_vlm(VLMConfig(url=server.url, model="truth", samples=1, timeout_s=10.0))
+
+
+def test_oracle_scores_perfectly(server: TruthServer, dataset: Path) -> None:
+    server.mode = "oracle"
+    report = evaluate_vlm(_vlm(server), dataset, trajectories=1, frames=FRAMES, seed=held_out_seed(1), batch_size=16)
+    m = report.metrics
+    assert (m["qualitative_accuracy"], m["number_rate"], m["within_0.5_2x"], m["within_0.75_1.25x"]) == (1, 1, 1, 1)
+    assert m["spearman"] == pytest.approx(1.0)
+    assert m["qualitative_answers"] > 10 and m["quantitative_answers"] > 10 and m["failed_requests"] == 0
+    assert m["answers"] == len(load_questions(dataset)) == sum(t["n"] for t in m["per_type"].values())
+    assert all(t.get("accuracy", 1) == 1 and t.get("number_rate", 1) == 1 for t in m["per_type"].values())
+    # A difference the truth signs negative was answered "-0.1 m": read as its magnitude.
+    assert any(r.question.family == "difference" and r.question.truth_m < 0 and r.has_number for r in report.answers)
+
+
+def test_noisy_answers_miss_as_designed(server: TruthServer, dataset: Path) -> None:
+    server.mode = "noisy"
+    try:
+        report = evaluate_vlm(_vlm(server), dataset, trajectories=1, frames=FRAMES, seed=held_out_seed(1))
+    finally:
+        server.mode = "oracle"
+    m = report.metrics
+    assert (m["qualitative_accuracy"], m["number_rate"], m["within_0.5_2x"], m["within_0.75_1.25x"]) == (0, 1, 1, 0)
+    assert m["undecided_answers"] == 0                    # wrong, not unreadable
+    assert m["spearman"] == pytest.approx(1.0)            # 1.6x keeps the order
+    excluded = sum(abs(r.question.truth_m) < MIN_BAND_TRUTH_M for r in report.answers if not r.question.qualitative)
+    assert m["band_excluded"] == excluded
+
+
+def test_cli_synthesises_a_held_out_set_and_ends_with_json(server: TruthServer, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "results"
+    server.roots.append(out / "dataset")
+    server.add_trajectories(1, 3, held_out_seed(2))
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    args = parser.parse_args(["--url", server.url, "--model", "truth", "--scenes", "2", "--seed", "2",
+                              "--trajectories", "1", "--frames", "3", "--out", str(out)])
+    assert evaluate_cli(args) == 0
+    stdout = capsys.readouterr().out
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert "SpatialVLM" in stdout and "75.2%" in stdout
+    for key in ("qualitative_accuracy", "number_rate", "within_0.5_2x", "within_0.75_1.25x", "spearman"):
+        assert summary[key] == pytest.approx(1.0), key
+    assert summary["per_type"] and summary["answers"] > 0 and summary["trajectory_frames"] == 3
+    assert json.loads((out / "dataset" / "synthesis_config.json").read_text())["seed"] == EVAL_SEED_OFFSET + 2
+    assert json.loads((out / "metrics.json").read_text()) == summary
+    assert len((out / "answers.csv").read_text().splitlines()) == summary["answers"] + 1
+    assert len((out / "trajectories.csv").read_text().splitlines()) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Answer matching
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("Yes.", "yes"), ("yes", "yes"), ("**Yes**, it is.", "yes"), ("Correct, the can is left of the cup.", "yes"),
+    ("Indeed.", "yes"), ("That's right: it is.", "yes"), ("That\u2019s right.", "yes"), ("No.", "no"),
+    ("Incorrect, it is not.", "no"), ("Not really: it is lower.", "no"), ("It isn't.", "no"), ("Nope", "no"),
+    ("<think>Yes? Let me check the depth.</think>No.", "no"), ("<answer>yes</answer>", "yes"),
+    ("<think>Yes, clearly", None), ("Maybe.", None), ("", None),
+])
+def test_yes_no(text: str, expected: str | None) -> None:
+    assert yes_no(text) == expected
+
+
+def test_yes_no_ignores_words_inside_references() -> None:
+    assert yes_no("The no-entry sign is.", ["the no-entry sign"]) is None
+
+
+REFS = ("the little red tin can that's more to the right of the image",
+        "the tin can that's more to the left of the image")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("The little red tin can that's more to the right of the image.", 0),
+    ("It is the tin can that's more to the left of the image.", 1),
+    ("The tin can that's more to the left of the image is further left than the little red tin can that's more "
+     "to the right of the image.", 1),
+    ("The little red one.", 0), ("The can on the left.", 1), ("Neither.", None),
+])
+def test_which_object(text: str, expected: int | None) -> None:
+    assert which_object(text, REFS) == expected
+
+
+@pytest.mark.parametrize("text, refs, expected", [
+    ("The red can.", ("the can", "the red can"), 1), ("The can.", ("the can", "the red can"), 0),
+    ("The ball.", ("the red ball", "the blue box"), 0), ("Both.", ("the can", "the can"), None),
+])
+def test_which_object_prefers_whole_distinct_references(text: str, refs: tuple[str, str], expected: int | None) -> None:
+    assert which_object(text, refs) == expected
+
+
+@pytest.mark.parametrize("text, relations, expected", [
+    ("Left.", ("left", "right"), "left"), ("It is to the right of it.", ("left", "right"), "right"),
+    ("In front.", ("behind", "front"), "front"), ("Further back.", ("behind", "front"), "behind"),
+    ("It is of lesser height than the box.", ("tall", "short"), "short"), ("Taller.", ("tall", "short"), "tall"),
+    ("It is not taller.", ("tall", "short"), "short"), ("The box isn't wider.", ("wide", "thin"), "thin"),
+    ("Larger than the ball.", ("big", "small"), "big"), ("Lower.", ("above", "below"), "below"),
+    ("I cannot tell.", ("left", "right"), None),
+])
+def test_which_relation(text: str, relations: tuple[str, str], expected: str | None) -> None:
+    assert which_relation(text, relations) == expected
+
+
+def test_which_relation_ignores_relation_words_in_references() -> None:
+    refs = ["the tin can that's more to the left of the image", "the bowl"]
+    text = "The tin can that's more to the left of the image is to the right of the bowl."
+    assert which_relation(text, ("left", "right"), refs) == "right"
+
+
+def _question(question_type: str, truth_label: str) -> EvalQuestion:
+    family = TYPES_BY_NAME[question_type].family
+    return EvalQuestion("r", Path("x.png"), "?", question_type, family, True, 0.1, truth_label, (4, 7),
+                        ("the red can", "the blue box"))
+
+
+@pytest.mark.parametrize("question_type, text, expected", [
+    ("predicate_left", "Yes.", "yes"), ("predicate_left", "The red can is to the right of the blue box.", "no"),
+    ("predicate_left", "The red can is left of the blue box.", "yes"), ("choice_big", "The blue box.", "7"),
+    ("choice_big", "The red can is bigger.", "4"), ("classify_tall_short", "Shorter.", "short"),
+    ("choice_big", "I don't know.", None), ("predicate_left", "I don't know.", None),
+    ("predicate_left", "Can't tell, maybe yes.", None), ("classify_tall_short", "Not sure, shorter?", None),
+])
+def test_decide_label(question_type: str, text: str, expected: str | None) -> None:
+    assert decide_label(_question(question_type, "yes"), text) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out seeds, failures
+# ---------------------------------------------------------------------------------------------
+
+def test_held_out_seeds_are_disjoint_from_training() -> None:
+    assert held_out_seed(0) == EVAL_SEED_OFFSET
+    check_held_out(EVAL_SEED_OFFSET)
+    for bad in (-1, EVAL_SEED_OFFSET):
+        with pytest.raises(ConfigError, match="--seed must be in"):
+            held_out_seed(bad)
+    with pytest.raises(ConfigError, match="training range"):
+        check_held_out(EVAL_SEED_OFFSET - 1)
+
+
+def test_training_seeds_are_refused_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="training range"):
+        synthesize_held_out(tmp_path / "d", 1, 0)
+    assert not (tmp_path / "d").exists()
+    with pytest.raises(ConfigError, match="training range"):
+        next(approach_trajectories(1, 3, 42))
+
+    class Unreachable:
+        name = "unreachable"
+
+        def ask_batch(self, images: Any, questions: Any, depths: Any = None) -> list[VLMAnswer]:
+            raise AssertionError("asked despite a training seed")
+
+    with pytest.raises(ConfigError, match="training range"):
+        evaluate_vlm(Unreachable(), tmp_path, trajectories=1, seed=7)
+
+
+def test_failed_batches_are_wrong_answers_and_a_failed_first_batch_raises(dataset: Path) -> None:
+    questions = load_questions(dataset, limit=6)
+
+    class Flaky:
+        name = "flaky"
+
+        def __init__(self, fail_all: bool) -> None:
+            self.calls, self.fail_all = 0, fail_all
+
+        def ask_batch(self, images: Any, questions: Any, depths: Any = None) -> list[VLMAnswer]:
+            self.calls += 1
+            if self.fail_all or self.calls == 2:
+                raise VLMError("HTTP 503")
+            return [VLMAnswer("1 m", parse_answer("1 m"), 1.0) for _ in questions]
+
+    records = ask_questions(Flaky(False), questions, batch_size=3)
+    assert [bool(r.error) for r in records] == [False] * 3 + [True] * 3
+    assert all(not r.correct and math.isnan(r.value_m) for r in records[3:])
+    with pytest.raises(VLMError, match="HTTP 503"):
+        ask_questions(Flaky(True), questions, batch_size=3)
