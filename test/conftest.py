@@ -117,3 +117,11 @@ def test_node(ros_env: dict[str, str]) -> Iterator[HarnessNode]:
     node = HarnessNode()
     yield node
     node.close()
+
+
+@pytest.fixture(scope="module")
+def offline() -> Iterator[None]:
+    """HF_HUB_OFFLINE=1 for the whole module: the transformers tests may never try the network."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield

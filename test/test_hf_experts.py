@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -110,14 +109,6 @@ def _build(root: Path) -> dict[str, str]:
         DPTImageProcessorPil(size={"height": 28, "width": 28}, keep_aspect_ratio=True, ensure_multiple_of=14
                              ).save_pretrained(paths[role])
     return paths
-
-
-@pytest.fixture(scope="module")
-def offline() -> Iterator[None]:
-    """HF_HUB_OFFLINE=1 for the whole module: nothing may try the network."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -146,14 +146,6 @@ def _save_llava(root: Path) -> None:
 
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava")
-
-
-@pytest.fixture(scope="module")
-def offline() -> Iterator[None]:
-    """HF_HUB_OFFLINE=1 for the whole module: nothing may try the network."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -242,6 +242,14 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
     return np.asarray(keep, np.int64)
 
 
+def _check_boxes(boxes: Any, dtype: type, who: str) -> np.ndarray:
+    """``boxes`` as an (N, 4) ``x0, y0, x1, y1`` array of ``dtype``; InputError naming ``who`` otherwise."""
+    boxes = np.asarray(boxes, dtype)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise InputError(f"{who}: boxes must be (N, 4), got {boxes.shape}")
+    return boxes
+
+
 def _check_image(image: np.ndarray) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputError(f"expected an (H, W, 3) uint8 RGB image, got {getattr(image, 'shape', None)} "
@@ -477,9 +485,7 @@ class BoxSegmenter(TransformersExpert):
             InputError: bad image or boxes not (N, 4).
         """
         image = _check_image(image)
-        boxes = np.asarray(boxes, np.float32)
-        if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise InputError(f"segmenter: boxes must be (N, 4), got {boxes.shape}")
+        boxes = _check_boxes(boxes, np.float32, "segmenter")
         if not len(boxes):
             return BoxMasks(masks=np.zeros((0, *image.shape[:2]), bool), scores=np.zeros(0, np.float32))
         inputs = self.preprocess(image, boxes)
@@ -583,9 +589,7 @@ class RegionCaptioner(TransformersExpert):
             InputError: bad image or boxes not (N, 4).
         """
         image = _check_image(image)
-        boxes = np.asarray(boxes, np.float64)
-        if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise InputError(f"captioner: boxes must be (N, 4), got {boxes.shape}")
+        boxes = _check_boxes(boxes, np.float64, "captioner")
         if not len(boxes):
             return RegionCaptions(captions=(), raw=())
         return self.postprocess(self._forward(self.preprocess(image, boxes)))
