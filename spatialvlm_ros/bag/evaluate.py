@@ -106,7 +106,7 @@ def evaluate_bag(bag: str | Path, config: SpatialRewardConfig, *, out: str | Pat
         colour_frames = message_count(reader, topics.image)
         out.mkdir(parents=True, exist_ok=True)
         if live:
-            from spatialvlm_ros.bag.live import run_live  # imports rclpy: only when asked for
+            from spatialvlm_ros.ros.bag_replay import run_live  # imports rclpy: only when asked for
             result = run_live(reader, topics, config, truth=truth, out_dir=out, rate=rate, domain_id=domain_id)
         else:
             frames = camera_messages(reader, topics, slop_ns=int(config.sync.slop_s * 1e9),
