@@ -14,8 +14,11 @@ demo: setup
 test: setup
 	$(VENV)/bin/python -m pytest
 
-bench: setup
-	$(VENV)/bin/python benchmarks/node_latency.py
+bench: setup   # figures for the README's table (several minutes; run on a quiet machine)
+	$(VENV)/bin/python benchmarks/estimator_accuracy.py
+	$(VENV)/bin/python benchmarks/node_latency.py --transport both
+	$(VENV)/bin/python benchmarks/wrapper_overhead.py
+	$(VENV)/bin/python benchmarks/synthesis_throughput.py
 
 clean:
 	rm -rf build install log results
