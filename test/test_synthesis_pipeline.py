@@ -13,9 +13,10 @@ from spatialvlm_ros.errors import InputError
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.geometry.plane import fit_plane
 from spatialvlm_ros.geometry.pointcloud import backproject
-from spatialvlm_ros.synthesis.config import LiftingConfig, SynthesisConfig
+from spatialvlm_ros.synthesis.config import LiftingConfig, SynthesisConfig, load_synthesis_config
+from spatialvlm_ros.synthesis.engine import run_local
 from spatialvlm_ros.synthesis.extract import SceneExtractor, image_rng
-from spatialvlm_ros.synthesis.lifting import support_frame
+from spatialvlm_ros.synthesis.lifting import BOX_PERCENTILES, support_frame
 from spatialvlm_ros.synthesis.records import SceneRecord
 from spatialvlm_ros.synthesis.sources import SimSource, open_source
 
@@ -56,7 +57,7 @@ def sim_scene() -> tuple[SceneRecord, dict[str, np.ndarray], dict[str, str]]:
     cfg = SynthesisConfig()
     source = SimSource(2, cfg)
     sample = source.load("sim000001")
-    record = SceneExtractor(cfg).extract(sample, image_rng(cfg.seed, "sim000001"))
+    record = SceneExtractor(cfg).extract(sample, image_rng(cfg.seed, "sim000001")).record
     with TabletopSim(source.scene_config(1)) as sim:
         truth = sim.truth(0)
         kinds = {o.phrase: o.kind for o in sim.layout.objects}
@@ -130,3 +131,21 @@ def test_parquet_loads_with_datasets(tmp_path: Path) -> None:
 def test_malformed_sim_input_says_what_is_expected() -> None:
     with pytest.raises(InputError, match="expected sim:N"):
         open_source("sim:many", SynthesisConfig())
+
+
+def test_point_clouds_are_saved_in_the_scene_frame_on_request(tmp_path: Path) -> None:
+    cfg = load_synthesis_config(overrides={"output": {"save_point_clouds": True, "parquet": False}})
+    out = tmp_path / "ds"
+    run_local(SimSource(1, cfg), out, cfg)
+    scene = json.loads((out / "scenes" / "sim000000.json").read_text())
+    with np.load(out / "clouds" / "sim000000.npz") as clouds:
+        assert sorted(clouds.files) == sorted(str(o["object_id"]) for o in scene["objects"])
+        for obj in scene["objects"]:
+            cloud = clouds[str(obj["object_id"])]
+            assert cloud.dtype == np.float32 and cloud.shape == (obj["n_points"], 3)
+            # The saved cloud is the one the 3D box was fitted to: its robust bounds are the box.
+            box = obj["box"]
+            size = np.array([box["depth_m"], box["width_m"], box["height_m"]])
+            lower, upper = np.percentile(cloud.astype(np.float64), BOX_PERCENTILES, axis=0)
+            np.testing.assert_allclose((lower + upper) / 2, box["centre_m"], atol=1e-5)
+            np.testing.assert_allclose(upper - lower, size, atol=1e-5)

@@ -119,6 +119,7 @@ class OutputConfig:
     """What the dataset folder holds besides the chat rows."""
 
     save_depth: bool = False           # depth/<id>.npy, float32 metres
+    save_point_clouds: bool = False    # clouds/<id>.npz: each object's cleaned cloud, scene frame, metres
     parquet: bool = True               # data.parquet beside data.jsonl (needs pyarrow)
 
 

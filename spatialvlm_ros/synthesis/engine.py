@@ -8,9 +8,9 @@ settings and seed they write byte-identical datasets.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -66,6 +66,7 @@ class ImageResult:
         depth_m: (H, W) float32 metres; None when the settings do not save depth (or the image has none).
         scene: the scene record; None when the filter dropped the image.
         pairs: the image's question-answer pairs (empty when filtered).
+        clouds_m: object id -> cleaned cloud in the scene frame; empty unless the settings save them.
     """
 
     image_id: str
@@ -73,6 +74,7 @@ class ImageResult:
     depth_m: np.ndarray | None
     scene: SceneRecord | None
     pairs: tuple[QAPair, ...]
+    clouds_m: Mapping[int, np.ndarray] = field(default_factory=dict)
 
 
 def synthesize_image(source: Source, extractor: SceneExtractor, image_id: str) -> ImageResult:
@@ -83,11 +85,13 @@ def synthesize_image(source: Source, extractor: SceneExtractor, image_id: str) -
     """
     sample = source.load(image_id)
     rng = image_rng(extractor.cfg.seed, image_id)
-    scene = extractor.extract(sample, rng)
+    extracted = extractor.extract(sample, rng)
+    scene = None if extracted is None else extracted.record
     pairs = () if scene is None else tuple(synthesize_qa(scene, rng, extractor.cfg.questions))
     # Depth only travels on when it is saved: it is the largest array, and Ray ships results between processes.
     depth_m = sample.frame.depth_m if extractor.cfg.output.save_depth else None
-    return ImageResult(image_id=image_id, rgb=sample.frame.rgb, depth_m=depth_m, scene=scene, pairs=pairs)
+    return ImageResult(image_id=image_id, rgb=sample.frame.rgb, depth_m=depth_m, scene=scene, pairs=pairs,
+                       clouds_m={} if extracted is None else extracted.clouds_m)
 
 
 def write_result(writer: DatasetWriter, result: ImageResult) -> int:
@@ -95,7 +99,7 @@ def write_result(writer: DatasetWriter, result: ImageResult) -> int:
     if result.scene is None:
         writer.mark_filtered(result.image_id, "filter")
         return 0
-    writer.write_image(result.rgb, result.depth_m, result.scene, list(result.pairs))
+    writer.write_image(result.rgb, result.depth_m, result.scene, list(result.pairs), result.clouds_m)
     return len(result.pairs)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import zlib
+from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 
@@ -30,6 +32,20 @@ def image_rng(seed: int, image_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(image_id.encode())])
 
 
+@dataclass(frozen=True, eq=False)
+class ExtractedScene:
+    """One image's scene record, and its objects' cleaned point clouds when ``output.save_point_clouds``.
+
+    Attributes:
+        record: what the questions are asked about (serialised to ``scenes/<id>.json``).
+        clouds_m: object id -> (N, 3) float32 points in the scene frame (the record's ``camera_to_scene``
+            applied), metres; empty unless the settings save them (they are the bulk of a result).
+    """
+
+    record: SceneRecord
+    clouds_m: Mapping[int, np.ndarray]
+
+
 class SceneExtractor:
     """Filter, detect, lift, canonicalise and disambiguate one image.
 
@@ -47,8 +63,8 @@ class SceneExtractor:
         self.depth = DEPTH_SOURCES.create(cfg.experts.depth, cfg)
         self.embedder = EMBEDDERS.create(cfg.experts.embedder, cfg)
 
-    def extract(self, sample: Sample, rng: np.random.Generator) -> SceneRecord | None:
-        """The scene record of ``sample``, or None when the filter drops the image.
+    def extract(self, sample: Sample, rng: np.random.Generator) -> ExtractedScene | None:
+        """The scene record of ``sample`` (and its objects' clouds when saved), or None when the filter drops it.
 
         Raises:
             InputError: the experts cannot use the sample (e.g. no depth for the sensor source).
@@ -75,6 +91,7 @@ class SceneExtractor:
                              amb.similarity_threshold, amb.background)
         dropped = [detections.objects[i].caption for i in names.dropped]
         objects = []
+        clouds: dict[int, np.ndarray] = {}
         for det, reference, centre in zip(detections.objects, names.references, centres):
             if reference is None:
                 continue
@@ -86,10 +103,13 @@ class SceneExtractor:
                                        reference=reference, box=scene_box(points, to_scene),
                                        pixel_centre=(float(centre[0]), float(centre[1])), n_points=len(points),
                                        attributes=dict(det.attributes)))
-        return SceneRecord(image_id=sample.image_id, width=intrinsics.width, height=intrinsics.height,
-                           canonicalised=frame is not None,
-                           camera_to_scene=tuple(tuple(float(v) for v in row) for row in to_scene),
-                           camera_height_m=camera_height, objects=tuple(objects), dropped=tuple(dropped))
+            if self.cfg.output.save_point_clouds:
+                clouds[det.object_id] = (points @ to_scene[:3, :3].T + to_scene[:3, 3]).astype(np.float32)
+        record = SceneRecord(image_id=sample.image_id, width=intrinsics.width, height=intrinsics.height,
+                             canonicalised=frame is not None,
+                             camera_to_scene=tuple(tuple(float(v) for v in row) for row in to_scene),
+                             camera_height_m=camera_height, objects=tuple(objects), dropped=tuple(dropped))
+        return ExtractedScene(record=record, clouds_m=clouds)
 
 
 def _pixel_centre(mask: np.ndarray) -> tuple[float, float]:

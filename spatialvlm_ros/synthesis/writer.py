@@ -4,6 +4,8 @@ Layout (``<id>`` = image id)::
 
     images/<id>.png           the RGB image
     depth/<id>.npy            float32 metres (``output.save_depth``)
+    clouds/<id>.npz           each object's cleaned cloud, key = object id, (N, 3) float32 metres in the
+                              scene frame (``output.save_point_clouds``)
     scenes/<id>.json          the scene record (objects, captions, 3D boxes, camera -> scene transform)
     qa/<id>.jsonl             that image's rows
     done/<id>                 written last, atomically: the image is finished ("ok" or "filtered: ...")
@@ -30,12 +32,13 @@ beside the machine-readable truth of :class:`~spatialvlm_ros.synthesis.questions
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import cv2
 import numpy as np
@@ -105,7 +108,9 @@ class DatasetWriter:
     def __init__(self, root: Path, cfg: SynthesisConfig) -> None:
         self.root = Path(root)
         self.cfg = cfg
-        for sub in ("images", "scenes", "qa", "done") + (("depth",) if cfg.output.save_depth else ()):
+        optional = ((("depth",) if cfg.output.save_depth else ())
+                    + (("clouds",) if cfg.output.save_point_clouds else ()))
+        for sub in ("images", "scenes", "qa", "done") + optional:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         settings = json.dumps(dataclasses.asdict(cfg), sort_keys=True, indent=1)
         stored = self.root / CONFIG_FILE
@@ -124,7 +129,7 @@ class DatasetWriter:
         _write_atomic(self.root / "done" / image_id, f"filtered: {label}".encode())
 
     def write_image(self, rgb: np.ndarray, depth_m: np.ndarray | None, scene: SceneRecord,
-                    pairs: list[QAPair]) -> None:
+                    pairs: list[QAPair], clouds_m: Mapping[int, np.ndarray] | None = None) -> None:
         """Write one image's files, the done marker last."""
         image_id = scene.image_id
         ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
@@ -136,6 +141,10 @@ class DatasetWriter:
             with open(path.with_name(path.name + ".tmp"), "wb") as f:
                 np.save(f, depth_m.astype(np.float32))
             os.replace(path.with_name(path.name + ".tmp"), path)
+        if self.cfg.output.save_point_clouds:
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **{str(k): v for k, v in (clouds_m or {}).items()})
+            _write_atomic(self.root / "clouds" / f"{image_id}.npz", buffer.getvalue())
         _write_atomic(self.root / "scenes" / f"{image_id}.json", json.dumps(scene.to_json()).encode())
         rows = "".join(json.dumps(chat_row(image_id, k, p, scene)) + "\n" for k, p in enumerate(pairs))
         _write_atomic(self.root / "qa" / f"{image_id}.jsonl", rows.encode())
