@@ -42,6 +42,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     return evaluate_cli(args)
 
 
+def _train(args: argparse.Namespace) -> int:
+    from spatialvlm_ros.vlm.train import train_cli
+    return train_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
@@ -118,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
     ask.add_argument("--default-unit", default=None, help="unit of a bare number in an answer (m, cm, ...)")
     ask.add_argument("--timeout", type=float, default=None, help="per-request timeout, seconds")
+    ask.add_argument("--weights", default=None, help="compact backend: weights folder from 'spatialvlm train'")
     ask.set_defaults(func=_ask)
 
     from spatialvlm_ros.vlm.finetune import add_finetune_arguments  # light: torch is imported only to train
@@ -136,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "rate, ratio bands and Spearman beside the paper's numbers, the JSON summary on the last line.")
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(func=_evaluate)
+
+    from spatialvlm_ros.vlm.train import add_train_arguments  # light: torch is imported only to train
+    train = sub.add_parser(
+        "train", help="train the compact in-house spatial VLM on a synthesized dataset",
+        description="Train the compact VLM (vlm/compact.py, RGB only) from scratch on data.jsonl from "
+                    "'spatialvlm synthesize'; resumable; prints a JSON summary on the last line.")
+    add_train_arguments(train)
+    train.set_defaults(func=_train)
     return parser
 
 

@@ -264,7 +264,7 @@ def test_config_validation() -> None:
         VLMConfig(url="127.0.0.1:8000")
     with pytest.raises(ConfigError, match="estimator.vlm.samples: must be >= 1"):
         VLMConfig(samples=0)
-    with pytest.raises(ConfigError, match="estimator.vlm.backend: unknown 'nope'; registered: openai, transformers"):
+    with pytest.raises(ConfigError, match="estimator.vlm.backend: unknown 'nope'; registered: .*openai"):
         build_vlm(VLMConfig(backend="nope"))
 
 

@@ -82,6 +82,7 @@ class VLMConfig:
         local_files_only: never contact the model hub (HF_HUB_OFFLINE=1 does the same).
         trust_remote_code: run code shipped with the checkpoint (off unless you mean it).
         adapter: LoRA adapter folder from "spatialvlm finetune" ("" = none).
+        weights: weights folder of the "compact" backend (from "spatialvlm train"; "" = the packaged ones).
     """
 
     backend: str = "openai"
@@ -103,6 +104,7 @@ class VLMConfig:
     local_files_only: bool = False
     trust_remote_code: bool = False
     adapter: str = ""
+    weights: str = ""
 
     def __post_init__(self) -> None:
         _require(bool(self.model), "model", "must name the model")
@@ -160,6 +162,8 @@ def build_vlm(config: VLMConfig) -> SpatialVLM:
     """Build the backend named by ``config.backend``."""
     # Importing the backends registers them; kept here so a plain import of base stays light.
     from spatialvlm_ros.vlm import server, transformers_backend  # noqa: F401
+    if config.backend == "compact":
+        from spatialvlm_ros.vlm import compact  # noqa: F401  (imports torch: only when asked for)
     return VLM_BACKENDS.create(config.backend, config)
 
 

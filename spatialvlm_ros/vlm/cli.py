@@ -17,8 +17,8 @@ from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.vlm.base import VLMDistanceEstimator, build_vlm
 
 #: ``--flag`` -> ``estimator.vlm.<key>`` override.
-_OVERRIDES = {"backend": "backend", "url": "url", "model": "model", "samples": "samples", "api_key_env": "api_key_env",
-              "default_unit": "default_unit", "timeout": "timeout_s"}
+_OVERRIDES = {"backend": "backend", "weights": "weights", "url": "url", "model": "model", "samples": "samples",
+              "api_key_env": "api_key_env", "default_unit": "default_unit", "timeout": "timeout_s"}
 
 
 def _frame(image: str) -> Frame:
@@ -44,8 +44,9 @@ def _number(value: float) -> float | None:
 
 def estimator_config_from_args(args: argparse.Namespace) -> EstimatorConfig:
     """The estimator settings of ``--config`` (default: the shipped file) with the VLM flags applied on top."""
-    overrides = {f"estimator.vlm.{key}": getattr(args, flag) for flag, key in _OVERRIDES.items()
-                 if getattr(args, flag) is not None}
+    # A command need not offer every flag (evaluate has no --weights): absent means "from the config".
+    overrides = {f"estimator.vlm.{key}": getattr(args, flag, None) for flag, key in _OVERRIDES.items()
+                 if getattr(args, flag, None) is not None}
     return load_config(SpatialRewardConfig, "spatial_reward_node",
                        args.config or config_path("spatial_reward.yaml"), overrides).estimator
 
