@@ -3,48 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
+from typing import Callable
 
 from spatialvlm_ros.errors import SpatialVLMError
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from spatialvlm_ros.ros.demo import run_demo  # imports rclpy: only when asked for
-    run_demo(config_file=args.config, out_root=args.out, frames=args.frames, domain_id=args.domain_id,
-             transport=args.transport)
-    return 0
-
-
-def _eval_bag(args: argparse.Namespace) -> int:
-    from spatialvlm_ros.bag.evaluate import evaluate_bag_cli
-    return evaluate_bag_cli(args)
-
-
-def _synthesize(args: argparse.Namespace) -> int:
-    from spatialvlm_ros.synthesis.cli import synthesize_cli
-    return synthesize_cli(args)
-
-
-def _ask(args: argparse.Namespace) -> int:
-    from spatialvlm_ros.vlm.cli import ask_cli
-    return ask_cli(args)
-
-
-def _finetune(args: argparse.Namespace) -> int:
-    from spatialvlm_ros.vlm.finetune import finetune_cli
-    return finetune_cli(args)
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from spatialvlm_ros.vlm.evaluate import evaluate_cli
-    return evaluate_cli(args)
-
-
-def _train(args: argparse.Namespace) -> int:
-    from spatialvlm_ros.vlm.train import train_cli
-    return train_cli(args)
+def _lazy(target: str) -> Callable[[argparse.Namespace], int]:
+    """Run ``module:function`` on the parsed arguments, importing it only then (some import rclpy or torch)."""
+    def run(args: argparse.Namespace) -> int:
+        module, function = target.split(":")
+        return getattr(importlib.import_module(module), function)(args)
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: random 10-99)")
     demo.add_argument("--transport", choices=["shm", "default"], default="shm",
                       help="Fast DDS profile: 'shm' ships images through a large shared-memory segment")
-    demo.set_defaults(func=_demo)
+    demo.set_defaults(func=_lazy("spatialvlm_ros.ros.demo:demo_cli"))
 
     bag = sub.add_parser(
         "eval-bag", help="replay a rosbag2 (mcap or sqlite3) through the estimator and score it",
@@ -88,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     bag.add_argument("--domain-id", type=int, default=None, help="--live ROS_DOMAIN_ID (default: random 10-99)")
     bag.add_argument("--truth-tolerance", type=float, default=0.05,
                      help="max time between a Float32 truth message and its frame, seconds")
-    bag.set_defaults(func=_eval_bag)
+    bag.set_defaults(func=_lazy("spatialvlm_ros.bag.evaluate:evaluate_bag_cli"))
 
     synth = sub.add_parser(
         "synthesize", help="synthesise spatial VQA (the SpatialVLM data engine) from images, a bag or the simulator",
@@ -101,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
     synth.add_argument("--ray-workers", type=int, default=None, help="Ray workers (default: the cluster's CPUs)")
     synth.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
-    synth.set_defaults(func=_synthesize)
+    synth.set_defaults(func=_lazy("spatialvlm_ros.synthesis.cli:synthesize_cli"))
 
     ask = sub.add_parser(
         "ask", help="ask a spatial VLM how far apart two objects are in an image",
@@ -124,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--default-unit", default=None, help="unit of a bare number in an answer (m, cm, ...)")
     ask.add_argument("--timeout", type=float, default=None, help="per-request timeout, seconds")
     ask.add_argument("--weights", default=None, help="compact backend: weights folder from 'spatialvlm train'")
-    ask.set_defaults(func=_ask)
+    ask.set_defaults(func=_lazy("spatialvlm_ros.vlm.cli:ask_cli"))
 
     from spatialvlm_ros.vlm.finetune import add_finetune_arguments  # light: torch is imported only to train
     finetune = sub.add_parser(
@@ -132,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a LoRA adapter (peft) on data.jsonl from 'spatialvlm synthesize'; checkpoints are "
                     "resumable; prints a JSON summary on the last line.")
     add_finetune_arguments(finetune)
-    finetune.set_defaults(func=_finetune)
+    finetune.set_defaults(func=_lazy("spatialvlm_ros.vlm.finetune:finetune_cli"))
 
     from spatialvlm_ros.vlm.evaluate import add_evaluate_arguments  # light: the simulator is imported only to run
     evaluate = sub.add_parser(
@@ -141,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "held-out simulated set) and along approach trajectories; print qualitative accuracy, number "
                     "rate, ratio bands and Spearman beside the paper's numbers, the JSON summary on the last line.")
     add_evaluate_arguments(evaluate)
-    evaluate.set_defaults(func=_evaluate)
+    evaluate.set_defaults(func=_lazy("spatialvlm_ros.vlm.evaluate:evaluate_cli"))
 
     from spatialvlm_ros.vlm.train import add_train_arguments  # light: torch is imported only to train
     train = sub.add_parser(
@@ -149,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the compact VLM (vlm/compact.py, RGB only) from scratch on data.jsonl from "
                     "'spatialvlm synthesize'; resumable; prints a JSON summary on the last line.")
     add_train_arguments(train)
-    train.set_defaults(func=_train)
+    train.set_defaults(func=_lazy("spatialvlm_ros.vlm.train:train_cli"))
     return parser
 
 

@@ -200,6 +200,13 @@ def run_demo(config_file: Path | None = None, out_root: Path = Path("results"), 
     return out
 
 
+def demo_cli(args: Any) -> int:
+    """``spatialvlm demo``: :func:`run_demo` from parsed arguments."""
+    run_demo(config_file=args.config, out_root=args.out, frames=args.frames, domain_id=args.domain_id,
+             transport=args.transport)
+    return 0
+
+
 def _start_node(name: str, config_file: Path, env: dict[str, str], logs: dict[str, Any],
                 overrides: dict[str, Any] | None = None) -> subprocess.Popen:
     return subprocess.Popen(node_command(name, [config_file], overrides), env=env, stdout=logs[name],

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable, Literal, Protocol, Sequence
 
 import numpy as np
 
-from spatialvlm_ros.errors import ConfigError, SpatialVLMError
+from spatialvlm_ros.errors import ConfigError, InputError, SpatialVLMError
 from spatialvlm_ros.estimation.base import (
     DistanceEstimate, DistanceKind, NoEstimateReason, Pair, register_estimator,
 )
@@ -156,6 +156,25 @@ class SpatialVLM(Protocol):
 VLMFactory = Callable[[VLMConfig], SpatialVLM]
 VLM_BACKENDS: Registry[VLMFactory] = Registry("estimator.vlm.backend")
 register_vlm = VLM_BACKENDS.register
+
+
+def ask_in_batches(images: Sequence[np.ndarray], questions: Sequence[str], batch_size: int,
+                   answer_batch: Callable[[Sequence[np.ndarray], Sequence[str], float], list[VLMAnswer]],
+                   ) -> list[VLMAnswer]:
+    """Answer ``questions[i]`` about ``images[i]`` in order, ``batch_size`` at a time (in-process backends).
+
+    ``answer_batch(images, questions, start)`` answers one batch; ``start`` is its ``time.perf_counter()``
+    start, so each answer's ``latency_ms`` can be the wall time of its batch.
+
+    Raises:
+        InputError: not as many images as questions.
+    """
+    if len(images) != len(questions):
+        raise InputError(f"{len(images)} images but {len(questions)} questions")
+    answers: list[VLMAnswer] = []
+    for i in range(0, len(questions), batch_size):
+        answers += answer_batch(images[i:i + batch_size], questions[i:i + batch_size], time.perf_counter())
+    return answers
 
 
 def build_vlm(config: VLMConfig) -> SpatialVLM:

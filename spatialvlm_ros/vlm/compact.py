@@ -48,7 +48,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from spatialvlm_ros.errors import ConfigError, InputError
-from spatialvlm_ros.vlm.base import VLMAnswer, VLMConfig, VLMError, register_vlm
+from spatialvlm_ros.vlm.base import VLMAnswer, VLMConfig, VLMError, ask_in_batches, register_vlm
 from spatialvlm_ros.vlm.parsing import METRES_PER_UNIT, parse_answer
 
 logger = logging.getLogger(__name__)
@@ -592,16 +592,11 @@ class CompactVLM:
             VLMError: generation failed.
             InputError: a bad image, or not as many images as questions.
         """
-        if len(images) != len(questions):
-            raise InputError(f"{len(images)} images but {len(questions)} questions")
-        answers: list[VLMAnswer] = []
-        step = self.options.batch_size
-        for i in range(0, len(questions), step):
-            start = time.perf_counter()
-            batch = self.preprocess(images[i:i + step], questions[i:i + step])
-            ids = self._forward(batch)
-            answers += self.postprocess(ids, 1e3 * (time.perf_counter() - start))
-        return answers
+        return ask_in_batches(images, questions, self.options.batch_size, self._answer_batch)
+
+    def _answer_batch(self, images: Sequence[np.ndarray], questions: Sequence[str], start: float) -> list[VLMAnswer]:
+        ids = self._forward(self.preprocess(images, questions))
+        return self.postprocess(ids, 1e3 * (time.perf_counter() - start))
 
 
 @register_vlm("compact")

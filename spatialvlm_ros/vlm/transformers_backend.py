@@ -29,7 +29,7 @@ import numpy as np
 
 from spatialvlm_ros.errors import ConfigError, InputError
 from spatialvlm_ros.perception.hf import Dtype, TransformersExpert
-from spatialvlm_ros.vlm.base import VLMAnswer, VLMConfig, VLMError, register_vlm
+from spatialvlm_ros.vlm.base import VLMAnswer, VLMConfig, VLMError, ask_in_batches, register_vlm
 from spatialvlm_ros.vlm.parsing import METRES_PER_UNIT, parse_answer
 
 logger = logging.getLogger(__name__)
@@ -262,17 +262,12 @@ class TransformersVLM(TransformersExpert):
             VLMError: generation failed.
             InputError: a bad image, or as many images as questions not given.
         """
-        if len(images) != len(questions):
-            raise InputError(f"{len(images)} images but {len(questions)} questions")
-        answers: list[VLMAnswer] = []
-        step = self.options.batch_size
-        for i in range(0, len(questions), step):
-            start = time.perf_counter()
-            prompts = self.preprocess(images[i:i + step], questions[i:i + step])
-            token_ids = self._forward(prompts)
-            answers += self.postprocess(token_ids, prompts, 1e3 * (time.perf_counter() - start))
-            logger.debug("%s answered %d questions in %.0f ms", self.name_or_path, len(prompts.tensors["input_ids"]),
-                         answers[-1].latency_ms)
+        return ask_in_batches(images, questions, self.options.batch_size, self._answer_batch)
+
+    def _answer_batch(self, images: Sequence[np.ndarray], questions: Sequence[str], start: float) -> list[VLMAnswer]:
+        prompts = self.preprocess(images, questions)
+        answers = self.postprocess(self._forward(prompts), prompts, 1e3 * (time.perf_counter() - start))
+        logger.debug("%s answered %d questions in %.0f ms", self.name_or_path, len(answers), answers[-1].latency_ms)
         return answers
 
 
