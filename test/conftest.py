@@ -106,7 +106,10 @@ class HarnessNode:
 
     def close(self) -> None:
         import rclpy
-        self.executor.shutdown()
+        # Stop the spin thread before the node and context go: a thread left spinning on a shut-down
+        # context busy-loops and starves every later test of the GIL.
+        self.executor.shutdown(timeout_sec=10)
+        self._thread.join(timeout=10)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
 

@@ -209,7 +209,8 @@ def run_live(reader: AnyReader, topics: BagTopics, config: SpatialRewardConfig, 
             player = _Player(context, topic_types(reader), topics, pair)
             executor = SingleThreadedExecutor(context=context)
             executor.add_node(player)
-            threading.Thread(target=executor.spin, daemon=True).start()
+            spin = threading.Thread(target=executor.spin, daemon=True)
+            spin.start()
             proc = subprocess.Popen(cmd, env=env, stdout=node_log, stderr=subprocess.STDOUT)
             try:
                 _wait(lambda: player.count_publishers("estimates") > 0
@@ -221,7 +222,8 @@ def run_live(reader: AnyReader, topics: BagTopics, config: SpatialRewardConfig, 
                 wall_s = time.perf_counter() - start
             finally:
                 stop_process(proc, timeout_s=5)
-                executor.shutdown()
+                executor.shutdown(timeout_sec=10)
+                spin.join(timeout=10)   # never leave a thread spinning on a context that is about to go
                 player.destroy_node()
         finally:
             rclpy.try_shutdown(context=context)

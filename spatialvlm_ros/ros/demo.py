@@ -187,7 +187,8 @@ def run_demo(config_file: Path | None = None, out_root: Path = Path("results"), 
     finally:
         for proc in procs.values():
             stop_process(proc, timeout_s=5)
-        executor.shutdown()
+        executor.shutdown(timeout_sec=10)
+        spin.join(timeout=10)   # never leave a thread spinning on a context that is about to go
         recorder.close()
         recorder.destroy_node()
         rclpy.try_shutdown(context=context)
