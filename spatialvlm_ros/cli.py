@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
     synth.set_defaults(func=_lazy("spatialvlm_ros.synthesis.cli:synthesize_cli"))
 
+    from spatialvlm_ros.vlm.cli import add_vlm_arguments
     ask = sub.add_parser(
         "ask", help="ask a spatial VLM how far apart two objects are in an image",
         description="Send an image and a question to the spatial VLM of estimator.vlm (an OpenAI-compatible "
@@ -89,14 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--distance", choices=["gap", "centre"], default=None, help="with --pair (default: config)")
     ask.add_argument("--config", type=Path, default=None,
                      help="spatial_reward_node parameter file (default: config/spatial_reward.yaml)")
-    ask.add_argument("--backend", default=None, help="VLM backend (default: config; 'openai' = chat-completions)")
-    ask.add_argument("--url", default=None, help="API base URL, e.g. http://127.0.0.1:8000/v1")
-    ask.add_argument("--model", default=None, help="model name the server knows")
-    ask.add_argument("--samples", type=int, default=None, help="answers per question")
-    ask.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
-    ask.add_argument("--default-unit", default=None, help="unit of a bare number in an answer (m, cm, ...)")
-    ask.add_argument("--timeout", type=float, default=None, help="per-request timeout, seconds")
-    ask.add_argument("--weights", default=None, help="compact backend: weights folder from 'spatialvlm train'")
+    add_vlm_arguments(ask)
     ask.set_defaults(func=_lazy("spatialvlm_ros.vlm.cli:ask_cli"))
 
     from spatialvlm_ros.vlm.finetune import add_finetune_arguments  # light: torch is imported only to train

@@ -42,11 +42,23 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else value  # JSON has no NaN
 
 
+def add_vlm_arguments(parser: argparse.ArgumentParser, samples_default: int | None = None) -> None:
+    """The flags that override ``estimator.vlm.*`` (see :data:`_OVERRIDES`), shared by ``ask`` and ``evaluate``."""
+    parser.add_argument("--backend", default=None, help="VLM backend (default: config; 'openai' = chat-completions)")
+    parser.add_argument("--weights", default=None, help="compact backend: weights folder from 'spatialvlm train'")
+    parser.add_argument("--url", default=None, help="API base URL, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--model", default=None, help="model name the server knows, or a checkpoint")
+    parser.add_argument("--samples", type=int, default=samples_default,
+                        help="answers per question" + ("" if samples_default is None else " (each scored)"))
+    parser.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
+    parser.add_argument("--default-unit", default=None, help="unit of a bare number in an answer (m, cm, ...)")
+    parser.add_argument("--timeout", type=float, default=None, help="per-request timeout, seconds")
+
+
 def estimator_config_from_args(args: argparse.Namespace) -> EstimatorConfig:
-    """The estimator settings of ``--config`` (default: the shipped file) with the VLM flags applied on top."""
-    # A command need not offer every flag (evaluate has no --weights): absent means "from the config".
-    overrides = {f"estimator.vlm.{key}": getattr(args, flag, None) for flag, key in _OVERRIDES.items()
-                 if getattr(args, flag, None) is not None}
+    """The estimator settings of ``--config`` (default: the shipped file) with :func:`add_vlm_arguments` on top."""
+    overrides = {f"estimator.vlm.{key}": getattr(args, flag) for flag, key in _OVERRIDES.items()
+                 if getattr(args, flag) is not None}
     return load_config(SpatialRewardConfig, "spatial_reward_node",
                        args.config or config_path("spatial_reward.yaml"), overrides).estimator
 

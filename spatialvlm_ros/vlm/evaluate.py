@@ -58,7 +58,7 @@ from spatialvlm_ros.synthesis.templates import RELATION_WORDS
 from spatialvlm_ros.vlm.base import SpatialVLM, VLMAnswer, VLMError, build_vlm
 # The same VLM flags as `spatialvlm ask`, and the parser's rule for where the answer is (so labels and numbers
 # are read from the same span).
-from spatialvlm_ros.vlm.cli import estimator_config_from_args
+from spatialvlm_ros.vlm.cli import add_vlm_arguments, estimator_config_from_args
 from spatialvlm_ros.vlm.parsing import ParsedDistance, answer_span, parse_answer
 from spatialvlm_ros.vlm.prompts import distance_question
 
@@ -740,13 +740,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="questions per ask_batch")
     parser.add_argument("--trajectories", type=int, default=2, help="approach trajectories for Spearman (0: skip)")
     parser.add_argument("--frames", type=int, default=20, help="frames per trajectory")
-    parser.add_argument("--backend", default=None, help="VLM backend (default: config; 'openai' = chat-completions)")
-    parser.add_argument("--url", default=None, help="API base URL, e.g. http://127.0.0.1:8000/v1")
-    parser.add_argument("--model", default=None, help="model name the server knows")
-    parser.add_argument("--samples", type=int, default=1, help="answers per question (each scored)")
-    parser.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
-    parser.add_argument("--default-unit", default=None, help="unit of a bare number in an answer (m, cm, ...)")
-    parser.add_argument("--timeout", type=float, default=None, help="per-request timeout, seconds")
+    add_vlm_arguments(parser, samples_default=1)
 
 
 def _fmt(value: float | None) -> str:
