@@ -16,8 +16,10 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
     ],
+    # The compact VLM's trained weights ship inside the package (spatialvlm_ros/vlm/weights/).
+    package_data={f"{PACKAGE}.vlm": ["weights/*"]},
     install_requires=["setuptools"],  # runtime deps: requirements.txt (pip) or package.xml (rosdep)
-    zip_safe=True,
+    zip_safe=False,                   # the weights are read from a folder on disk
     maintainer="spatialvlm_ros maintainers",
     maintainer_email="maintainers@spatialvlm-ros.invalid",
     description="SpatialVLM-style metric spatial reasoning for ROS 2 robots",

@@ -1,15 +1,15 @@
-"""Train SAC on SpatialVLM/TabletopReach-v0 with the true reward and with the camera's spatial reward.
+"""Train SAC on SpatialVLM/TabletopReach-v0 with the true reward and with rewards read off the camera.
 
-Both runs share seeds, step budget, hyperparameters and observation (gripper and can positions); only the
+All runs share seeds, step budget, hyperparameters and observation (gripper and can positions); only the
 reward differs: (a) ``true``, the exact gap from the simulator, ``-max(gap, 0) / 0.1 m``; (b) ``spatial``, the
 geometric estimator's gap on the rendered RGB-D frame (colour-prompt grounding, sensor depth with
-RealSense-like noise), shaped ``negative`` with ``scale_m`` 0.1 (so it reads ``-gap_estimate / 0.1 m``), no filter.
+RealSense-like noise); (c) ``vlm``, the packaged compact spatial VLM's answer to "What is the gap between the
+yellow gripper and the red can?" on the RGB frame alone (no depth). (b) and (c) are shaped ``negative`` with
+``scale_m`` 0.1 (so they read ``-gap_estimate / 0.1 m``), no filter.
 Evaluation always uses the TRUE success criterion (true gap < 2 cm at the episode's last step), with a
 deterministic policy on fixed evaluation seeds. Writes a plot and a JSON file and prints the final figures.
 
-``--reward vlm`` is the seam for the compact VLM backend; it errors until that backend exists.
-
-Usage: python scripts/train_reach.py [--steps 20000] [--eval-every 2000] [--reward true spatial]
+Usage: python scripts/train_reach.py [--steps 20000] [--eval-every 2000] [--reward true spatial vlm]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from stable_baselines3 import SAC
 from spatialvlm_ros.config import EstimatorConfig, RewardConfig
 from spatialvlm_ros.estimation import build_estimator
 from spatialvlm_ros.gym import REACH_ID, SpatialRewardWrapper
+from spatialvlm_ros.vlm.base import VLMConfig
 
 logger = logging.getLogger("train_reach")
 REPO = Path(__file__).resolve().parent.parent
@@ -39,6 +40,11 @@ SCALE_M = 0.1
 SPATIAL_REWARD = RewardConfig(shaping="negative", scale_m=SCALE_M, filter="none", invalid_policy="hold_last")
 NET_ARCH = [64, 64]          # a 6-D observation needs no more; halves the update time of SAC's default 256x256
 EVAL_SEED_BASE = 1_000_000   # evaluation episodes never share a seed with training ones
+#: The estimators behind the camera rewards: geometric on RGB-D, and the compact VLM (greedy, one answer) on RGB.
+CAMERA_ESTIMATORS = {
+    "spatial": EstimatorConfig(backend="geometric", grounding="colour_prompt"),
+    "vlm": EstimatorConfig(backend="vlm", vlm=VLMConfig(backend="compact", samples=1, temperature=0.0)),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,12 +67,10 @@ class RunResult:
 
 
 def make_train_env(reward: str) -> gym.Env:
-    """The reach env, its reward from the simulator (``true``) or from the camera (``spatial``)."""
-    if reward == "vlm":
-        raise SystemExit("--reward vlm: not available until the compact VLM lands")
+    """The reach env, its reward from the simulator (``true``) or from the camera (``spatial``, ``vlm``)."""
     env = gym.make(REACH_ID)
-    if reward == "spatial":
-        estimator = build_estimator(EstimatorConfig(backend="geometric", grounding="colour_prompt"))
+    if reward in CAMERA_ESTIMATORS:
+        estimator = build_estimator(CAMERA_ESTIMATORS[reward])
         return SpatialRewardWrapper(env, estimator, PAIR, reward_config=SPATIAL_REWARD, mode="replace")
     return gym.wrappers.TransformReward(env, lambda r: float(r) / SCALE_M)
 
@@ -115,7 +119,7 @@ def train(reward: str, steps: int, eval_every: int, eval_episodes: int, seed: in
                     curve[-1].success_rate, curve[-1].mean_final_gap_m, time.perf_counter() - start)
     env.close()
     eval_env.close()
-    invalid = counter.invalid / counter.steps if reward == "spatial" and counter.steps else float("nan")
+    invalid = counter.invalid / counter.steps if reward in CAMERA_ESTIMATORS and counter.steps else float("nan")
     return RunResult(reward=reward, curve=tuple(curve), wall_s=time.perf_counter() - start,
                      spatial_invalid_rate=invalid)
 
@@ -151,8 +155,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "rl_reach")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if "vlm" in args.rewards:
-        make_train_env("vlm")
     torch.set_num_threads(args.threads)
 
     results = [train(r, args.steps, args.eval_every, args.eval_episodes, args.seed) for r in args.rewards]
@@ -167,14 +169,16 @@ def main() -> None:
         "final_success_rate": final,
         "runs": [dataclasses.asdict(r) for r in results],
     }
-    if {"true", "spatial"} <= final.keys() and final["true"] > 0:
-        summary["spatial_over_true"] = final["spatial"] / final["true"]
+    for reward in CAMERA_ESTIMATORS:
+        if {"true", reward} <= final.keys() and final["true"] > 0:
+            summary[f"{reward}_over_true"] = final[reward] / final["true"]
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     for r in results:
         print(f"{r.reward:>8} reward: success {r.curve[-1].success_rate:.2f} at {r.curve[-1].steps} steps, "
               f"final gap {r.curve[-1].mean_final_gap_m:.3f} m, {r.wall_s:.0f} s")
-    if "spatial_over_true" in summary:
-        print(f"spatial / true success: {summary['spatial_over_true']:.2f}")
+    for reward in CAMERA_ESTIMATORS:
+        if f"{reward}_over_true" in summary:
+            print(f"{reward} / true success: {summary[f'{reward}_over_true']:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""The package builds the ROS 2 way (``colcon build``) and installs what ``ros2 run``/``ros2 launch`` need."""
+"""The package builds the ROS 2 way (``colcon build``) and installs what ``ros2 run``/``ros2 launch`` need.
+
+That includes the compact VLM's weights, which the default VLM backend loads.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 COPIED = ["package.xml", "setup.py", "setup.cfg", "resource", "spatialvlm_ros", "launch", "config"]
 
 
-def test_colcon_build_installs_executables_launch_and_config(tmp_path: Path) -> None:
+def test_colcon_build_installs_executables_launch_config_and_weights(tmp_path: Path) -> None:
     src = tmp_path / "src" / "spatialvlm_ros"
     src.mkdir(parents=True)
     for name in COPIED:
@@ -32,3 +35,6 @@ def test_colcon_build_installs_executables_launch_and_config(tmp_path: Path) -> 
                 "config/spatial_reward.yaml", "config/sim_demo.yaml", "config/fastdds_shm.xml"]
     assert [p for p in expected if not (share / p).is_file()] == []
     assert (install / "share" / "ament_index" / "resource_index" / "packages" / "spatialvlm_ros").is_file()
+    # The compact VLM's weights travel with the Python package (the default VLM backend loads them from there).
+    weights = list(install.glob("lib/python3*/site-packages/spatialvlm_ros/vlm/weights/model.safetensors"))
+    assert len(weights) == 1 and weights[0].stat().st_size > 1_000_000

@@ -1,13 +1,15 @@
 """Tests of the compact in-house spatial VLM (spatialvlm_ros.vlm.compact) and its training (.train).
 
-Every model here is TINY (width 16, one decoder layer) and built in the test; the backend test trains
-one for a few seconds on a synthetic task ("how far ...?" -> "20 centimeters." / "1.5 meters."
-depending on the image's colour) so the answers mean something and parse.
+Every model here is TINY (width 16, one decoder layer) and built in the test. The backend tests train one
+for a few seconds, through the real training losses, on a synthetic dataset in the data engine's layout
+(``data.jsonl`` + ``images/`` + ``scenes/``): a dark image answers "20 centimeters.", a bright one "1.5
+meters.", so the answers mean something and parse.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +23,18 @@ from PIL import Image  # noqa: E402
 from spatialvlm_ros.errors import ConfigError, InputError  # noqa: E402
 from spatialvlm_ros.vlm import compact  # noqa: E402
 from spatialvlm_ros.vlm.base import VLMConfig, build_vlm  # noqa: E402
-from spatialvlm_ros.vlm.compact import (EOS, SPECIALS, CompactModelConfig, CompactSpatialModel,  # noqa: E402
-                                        CompactVLM, CompactVLMOptions, WordTokenizer, load_weights, prompt_ids,
-                                        save_weights)
+from spatialvlm_ros.vlm.compact import (EOS_ID, NUM_ID, REF_A_ID, REF_B_ID, REL_ID, SPECIALS,  # noqa: E402
+                                        CompactModelConfig, CompactSpatialModel, CompactVLM, CompactVLMOptions,
+                                        WordTokenizer,
+                                        fill_numbers, load_weights, mask_numbers, prompt_ids, save_weights,
+                                        spell_number)
 from spatialvlm_ros.vlm.parsing import parse_answer  # noqa: E402
-from spatialvlm_ros.vlm.train import TrainConfig, learning_rate, sample_batch, load_training_set, train  # noqa: E402
+from spatialvlm_ros.vlm.train import (TrainConfig, batch_losses, learning_rate, load_training_set,  # noqa: E402
+                                      sample_batch, train, vocabulary_texts, read_rows)
 
 QUESTION = "How far is the red can from the yellow gripper?"
-ANSWERS = {"dark": "20 centimeters.", "bright": "1.5 meters."}
+YES_NO = "Is the red can left of the bowl?"
+ANSWERS = {20: ("20 centimeters.", 0.2), 230: ("1.5 meters.", 1.5)}   # image brightness -> answer, truth (m)
 
 
 def tiny_config(vocab_size: int, **kw: int) -> CompactModelConfig:
@@ -39,62 +45,80 @@ def images(value: int, n: int = 1) -> torch.Tensor:
     return torch.full((n, 96, 128, 3), value, dtype=torch.uint8)
 
 
+def write_dataset(root: Path, with_scenes: bool = True) -> Path:
+    """Two images in the data engine's layout; each names the red can (object 1) at a different pixel."""
+    (root / "images").mkdir(parents=True)
+    (root / "scenes").mkdir()
+    rows = []
+    for i, (value, (answer, truth)) in enumerate(ANSWERS.items()):
+        image_id = f"sim{i:06d}"
+        Image.fromarray(np.full((240, 320, 3), value, np.uint8)).save(root / "images" / f"{image_id}.png")
+        common = {"image_id": image_id, "images": [f"images/{image_id}.png"], "object_ids": [1, 0]}
+        rows.append({**common, "id": f"{image_id}-000", "question": QUESTION, "answer": answer, "truth_m": truth,
+                     "answer_value": float(answer.split()[0]), "qualitative": False})
+        rows.append({**common, "id": f"{image_id}-001", "question": YES_NO, "answer": "Yes.", "truth_m": 0.1,
+                     "answer_value": None, "qualitative": True})
+        objects = [{"object_id": k, "pixel_centre": [40 + 200 * k + 20 * i, 60], "box": {
+            "centre_m": [0.8, 0.1 * k, 0.05], "width_m": 0.06, "height_m": 0.12, "depth_m": 0.06}} for k in (0, 1)]
+        if with_scenes:
+            (root / "scenes" / f"{image_id}.json").write_text(json.dumps(
+                {"image_id": image_id, "width": 320, "height": 240, "objects": objects}))
+    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "synthesis_config.json").write_text(json.dumps({"seed": 7}))
+    return root
+
+
 @pytest.fixture(scope="module")
-def tokenizer() -> WordTokenizer:
-    return WordTokenizer.build([QUESTION, *ANSWERS.values(), "Is it true? Yes. No."])
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data"))
 
 
-def sequence(tok: WordTokenizer, answer: str) -> tuple[list[int], int]:
-    prompt = prompt_ids(tok, QUESTION)
-    return prompt + tok.encode(answer) + [SPECIALS.index(EOS)], len(prompt)
+@pytest.fixture(scope="module")
+def tokenizer(dataset: Path) -> WordTokenizer:
+    return WordTokenizer.build(vocabulary_texts(read_rows(dataset)))
 
 
-def train_steps(model: CompactSpatialModel, tok: WordTokenizer, steps: int) -> list[float]:
-    """Teacher-forced steps on a fixed two-image batch: dark image -> 20 cm, bright image -> 1.5 m."""
-    seqs = [sequence(tok, ANSWERS["dark"]), sequence(tok, ANSWERS["bright"])]
-    n = max(len(s) for s, _ in seqs) - 1
-    ids = torch.zeros(2, n, dtype=torch.long)
-    targets = torch.full((2, n), -100, dtype=torch.long)
-    for row, (seq, first) in enumerate(seqs):
-        ids[row, :len(seq) - 1] = torch.tensor(seq[:-1])
-        targets[row, first - 1:len(seq) - 1] = torch.tensor(seq[first:])
-    batch = torch.cat([images(20), images(230)])
+def fit(model: CompactSpatialModel, dataset: Path, tok: WordTokenizer, steps: int) -> list[float]:
+    """``steps`` optimizer steps of the real training losses on the whole two-image dataset."""
+    data = load_training_set(dataset, tok, 128, 96, model.config.max_len)
+    rng = np.random.default_rng(0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
+    totals = []
     model.train()
     for _ in range(steps):
-        logits = model(batch, ids)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        loss = batch_losses(model, sample_batch(data, rng, 2, 2))["total"]
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(loss.item())
-    return losses
+        totals.append(loss.item())
+    return totals
 
 
 @pytest.fixture(scope="module")
-def trained(tokenizer: WordTokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(dataset: Path, tokenizer: WordTokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = CompactSpatialModel(tiny_config(len(tokenizer)))
-    train_steps(model, tokenizer, 150)
+    fit(model, dataset, tokenizer, 250)
     folder = tmp_path_factory.mktemp("weights")
     save_weights(model.eval(), tokenizer, folder)
     return folder
 
 
-# --------------------------------------------------------------------------------- tokenizer
+# --------------------------------------------------------------------------------- tokenizer and numbers
 
-@pytest.mark.parametrize("text", [QUESTION, "20 centimeters.", "1.5 meters.", "Is it true? Yes."])
+@pytest.mark.parametrize("text", [QUESTION, "<num> centimeters.", "<num> meters.", "Yes."])
 def test_tokenizer_round_trip(tokenizer: WordTokenizer, text: str) -> None:
     ids = tokenizer.encode(text)
     assert 1 not in ids  # no <unk>
     assert tokenizer.decode(ids) == text
 
 
-def test_tokenizer_is_deterministic_and_marks_unknown_words(tokenizer: WordTokenizer, tmp_path: Path) -> None:
-    again = WordTokenizer.build(reversed([QUESTION, *ANSWERS.values(), "Is it true? Yes. No."]))
-    assert again == tokenizer and tokenizer.tokens[:5] == SPECIALS
+def test_tokenizer_is_deterministic_and_marks_unknown_words(tokenizer: WordTokenizer, dataset: Path,
+                                                            tmp_path: Path) -> None:
+    again = WordTokenizer.build(reversed(vocabulary_texts(read_rows(dataset))))
+    assert again == tokenizer and tokenizer.tokens[:len(SPECIALS)] == SPECIALS
     assert tokenizer.decode(tokenizer.encode("How far is the blue can")) == "How far is the<unk> can"
+    assert tokenizer.encode("<num>") == [NUM_ID]
     tokenizer.save(tmp_path / "tok.json")
     assert WordTokenizer.load(tmp_path / "tok.json") == tokenizer
 
@@ -104,49 +128,113 @@ def test_tokenizer_rejects_a_vocabulary_without_specials() -> None:
         WordTokenizer(("a", "b"))
 
 
+@pytest.mark.parametrize("answer, masked", [
+    ("About 20 centimeters.", "About <num> centimeters."),
+    ("The red can is 1.5 meters tall.", "The red can is <num> meters tall."),
+    ("The box is 0 inches above the ground plane.", "The box is <num> inches above the ground plane."),
+    ("Yes.", "Yes."),
+])
+def test_answers_numbers_become_placeholders(answer: str, masked: str) -> None:
+    assert mask_numbers(answer) == masked
+
+
+@pytest.mark.parametrize("text, values, expected", [
+    ("About <num> centimeters.", [0.234], "About 23 centimeters."),
+    ("It is <num> meters tall.", [0.234], "It is 0.23 meters tall."),
+    ("<num> feet apart.", [0.9144], "3.0 feet apart."),
+    ("<num> inches", [0.0254 * 14.6], "15 inches"),
+    ("It is <num> more.", [0.5], "It is 0.50 meters more."),   # no unit word: metres, said so
+    ("About <num> centimeters.", [], "About <num> centimeters."),  # no value: stays, parses as no estimate
+])
+def test_numbers_are_written_in_the_unit_the_decoder_chose(text: str, values: list[float], expected: str) -> None:
+    filled = fill_numbers(text, values)
+    assert filled == expected
+    parsed = parse_answer(filled)
+    assert parsed.valid == bool(values)
+    if values:
+        assert parsed.value_m == pytest.approx(values[0], rel=0.05)
+
+
+def test_spelled_numbers_keep_two_significant_figures() -> None:
+    assert [spell_number(v, "centimeters") for v in (0.004, 0.05, 0.123, 1.234)] == ["0.40", "5.0", "12", "123"]
+
+
 # --------------------------------------------------------------------------------- model
 
 def test_forward_shapes_and_shared_images(tokenizer: WordTokenizer) -> None:
     model = CompactSpatialModel(tiny_config(len(tokenizer)))
-    ids = torch.randint(5, len(tokenizer), (6, 11))
-    logits = model(images(50, 2), ids, image_index=torch.tensor([0, 0, 0, 1, 1, 1]))
-    assert logits.shape == (6, 11, len(tokenizer))
+    ids = torch.randint(len(SPECIALS), len(tokenizer), (6, 11))
+    out = model(images(50, 2), ids, image_index=torch.tensor([0, 0, 0, 1, 1, 1]))
+    assert out.logits.shape == (6, 11, len(tokenizer)) and out.log_value.shape == (6, 11)
+    assert out.attributes.shape == (6, 11, 8) and out.pointer.shape == (6, 11, model.config.image_tokens)
     assert model.encode_images(images(50, 3)).shape == (3, model.config.image_tokens, 16)
 
 
 def test_cached_decoding_matches_the_full_forward(tokenizer: WordTokenizer) -> None:
     torch.manual_seed(1)
     model = CompactSpatialModel(tiny_config(len(tokenizer))).eval()
-    ids = torch.randint(5, len(tokenizer), (1, 9))
+    ids = torch.randint(len(SPECIALS), len(tokenizer), (1, 9))
     with torch.inference_mode():
         full = model(images(90), ids)
-        kv = model.image_keys_values(model.encode_images(images(90)))
+        context = model.image_context(model.encode_images(images(90)))
         caches: list[list[torch.Tensor]] = [[] for _ in model.layers]
-        head = model.decode(ids[:, :6], kv, caches=caches)
-        steps = [model.decode(ids[:, i:i + 1], kv, torch.tensor([[i]]), caches) for i in range(6, 9)]
-    torch.testing.assert_close(torch.cat([head, *steps], dim=1), full, atol=1e-5, rtol=1e-4)
+        head = model.decode(ids[:, :6], context, caches=caches)
+        steps = [model.decode(ids[:, i:i + 1], context, torch.tensor([[i]]), caches) for i in range(6, 9)]
+    for field in ("logits", "log_value", "pointer"):
+        pieces = [getattr(o, field) for o in (head, *steps)]
+        torch.testing.assert_close(torch.cat(pieces, dim=1), getattr(full, field), atol=1e-5, rtol=1e-4)
 
 
 def test_batched_generation_matches_one_at_a_time(tokenizer: WordTokenizer) -> None:
     # Prompts of different lengths are left-padded; each must still decode as if alone.
     torch.manual_seed(2)
     model = CompactSpatialModel(tiny_config(len(tokenizer))).eval()
-    prompts = [prompt_ids(tokenizer, QUESTION), prompt_ids(tokenizer, "Is it true?")]
+    prompts = [prompt_ids(tokenizer, QUESTION), prompt_ids(tokenizer, "Is it?")]
     batch = torch.cat([images(20), images(200)])
     together = model.generate(batch, prompts, 12)
     alone = [model.generate(batch[i:i + 1], [p], 12)[0] for i, p in enumerate(prompts)]
-    assert together == alone
+    assert [ids for ids, _ in together] == [ids for ids, _ in alone]
+    for (_, a), (_, b) in zip(together, alone):
+        assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_the_relation_slot_reads_both_referent_slots(tokenizer: WordTokenizer) -> None:
+    # What <r> passes on is computed from <a>'s and <b>'s attributes: change what <b> reads, <r> changes.
+    torch.manual_seed(3)
+    model = CompactSpatialModel(tiny_config(len(tokenizer))).eval()
+    ids = torch.tensor([prompt_ids(tokenizer, QUESTION)])
+    r = ids.shape[1] - 1
+    assert ids[0, r] == REL_ID and ids[0, r - 1] == REF_B_ID and ids[0, r - 2] == REF_A_ID
+    with torch.inference_mode():
+        base = model(images(90), ids)
+        model.attribute_head.bias[6] += 5.0      # every slot now reads its object far to the right
+        moved = model(images(90), ids)
+        model.relation[-1].weight.zero_()
+        model.relation[-1].bias.zero_()
+        cut = model(images(90), ids)
+        model.attribute_head.bias[6] -= 5.0
+        cut_base = model(images(90), ids)
+    assert not torch.allclose(base.logits[0, r], moved.logits[0, r])
+    # Without the relation MLP, <r> no longer depends on the attributes at all.
+    torch.testing.assert_close(cut.logits[0, r], cut_base.logits[0, r])
 
 
 def test_bad_model_config_is_refused() -> None:
     with pytest.raises(ConfigError, match="image_width"):
         CompactModelConfig(vocab_size=50, image_width=100)
+    assert [CompactModelConfig(vocab_size=50, text_layers=n).pointer_after for n in (1, 2, 3, 4)] == [0, 0, 1, 1]
 
 
-def test_training_steps_reduce_the_loss(tokenizer: WordTokenizer) -> None:
+def test_training_steps_reduce_every_loss(dataset: Path, tokenizer: WordTokenizer) -> None:
     torch.manual_seed(0)
-    losses = train_steps(CompactSpatialModel(tiny_config(len(tokenizer))), tokenizer, 25)
-    assert losses[-1] < 0.5 * losses[0]
+    model = CompactSpatialModel(tiny_config(len(tokenizer)))
+    data = load_training_set(dataset, tokenizer, 128, 96, model.config.max_len)
+    batch = sample_batch(data, np.random.default_rng(0), 2, 2)
+    before = {k: v.item() for k, v in batch_losses(model, batch).items()}
+    fit(model, dataset, tokenizer, 60)
+    after = {k: v.item() for k, v in batch_losses(model, batch).items()}
+    for key in ("answer", "value", "attributes", "pointer", "total"):
+        assert after[key] < 0.5 * before[key], key
 
 
 def test_save_load_round_trip_gives_identical_outputs(trained: Path) -> None:
@@ -154,7 +242,9 @@ def test_save_load_round_trip_gives_identical_outputs(trained: Path) -> None:
     again, _ = load_weights(trained)
     ids = torch.tensor([prompt_ids(tok, QUESTION)])
     with torch.inference_mode():
-        torch.testing.assert_close(model(images(20), ids), again(images(20), ids), atol=0, rtol=0)
+        a, b = model(images(20), ids), again(images(20), ids)
+    torch.testing.assert_close(a.logits, b.logits, atol=0, rtol=0)
+    torch.testing.assert_close(a.log_value, b.log_value, atol=0, rtol=0)
     assert json.loads((trained / "model_config.json").read_text())["d_model"] == 16
 
 
@@ -164,10 +254,10 @@ def test_backend_answers_through_the_protocol(trained: Path) -> None:
     vlm = CompactVLM.from_options(CompactVLMOptions(weights=str(trained), batch_size=2))
     dark, bright = np.full((240, 320, 3), 20, np.uint8), np.full((240, 320, 3), 230, np.uint8)
     answers = vlm.ask_batch([dark, bright, dark], [QUESTION] * 3)
-    assert [a.text for a in answers] == [ANSWERS["dark"], ANSWERS["bright"], ANSWERS["dark"]]
-    assert [round(a.parsed.value_m, 3) for a in answers] == [0.2, 1.5, 0.2]
+    assert [a.text.split()[1:] for a in answers] == [["centimeters."], ["meters."], ["centimeters."]]
+    assert [a.parsed.value_m for a in answers] == pytest.approx([0.2, 1.5, 0.2], rel=0.15)
     assert all(a.parsed == parse_answer(a.text) and a.latency_ms > 0 for a in answers)
-    assert vlm.ask(bright, QUESTION, depth=np.ones((240, 320), np.float32)).text == ANSWERS["bright"]
+    assert vlm.ask(bright, YES_NO, depth=np.ones((240, 320), np.float32)).text == "Yes."
 
 
 def test_backend_is_registered_and_names_a_missing_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -186,35 +276,42 @@ def test_backend_refuses_bad_inputs(trained: Path) -> None:
         vlm.ask(np.zeros((8, 8), np.float32), QUESTION)
     with pytest.raises(InputError, match="2 images but 1 questions"):
         vlm.ask_batch([np.zeros((8, 8, 3), np.uint8)] * 2, [QUESTION])
+    with pytest.raises(InputError, match="a question of .* tokens"):
+        vlm.ask(np.zeros((8, 8, 3), np.uint8), "far " * 200)
 
 
 # --------------------------------------------------------------------------------- training
 
-@pytest.fixture
-def dataset(tmp_path: Path) -> Path:
-    """A two-image dataset in the data engine's layout (data.jsonl + images/ + synthesis_config.json)."""
-    root = tmp_path / "data"
-    (root / "images").mkdir(parents=True)
-    rows = []
-    for i, (value, answer) in enumerate([(20, ANSWERS["dark"]), (230, ANSWERS["bright"])]):
-        Image.fromarray(np.full((240, 320, 3), value, np.uint8)).save(root / "images" / f"sim{i:06d}.png")
-        for j, question in enumerate([QUESTION, "Is the red can left of the bowl?"]):
-            rows.append({"id": f"sim{i:06d}-{j:03d}", "images": [f"images/sim{i:06d}.png"], "question": question,
-                         "answer": answer if j == 0 else "Yes."})
-    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (root / "synthesis_config.json").write_text(json.dumps({"seed": 7}))
-    return root
-
-
-def test_batches_carry_loss_only_on_answers(dataset: Path, tokenizer: WordTokenizer) -> None:
-    tok = WordTokenizer.build([QUESTION, *ANSWERS.values(), "Is the red can left of the bowl?", "Yes."])
-    data = load_training_set(dataset, tok, 128, 96, 160)
+def test_batches_carry_the_answer_number_and_object_targets(dataset: Path, tokenizer: WordTokenizer) -> None:
+    data = load_training_set(dataset, tokenizer, 128, 96, 160)
     assert data.images.shape == (2, 96, 128, 3) and data.n_rows == 4 and data.data_seed == 7
-    imgs, ids, targets, index = sample_batch(data, np.random.default_rng(0), 2, 2)
-    assert imgs.shape[0] == 2 and ids.shape == targets.shape and sorted(index.tolist()) == [0, 0, 1, 1]
-    for row in range(len(ids)):
-        answer = [t for t in targets[row] if t != -100]
-        assert tok.decode(answer) in {*ANSWERS.values(), "Yes."} and answer[-1] == SPECIALS.index(EOS)
+    batch = sample_batch(data, np.random.default_rng(0), 2, 2)
+    assert batch.images.shape[0] == 2 and batch.ids.shape == batch.targets.shape
+    assert sorted(batch.image_index.tolist()) == [0, 0, 1, 1]
+    for row in range(len(batch.ids)):
+        answer = [t for t in batch.targets[row] if t != -100]
+        text = tokenizer.decode(answer)
+        assert text in {"<num> centimeters.", "<num> meters.", "Yes."} and answer[-1] == EOS_ID
+        a, b = batch.slot_positions[row]
+        assert batch.ids[row, a] == REF_A_ID and b == a + 1
+        # Slot <a> is object 1, at (240 + 20 i, 60) px in image i; slot <b> object 0, at (40 + 20 i, 60) px.
+        i = list(ANSWERS).index(int(batch.images[batch.image_index[row]].mean()))
+        grid_row = int(60 / 240 * 12) * 16
+        assert batch.patches[row].tolist() == [grid_row + int((240 + 20 * i) / 20), grid_row + int((40 + 20 * i) / 20)]
+        assert batch.attributes[row, 0, 1] == pytest.approx(0.1)
+        if text.startswith("<num>"):
+            assert batch.targets[row, batch.value_positions[row]] == NUM_ID
+            assert math.exp(batch.log_values[row]) in (pytest.approx(0.2), pytest.approx(1.5))
+        else:
+            assert batch.value_positions[row] == -1 and math.isnan(batch.log_values[row])
+
+
+def test_a_dataset_without_scene_records_trains_the_text_only(tmp_path: Path, tokenizer: WordTokenizer) -> None:
+    data = load_training_set(write_dataset(tmp_path / "d", with_scenes=False), tokenizer, 128, 96, 160)
+    batch = sample_batch(data, np.random.default_rng(0), 2, 2)
+    assert (batch.patches == -1).all() and np.isnan(batch.attributes).all()
+    losses = batch_losses(CompactSpatialModel(tiny_config(len(tokenizer))), batch)
+    assert losses["pointer"].item() == 0 and losses["attributes"].item() == 0 and losses["answer"].item() > 0
 
 
 def test_train_writes_weights_and_resumes(dataset: Path, tmp_path: Path) -> None:
@@ -226,7 +323,9 @@ def test_train_writes_weights_and_resumes(dataset: Path, tmp_path: Path) -> None
     assert (first.steps, second.steps) == (2, 4)
     record = json.loads((out / "training_config.json").read_text())
     assert record["data_seed"] == 7 and record["held_out_seed"] == 1_000_000 and record["steps_done"] == 4
-    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2, 3, 4]
+    assert set(log[0]["loss"]) == {"answer", "value", "attributes", "pointer", "total"}
     vlm = CompactVLM.from_options(CompactVLMOptions(weights=str(out)))
     assert isinstance(vlm.ask(np.zeros((240, 320, 3), np.uint8), QUESTION).text, str)
 

@@ -132,7 +132,7 @@ def server(dataset: Path) -> Iterator[TruthServer]:
 
 
 def _vlm(server: TruthServer) -> Any:
-    return build_vlm(VLMConfig(url=server.url, model="truth", samples=1, timeout_s=10.0))
+    return build_vlm(VLMConfig(backend="openai", url=server.url, model="truth", samples=1, timeout_s=10.0))
 
 
 def test_oracle_scores_perfectly(server: TruthServer, dataset: Path) -> None:
@@ -169,8 +169,8 @@ def test_cli_synthesises_a_held_out_set_and_ends_with_json(server: TruthServer, 
     server.add_trajectories(1, 3, held_out_seed(2))
     parser = argparse.ArgumentParser()
     add_evaluate_arguments(parser)
-    args = parser.parse_args(["--url", server.url, "--model", "truth", "--scenes", "2", "--seed", "2",
-                              "--trajectories", "1", "--frames", "3", "--out", str(out)])
+    args = parser.parse_args(["--backend", "openai", "--url", server.url, "--model", "truth", "--scenes", "2",
+                              "--seed", "2", "--trajectories", "1", "--frames", "3", "--out", str(out)])
     assert evaluate_cli(args) == 0
     stdout = capsys.readouterr().out
     summary = json.loads(stdout.strip().splitlines()[-1])

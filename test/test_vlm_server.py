@@ -115,7 +115,8 @@ def fake(server: FakeVLMServer, monkeypatch: pytest.MonkeyPatch) -> FakeVLMServe
 
 
 def config(fake: FakeVLMServer, **kw: Any) -> VLMConfig:
-    settings = dict(url=fake.url, model=MODEL, api_key_env=KEY_ENV, timeout_s=2.0, retry_backoff_s=0.01)
+    settings = dict(backend="openai", url=fake.url, model=MODEL, api_key_env=KEY_ENV, timeout_s=2.0,
+                    retry_backoff_s=0.01)
     return VLMConfig(**{**settings, **kw})
 
 
@@ -367,9 +368,9 @@ def test_sampled_phrasing_is_seeded(sim_frame: tuple[Frame, float]) -> None:
 def test_ask_cli_prints_answers_and_parsed_metres(fake: FakeVLMServer, capsys: pytest.CaptureFixture) -> None:
     from spatialvlm_ros.cli import main
     url = config(fake).url
-    status = main(["ask", "sim", "How far is the yellow gripper from the red can?", "--url", url,
-                   "--samples", "2", "--timeout", "5", "--api-key-env", KEY_ENV])
+    status = main(["ask", "sim", "How far is the yellow gripper from the red can?", "--backend", "openai",
+                   "--url", url, "--samples", "2", "--timeout", "5", "--api-key-env", KEY_ENV])
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert status == 0 and len(lines) == 2
     assert all(line["valid"] and line["distance_m"] > 0 and line["answer"] for line in lines)
-    assert main(["ask", "sim", "--url", url]) == 2          # neither a question nor --pair
+    assert main(["ask", "sim", "--backend", "openai", "--url", url]) == 2   # neither a question nor --pair

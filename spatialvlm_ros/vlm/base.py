@@ -60,13 +60,15 @@ class VLMConfig:
     """Which spatial VLM answers, where it runs, and how it is sampled (``estimator.vlm.*``).
 
     Attributes:
-        backend: registered backend name (``"openai"``: any OpenAI-compatible chat-completions server,
-            e.g. vLLM, Ollama, llama.cpp server).
+        backend: registered backend name: ``"compact"`` (the in-house model shipped in the package; it knows
+            the simulator's world only), ``"openai"`` (any OpenAI-compatible chat-completions server, e.g.
+            vLLM, Ollama, llama.cpp server) or ``"transformers"`` (an image-text-to-text checkpoint in-process).
         model: model name the server knows.
         url: base URL of the API (``.../v1``); ``/chat/completions`` is appended.
         api_key_env: name of the environment variable holding the API key ("" = no authentication).
             The key itself never appears in a config, a log or an error message.
-        samples: answers per pair and frame; the estimate is their mean, the uncertainty their spread.
+        samples: answers per pair and frame; the estimate is their mean, the uncertainty their spread
+            (1 for the greedy compact model; 3-5 with ``temperature`` > 0 for a sampled large model).
         phrasing: ``fixed`` asks the first question template every time; ``sampled`` draws one per sample,
             seeded by the estimator seed and the frame stamp.
         temperature: sampling temperature (> 0 for samples to differ).
@@ -85,13 +87,13 @@ class VLMConfig:
         weights: weights folder of the "compact" backend (from "spatialvlm train"; "" = the packaged ones).
     """
 
-    backend: str = "openai"
+    backend: str = "compact"
     model: str = "remyxai/SpaceQwen2.5-VL-3B-Instruct"
     url: str = "http://127.0.0.1:8000/v1"
     api_key_env: str = ""
-    samples: int = 3
+    samples: int = 1
     phrasing: Literal["fixed", "sampled"] = "fixed"
-    temperature: float = 0.7
+    temperature: float = 0.0
     max_tokens: int = 512
     timeout_s: float = 30.0
     retries: int = 2

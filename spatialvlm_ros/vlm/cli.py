@@ -44,7 +44,8 @@ def _number(value: float) -> float | None:
 
 def add_vlm_arguments(parser: argparse.ArgumentParser, samples_default: int | None = None) -> None:
     """The flags that override ``estimator.vlm.*`` (see :data:`_OVERRIDES`), shared by ``ask`` and ``evaluate``."""
-    parser.add_argument("--backend", default=None, help="VLM backend (default: config; 'openai' = chat-completions)")
+    parser.add_argument("--backend", default=None,
+                        help="VLM backend: compact (the config's default), openai (chat-completions) or transformers")
     parser.add_argument("--weights", default=None, help="compact backend: weights folder from 'spatialvlm train'")
     parser.add_argument("--url", default=None, help="API base URL, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--model", default=None, help="model name the server knows, or a checkpoint")

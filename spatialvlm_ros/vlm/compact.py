@@ -7,23 +7,38 @@ engine's own.
 Architecture (:class:`CompactSpatialModel`, sizes in :class:`CompactModelConfig`):
 
 * **image encoder**: RGB only (no depth), resized to ``image_width`` x ``image_height`` (128 x 96), scaled
-  to [-1, 1]; four 3x3 conv blocks (BatchNorm-free, GELU) with strides 2, 2, 2, 1 -> a grid of
-  ``(H/8) x (W/8)`` patch features (12 x 16 = 192 tokens), plus learned 2D position embeddings, then
-  ``image_layers`` transformer encoder layers so every patch sees the whole scene (depth cues are global).
-* **text decoder**: a causal transformer over ``[BOS] question [SEP] answer [EOS]``; every layer has
+  to [-1, 1]; four 3x3 conv layers (GELU) with strides 2, 2, 2, 1 -> a grid of ``(H/8) x (W/8)`` patch
+  features (12 x 16 = 192 tokens), plus learned 2D position embeddings, then ``image_layers`` transformer
+  encoder layers so every patch sees the whole scene (depth cues are global).
+* **text decoder**: a causal transformer over ``[BOS] question [SEP] <a> <b> <r> answer [EOS]``; every layer has
   self-attention, cross-attention to the image tokens, and an MLP (pre-norm). The output projection is
-  tied to the token embedding. Training is teacher-forced on the answer tokens only
-  (:mod:`~spatialvlm_ros.vlm.train`).
+  tied to the token embedding.
+* **referent slots** ``<a>`` and ``<b>``: two fixed tokens after the question where the decoder states what
+  it found about the first and second object the question names. Training supervises them (only there)
+  with the data engine's scene records, which is what makes a model this small learn grounding in an hour
+  of CPU: a **pointer** (one attention from the text to the image, inserted after the middle decoder
+  layer) must point at the object's patch, and an **attribute head** right after it must read the
+  object's 3D box (centre in the scene frame, width, height, depth) and pixel centre.
+* **relation slot** ``<r>``: the token after the two slots receives an MLP embedding of both slots'
+  attributes, their differences and their distances, both added and multiplied by a gate computed from the
+  ``<r>`` state (which has read the question), so the later layers compare two objects by reading one
+  state (left of, taller than, how far apart) instead of having to learn that arithmetic from the answers
+  alone. The answer tokens read the slots through self-attention.
+* **numbers**: an answer's number is the token ``<num>``; a **value head** on the state that emits it
+  predicts the quantity's log in metres, and decoding writes it in the unit word the decoder puts after it
+  (:func:`spell_number`). A regression head is far more sample-efficient than choosing among the hundreds of
+  rounded number words, and an estimate is not snapped to the engine's coarse rounding (which would tie
+  ranks along an approach).
 * **decoding**: the prompt is run once, then one token at a time with a key/value cache; greedy when
-  ``temperature`` is 0, else sampled from a seeded generator. The image's cross-attention keys and values
-  are computed once per question.
+  ``temperature`` is 0, else sampled from a seeded generator. The image's keys and values are computed
+  once per image however many questions ask about it.
 
 Tokenizer (:class:`WordTokenizer`): deterministic and word-level. A text is split into pieces of the
-form ``" ?word"``, ``" ?number"`` or ``" ?symbol"`` (the leading space belongs to the piece, as in
-GPT-2), so ``decode(encode(text)) == text`` for any text made of known pieces separated by single
-spaces. The vocabulary is every piece of the training questions and answers (sorted; numbers such as
-``"1.5"`` are single pieces because the engine's rounding produces a small, closed set) plus the
-distance questions of :mod:`~spatialvlm_ros.vlm.prompts`; unknown pieces become ``<unk>``.
+form ``" ?word"``, ``" ?number"``, ``" ?<special>"`` or ``" ?symbol"`` (the leading space belongs to the
+piece, as in GPT-2), so ``decode(encode(text)) == text`` for any text made of known pieces separated by
+single spaces. The vocabulary is every piece of the training questions and answers (numbers in answers
+become ``<num>``) plus the distance questions of :mod:`~spatialvlm_ros.vlm.prompts`; unknown pieces become
+``<unk>``.
 
 A weights folder holds ``model.safetensors`` (float32 tensors), ``model_config.json``
 (:class:`CompactModelConfig`), ``tokenizer.json`` (the vocabulary, in id order) and, when written by
@@ -36,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -49,7 +65,7 @@ from torch.nn import functional as F
 
 from spatialvlm_ros.errors import ConfigError, InputError
 from spatialvlm_ros.vlm.base import VLMAnswer, VLMConfig, VLMError, ask_in_batches, register_vlm
-from spatialvlm_ros.vlm.parsing import METRES_PER_UNIT, parse_answer
+from spatialvlm_ros.vlm.parsing import METRES_PER_UNIT, UNIT_ALIASES, parse_answer
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +73,21 @@ logger = logging.getLogger(__name__)
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 #: File names inside a weights folder.
 WEIGHTS_FILE, MODEL_CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "model_config.json", "tokenizer.json"
-#: Special tokens, always the first ids in this order.
-PAD, UNK, BOS, SEP, EOS = "<pad>", "<unk>", "<bos>", "<sep>", "<eos>"
-SPECIALS = (PAD, UNK, BOS, SEP, EOS)
+#: Special tokens, always the first ids in this order: padding, unknown, the prompt's frame, the number
+#: placeholder, the two referent slots and the relation slot.
+SPECIALS = PAD, UNK, BOS, SEP, EOS, NUM, REF_A, REF_B, REL = (
+    "<pad>", "<unk>", "<bos>", "<sep>", "<eos>", "<num>", "<a>", "<b>", "<r>")
+PAD_ID, UNK_ID, BOS_ID, SEP_ID, EOS_ID, NUM_ID, REF_A_ID, REF_B_ID, REL_ID = range(len(SPECIALS))
+#: Attributes the slots are trained to read per object: scene-frame box centre x, y, z, the box's width,
+#: height and depth (metres), and the pixel centre u, v (fractions of the image width and height).
+ATTRIBUTES = ("x_m", "y_m", "z_m", "width_m", "height_m", "depth_m", "u", "v")
+#: The attribute head's unit per attribute (its outputs are the attributes divided by these).
+ATTRIBUTE_SCALE = (0.1, 0.1, 0.1, 0.02, 0.02, 0.02, 0.05, 0.05)
 
-_PIECE = re.compile(r" ?(?:[A-Za-z]+|\d+(?:\.\d+)?|[^\sA-Za-z\d])")
+_PIECE = re.compile(r" ?(?:<[a-z]+>|[A-Za-z]+|\d+(?:\.\d+)?|[^\sA-Za-z\d])")
 _SPACES = re.compile(r"\s+")
+_ANSWER_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.]*\d)")
+_UNIT_OF_WORD = {alias: unit for unit, aliases in UNIT_ALIASES.items() for alias in aliases}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,6 +108,8 @@ class WordTokenizer:
         'About 20 centimeters.'
         >>> tok.decode(tok.encode("How far is the blue can?"))
         'How far is the<unk> can?'
+        >>> tok.decode(tok.encode(mask_numbers("About 20 centimeters.")))
+        'About <num> centimeters.'
     """
 
     tokens: tuple[str, ...]
@@ -101,24 +128,27 @@ class WordTokenizer:
     @classmethod
     def build(cls, texts: Iterable[str]) -> "WordTokenizer":
         """The vocabulary of every piece in ``texts``, sorted, after the special tokens."""
-        found = {p for text in texts for p in cls.pieces(text)}
-        return cls(SPECIALS + tuple(sorted(found - set(SPECIALS))))
+        found = {p for text in texts for p in cls.pieces(text) if p.strip() not in SPECIALS}
+        return cls(SPECIALS + tuple(sorted(found)))
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def id(self, token: str) -> int:
         """Id of ``token`` (``<unk>``'s when unknown)."""
-        return self._ids.get(token, 1)  # type: ignore[attr-defined]
+        return self._ids.get(token, UNK_ID)  # type: ignore[attr-defined]
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``, without special tokens."""
-        return [self.id(p) for p in self.pieces(text)]
+        # A special token is one id with or without the space before it.
+        return [self.id(p.strip() if p.strip() in SPECIALS else p) for p in self.pieces(text)]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids``; padding and the other special tokens except ``<unk>`` are dropped."""
-        skip = {0, 2, 3, 4}
-        return "".join(self.tokens[i] for i in ids if i not in skip).strip()
+        """Text of ``ids``; special tokens other than ``<unk>`` and ``<num>`` are dropped."""
+        skip = set(range(len(SPECIALS))) - {UNK_ID, NUM_ID}
+        text = "".join(self.tokens[i] for i in ids if i not in skip)
+        # <num> is written as a word of its own (its spelled value replaces it).
+        return re.sub(r"(?<=\S)<num>", " <num>", text).strip()
 
     def save(self, path: Path) -> None:
         """Write the vocabulary as JSON (``{"tokens": [...]}``, id order)."""
@@ -135,6 +165,52 @@ class WordTokenizer:
             return cls(tuple(json.loads(Path(path).read_text())["tokens"]))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"compact VLM tokenizer {str(path)!r}: {err}") from err
+
+
+def mask_numbers(answer: str) -> str:
+    """The answer with each number replaced by ``<num>`` (how the decoder writes numbers).
+
+    Example:
+        >>> mask_numbers("The red can is 1.5 meters tall.")
+        'The red can is <num> meters tall.'
+    """
+    return _ANSWER_NUMBER.sub(NUM, answer)
+
+
+def spell_number(value_m: float, unit_word: str | None) -> str:
+    """``value_m`` written as a number in the unit ``unit_word`` names (metres when it names none).
+
+    Two significant figures from 1 up to 10 units, whole units above, two decimals below 1 unit.
+
+    Example:
+        >>> spell_number(0.234, "centimeters"), spell_number(0.234, "meters"), spell_number(0.9144, "feet")
+        ('23', '0.23', '3.0')
+    """
+    unit = _UNIT_OF_WORD.get((unit_word or "").lower(), "m")
+    x = value_m / METRES_PER_UNIT[unit]
+    return f"{x:.0f}" if x >= 10 else f"{x:.1f}" if x >= 1 else f"{x:.2f}"
+
+
+def fill_numbers(text: str, values_m: Sequence[float]) -> str:
+    """Replace the ``<num>`` placeholders of a decoded answer by ``values_m``, each in the unit after it.
+
+    A placeholder without a value (none predicted) stays, so the answer parses as "no estimate".
+
+    Example:
+        >>> fill_numbers("About <num> centimeters.", [0.2])
+        'About 20 centimeters.'
+    """
+    values = iter(values_m)
+
+    def spell(match: re.Match[str]) -> str:
+        value, word = next(values, None), match.group(1)
+        if value is None:
+            return match.group(0)
+        if word and word.lower() in _UNIT_OF_WORD:
+            return f"{spell_number(value, word)} {word}"
+        return f"{spell_number(value, None)} meters" + (f" {word}" if word else "")
+
+    return re.sub(r"<num>(?: ([A-Za-z]+))?", spell, text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,6 +254,14 @@ class CompactModelConfig:
         for key, ok in checks:
             if not ok:
                 raise ConfigError(f"compact VLM {key}: bad value {getattr(self, key)!r}")
+
+    @property
+    def pointer_after(self) -> int:
+        """The decoder layer (0-based) after which the pointer attends.
+
+        The middle one, so the layers before it can read the question and those after it use what it found.
+        """
+        return (self.text_layers - 1) // 2
 
     @property
     def image_tokens(self) -> int:
@@ -260,8 +344,61 @@ class _DecoderLayer(nn.Module):
         return x + self.mlp(self.norm3(x))
 
 
+class _Pointer(nn.Module):
+    """One-head attention from the text to the image whose weights are exposed (and supervised at the slots)."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.q = nn.Linear(d_model, d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def keys_values(self, image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P, d) keys and values of the image tokens."""
+        k, v = self.kv(image_tokens).chunk(2, dim=-1)
+        return k, v
+
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + what it points at, pointer logits (B, N, P))."""
+        logits = self.q(self.norm(x)) @ kv[0].transpose(1, 2) / math.sqrt(x.shape[-1])
+        return x + self.out(logits.softmax(dim=-1) @ kv[1]), logits
+
+
+@dataclass(frozen=True, eq=False)
+class ImageContext:
+    """What the decoder reads of a batch of images: each layer's cross-attention keys and values, the pointer's."""
+
+    cross: list[tuple[torch.Tensor, torch.Tensor]]
+    pointer: tuple[torch.Tensor, torch.Tensor]
+
+    def select(self, index: torch.Tensor | None) -> "ImageContext":
+        """The context of ``images[index]`` (one row per sequence); ``None`` keeps it as it is."""
+        if index is None:
+            return self
+        return ImageContext([(k[index], v[index]) for k, v in self.cross],
+                            (self.pointer[0][index], self.pointer[1][index]))
+
+
+@dataclass(frozen=True, eq=False)
+class ModelOutput:
+    """The model's outputs per token position.
+
+    Attributes:
+        logits: (B, N, V) next-token logits.
+        log_value: (B, N) the value head's log-metres.
+        attributes: (B, N, len(ATTRIBUTES)) the attribute head, in :data:`ATTRIBUTE_SCALE` units.
+        pointer: (B, N, P) the pointer's logits over the image patches.
+    """
+
+    logits: torch.Tensor
+    log_value: torch.Tensor
+    attributes: torch.Tensor
+    pointer: torch.Tensor
+
+
 class CompactSpatialModel(nn.Module):
-    """Image encoder + causal text decoder with cross-attention (see the module docstring).
+    """Image encoder + causal text decoder with cross-attention, pointer and heads (see the module docstring).
 
     Args:
         config: the sizes.
@@ -269,8 +406,9 @@ class CompactSpatialModel(nn.Module):
     Example:
         >>> model = CompactSpatialModel(CompactModelConfig(vocab_size=20, d_model=16, n_heads=2, text_layers=1))
         >>> images = torch.zeros(2, 96, 128, 3, dtype=torch.uint8)
-        >>> model(images, torch.ones(2, 7, dtype=torch.long)).shape
-        torch.Size([2, 7, 20])
+        >>> out = model(images, torch.ones(2, 7, dtype=torch.long))
+        >>> out.logits.shape, out.log_value.shape, out.attributes.shape, out.pointer.shape
+        (torch.Size([2, 7, 20]), torch.Size([2, 7]), torch.Size([2, 7, 8]), torch.Size([2, 7, 192]))
     """
 
     def __init__(self, config: CompactModelConfig) -> None:
@@ -291,7 +429,13 @@ class CompactSpatialModel(nn.Module):
         self.text_pos = nn.Parameter(torch.zeros(1, config.max_len, d))
         self.layers = nn.ModuleList(_DecoderLayer(d, config.n_heads, config.mlp_ratio)
                                     for _ in range(config.text_layers))
+        self.pointer = _Pointer(d)
+        self.attribute_head = nn.Linear(d, len(ATTRIBUTES))
+        # Slot a's and b's attributes, their differences and their distances (image and scene) -> <r>.
+        self.relation = nn.Sequential(nn.Linear(3 * len(ATTRIBUTES) + 2, d), nn.GELU(), nn.Linear(d, d))
+        self.relation_gate = nn.Linear(d, d)
         self.norm = nn.LayerNorm(d)
+        self.value_head = nn.Linear(d, 1)
         nn.init.normal_(self.image_pos, std=0.02)
         nn.init.normal_(self.text_pos, std=0.02)
         nn.init.normal_(self.embed.weight, std=0.02)
@@ -304,43 +448,66 @@ class CompactSpatialModel(nn.Module):
             x = layer(x)
         return self.image_norm(x)
 
-    def image_keys_values(self, image_tokens: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Each decoder layer's cross-attention keys and values of ``image_tokens``."""
-        return [layer.cross_attn.keys_values(image_tokens) for layer in self.layers]
+    def image_context(self, image_tokens: torch.Tensor) -> ImageContext:
+        """The keys and values every decoder layer and the pointer read of ``image_tokens``."""
+        return ImageContext([layer.cross_attn.keys_values(image_tokens) for layer in self.layers],
+                            self.pointer.keys_values(image_tokens))
 
-    def decode(self, ids: torch.Tensor, image_kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
-               positions: torch.Tensor | None = None, caches: list[list[torch.Tensor]] | None = None,
-               key_padding: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, N, vocab) of ``ids`` (B, N) at ``positions`` (B, N; default ``0 ... N - 1`` in every row)."""
+    def decode(self, ids: torch.Tensor, context: ImageContext, positions: torch.Tensor | None = None,
+               caches: list[list[torch.Tensor]] | None = None,
+               key_padding: torch.Tensor | None = None) -> ModelOutput:
+        """The outputs for ``ids`` (B, N) at ``positions`` (B, N; default ``0 ... N - 1`` in every row)."""
         if positions is None:
             positions = torch.arange(ids.shape[1]).expand(ids.shape[0], -1)
         if int(positions.max()) >= self.config.max_len:
             raise InputError(f"compact VLM: {int(positions.max()) + 1} tokens exceed max_len {self.config.max_len}")
         x = self.embed(ids) + self.text_pos[0, positions]
+        pointer = attributes = torch.empty(0)
         for i, layer in enumerate(self.layers):
-            x = layer(x, image_kv[i], None if caches is None else caches[i], key_padding)
-        return self.norm(x) @ self.embed.weight.T
+            x = layer(x, context.cross[i], None if caches is None else caches[i], key_padding)
+            if i == self.config.pointer_after:
+                x, pointer = self.pointer(x, context.pointer)
+                attributes = self.attribute_head(x)
+                x = self._relate(ids, x, attributes)
+        h = self.norm(x)
+        return ModelOutput(h @ self.embed.weight.T, self.value_head(h)[..., 0], attributes, pointer)
+
+    def _relate(self, ids: torch.Tensor, x: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+        """Add to each ``<r>`` state what the two slots before it read: the relation features."""
+        rows, cols = (ids == REL_ID).nonzero(as_tuple=True)
+        if len(rows) == 0 or int(cols.min()) < 2:
+            return x
+        a, b = attributes[rows, cols - 2], attributes[rows, cols - 1]
+        scene = (b[:, :3] - a[:, :3]).norm(dim=-1, keepdim=True)   # attributes are in ATTRIBUTE_SCALE units
+        image = (b[:, 6:8] - a[:, 6:8]).norm(dim=-1, keepdim=True)
+        features = torch.cat([a, b, b - a, scene, image], dim=-1)
+        # The gate, read off the <r> state (which has read the question), multiplies the relation: "is A left
+        # of B?" is yes when A's offset has the sign the asked relation wants, a product of the two that an
+        # additive embedding leaves the later layers to learn (and they learn it slowly, as an XOR).
+        state = x[rows, cols]
+        relation = self.relation(features)
+        return x.index_put((rows, cols), state + relation + relation * self.relation_gate(state))
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor, image_index: torch.Tensor | None = None,
-                key_padding: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher-forced logits (B, N, vocab) of ``ids`` about ``images[image_index]``.
+                key_padding: torch.Tensor | None = None) -> ModelOutput:
+        """Teacher-forced outputs for ``ids`` about ``images[image_index]``.
 
         Args:
             images: (I, H, W, 3) uint8 RGB; each is encoded once however many sequences ask about it.
-            ids: (B, N) token ids, ``[BOS] question [SEP] answer [EOS]`` right-padded with 0.
+            ids: (B, N) token ids, ``[BOS] question [SEP] <a> <b> <r> answer [EOS]`` right-padded with 0.
             image_index: (B,) which image each sequence asks about (default: ``arange(B)``).
             key_padding: (B, N) True at padding (default: where ``ids`` is 0).
         """
-        image_kv = [(k if image_index is None else k[image_index], v if image_index is None else v[image_index])
-                    for k, v in self.image_keys_values(self.encode_images(images))]
-        return self.decode(ids, image_kv, key_padding=ids == 0 if key_padding is None else key_padding)
+        context = self.image_context(self.encode_images(images)).select(image_index)
+        return self.decode(ids, context, key_padding=ids == PAD_ID if key_padding is None else key_padding)
 
     @torch.inference_mode()
     def generate(self, images: torch.Tensor, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                  temperature: float = 0.0, generator: torch.Generator | None = None,
-                 image_index: torch.Tensor | None = None) -> list[list[int]]:
-        """Answer ids (without ``<eos>``) after each prompt about ``images[image_index]``.
+                 image_index: torch.Tensor | None = None) -> list[tuple[list[int], list[float]]]:
+        """Decode the answers to ``prompts`` about ``images[image_index]``.
 
+        Returns, per prompt, the answer ids (without ``<eos>``) and the value in metres of each ``<num>`` in it.
         ``image_index`` (one entry per prompt) defaults to one image per prompt. Prompts of different
         lengths are left-padded (masked) so that the batch decodes in step; each row keeps the positions it
         was trained with (its ``<bos>`` at 0).
@@ -350,30 +517,33 @@ class CompactSpatialModel(nn.Module):
         ids = torch.zeros(len(prompts), n, dtype=torch.long)
         for row, prompt in enumerate(prompts):
             ids[row, n - len(prompt):] = torch.as_tensor(prompt, dtype=torch.long)
-        padding = ids == 0
+        padding = ids == PAD_ID
         shift = padding.sum(dim=1, keepdim=True)
         positions = (torch.arange(n) - shift).clamp(min=0)
-        image_kv = [(k if image_index is None else k[image_index], v if image_index is None else v[image_index])
-                    for k, v in self.image_keys_values(self.encode_images(images))]
+        context = self.image_context(self.encode_images(images)).select(image_index)
         caches: list[list[torch.Tensor]] = [[] for _ in self.layers]
-        logits = self.decode(ids, image_kv, positions, caches, padding)[:, -1]
-        answers: list[list[int]] = [[] for _ in prompts]
+        out = self.decode(ids, context, positions, caches, padding)
+        logits, log_value = out.logits[:, -1], out.log_value[:, -1]
+        answers: list[tuple[list[int], list[float]]] = [([], []) for _ in prompts]
         done = torch.zeros(len(prompts), dtype=torch.bool)
-        eos = SPECIALS.index(EOS)
         for step in range(max_new_tokens):
             if temperature > 0:
                 nxt = torch.multinomial(F.softmax(logits / temperature, dim=-1), 1, generator=generator)[:, 0]
             else:
                 nxt = logits.argmax(dim=-1)
             for row in (~done).nonzero()[:, 0].tolist():
-                if int(nxt[row]) != eos:
-                    answers[row].append(int(nxt[row]))
-            done |= nxt == eos
+                token = int(nxt[row])
+                if token == NUM_ID:  # the state that chose <num> also says its value
+                    answers[row][1].append(math.exp(float(log_value[row])))
+                if token != EOS_ID:
+                    answers[row][0].append(token)
+            done |= nxt == EOS_ID
             if bool(done.all()) or step + 1 == max_new_tokens:
                 break
             padding = torch.cat([padding, torch.zeros(len(prompts), 1, dtype=torch.bool)], dim=1)
             positions = n + step - shift
-            logits = self.decode(nxt[:, None], image_kv, positions, caches, padding)[:, -1]
+            out = self.decode(nxt[:, None], context, positions, caches, padding)
+            logits, log_value = out.logits[:, -1], out.log_value[:, -1]
         return answers
 
 
@@ -387,8 +557,8 @@ def resize_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def prompt_ids(tokenizer: WordTokenizer, question: str) -> list[int]:
-    """``[BOS] question [SEP]``: what the decoder reads before the answer."""
-    return [SPECIALS.index(BOS), *tokenizer.encode(question), SPECIALS.index(SEP)]
+    """``[BOS] question [SEP] <a> <b> <r>``: what the decoder reads before the answer."""
+    return [BOS_ID, *tokenizer.encode(question), SEP_ID, REF_A_ID, REF_B_ID, REL_ID]
 
 
 def save_weights(model: CompactSpatialModel, tokenizer: WordTokenizer, folder: Path) -> None:
@@ -540,7 +710,7 @@ class CompactVLM:
         one frame) is resized and encoded once.
 
         Raises:
-            InputError: an image that is not (H, W, 3) uint8.
+            InputError: an image that is not (H, W, 3) uint8, or a question longer than the model reads.
         """
         cfg = self.model.config
         arrays: list[np.ndarray] = []
@@ -556,21 +726,26 @@ class CompactVLM:
             slots[id(image)] = len(arrays)
             index.append(len(arrays))
             arrays.append(resize_image(image, cfg.image_width, cfg.image_height))
-        prompts = [prompt_ids(self.tokenizer, q)[:cfg.max_len - 1] for q in questions]
+        prompts = [prompt_ids(self.tokenizer, q) for q in questions]
+        longest = max(map(len, prompts), default=0)
+        if longest >= cfg.max_len:
+            raise InputError(f"compact VLM: a question of {longest} tokens; this model reads at most "
+                             f"{cfg.max_len - 1}")
         return _Batch(images=torch.from_numpy(np.stack(arrays)), image_index=torch.as_tensor(index), prompts=prompts)
 
-    def _forward(self, batch: _Batch) -> list[list[int]]:
-        """Decode the answers' token ids (greedy or sampled)."""
+    def _forward(self, batch: _Batch) -> list[tuple[list[int], list[float]]]:
+        """Decode the answers' token ids and number values (greedy or sampled)."""
         try:
             return self.model.generate(batch.images, batch.prompts, self.options.max_new_tokens,
                                        self.options.temperature, self._generator, batch.image_index)
         except RuntimeError as err:  # out of memory, a shape mismatch in a damaged checkpoint
             raise VLMError(f"compact VLM: generation failed: {err}") from err
 
-    def postprocess(self, answer_ids: Sequence[Sequence[int]], latency_ms: float) -> list[VLMAnswer]:
-        """Detokenize the answers and parse the distance each states."""
+    def postprocess(self, answers: Sequence[tuple[Sequence[int], Sequence[float]]],
+                    latency_ms: float) -> list[VLMAnswer]:
+        """Detokenize the answers, write their numbers in and parse the distance each states."""
         unit = self.options.default_unit or None
-        texts = [self.tokenizer.decode(ids) for ids in answer_ids]
+        texts = [fill_numbers(self.tokenizer.decode(ids), values) for ids, values in answers]
         return [VLMAnswer(text=t, parsed=parse_answer(t, unit), latency_ms=latency_ms) for t in texts]
 
     def ask(self, image: np.ndarray, question: str, depth: np.ndarray | None = None) -> VLMAnswer:

@@ -1,21 +1,24 @@
 """``spatialvlm train``: train the compact spatial VLM (:mod:`~spatialvlm_ros.vlm.compact`) from scratch.
 
-Input: a dataset folder from ``spatialvlm synthesize`` (``data.jsonl`` + ``images/``). Every image is
-loaded once, resized to the model's input size (area averaging) and kept in memory as uint8; the
-questions and answers are tokenized with a vocabulary built from the dataset (plus the distance
-questions of :mod:`~spatialvlm_ros.vlm.prompts`, so the robot's questions have no unknown words).
+Input: a dataset folder from ``spatialvlm synthesize`` (``data.jsonl``, ``images/``, ``scenes/``). Every
+image is loaded once, resized to the model's input size (area averaging) and kept in memory as uint8;
+the questions and answers are tokenized with a vocabulary built from the dataset (plus the distance
+questions of :mod:`~spatialvlm_ros.vlm.prompts`, so the robot's questions have no unknown words); each
+row's objects (its ``object_ids``) are looked up in its image's scene record.
 
 A step draws ``batch_images`` images and ``questions_per_image`` of each image's questions (seeded
-``numpy`` generator), so each image is encoded once for several questions. Loss: cross-entropy of the
-answer tokens and ``<eos>`` given the image, the question and the earlier answer tokens (teacher
-forcing; question tokens carry no loss). AdamW, linear warm-up then cosine decay, gradient clipping.
+``numpy`` generator), so each image is encoded once for several questions. The loss
+(:func:`batch_losses`) sums four terms: cross-entropy of the answer tokens and ``<eos>`` (teacher forcing;
+question tokens carry no loss); L1 of the value head's log-metres at ``<num>`` against the exact truth;
+and, at the ``<a>``/``<b>`` slots, the pointer's cross-entropy against the patch of the named object and
+a smooth L1 on its scene record. AdamW, linear warm-up then cosine decay, gradient clipping.
 
 Output folder::
 
     model.safetensors, model_config.json, tokenizer.json   the weights (compact.load_weights reads them)
     training_config.json                                   TrainConfig + data seed + held-out seed + counts
     checkpoint/                                            latest model, optimizer and RNG state (resumable)
-    log.jsonl                                              one line per logged step: step, loss, lr, seconds
+    log.jsonl                                              per logged step: step, losses, lr, seconds
 
 Running again with the same ``out`` resumes from ``checkpoint/`` (the tokenizer is reused, so the ids
 stay the same); a finished run is not retrained.
@@ -105,25 +108,70 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class Example:
+    """One question-answer row, ready for training.
+
+    Attributes:
+        ids: ``[BOS] question [SEP] <a> <b> <r> answer [EOS]`` token ids (the answer's number is ``<num>``).
+        answer_start: index in ``ids`` of the first answer token.
+        attributes: (2, len(ATTRIBUTES)) the scene record of the first and second object the question
+            names (:data:`~spatialvlm_ros.vlm.compact.ATTRIBUTES`); NaN rows where there is none.
+        patches: (2,) the image patch holding each object's pixel centre, -1 where there is none.
+        log_value: log of the quantity's magnitude in metres (floored at 5 mm) for a quantitative row, else NaN.
+    """
+
+    ids: tuple[int, ...]
+    answer_start: int
+    attributes: np.ndarray
+    patches: np.ndarray
+    log_value: float
+
+
+@dataclass(frozen=True)
 class TrainingSet:
     """A dataset in memory.
 
     Attributes:
         images: (I, H, W, 3) uint8 RGB at the model's input size.
-        sequences: per image, the token ids of its ``[BOS] question [SEP] answer [EOS]`` rows.
-        answer_starts: per image, the index in each sequence of the first answer token.
+        examples: per image, its rows.
         data_seed: the synthesis seed of the dataset (its ``synthesis_config.json``), None if unknown.
     """
 
     images: np.ndarray
-    sequences: tuple[tuple[tuple[int, ...], ...], ...]
-    answer_starts: tuple[tuple[int, ...], ...]
+    examples: tuple[tuple[Example, ...], ...]
     data_seed: int | None
 
     @property
     def n_rows(self) -> int:
         """Question-answer pairs."""
-        return sum(len(s) for s in self.sequences)
+        return sum(len(e) for e in self.examples)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A step's inputs and targets (numpy; see :func:`sample_batch`).
+
+    Attributes:
+        images: (I, H, W, 3) uint8 RGB.
+        image_index: (B,) which image each sequence asks about.
+        ids: (B, N) input ids, right-padded with 0.
+        targets: (B, N) the next token where it is an answer token or ``<eos>``, else -100 (ignored).
+        slot_positions: (B, 2) positions of ``<a>`` and ``<b>`` in each row.
+        attributes: (B, 2, len(ATTRIBUTES)) the objects' records (NaN: none).
+        patches: (B, 2) the objects' patches (-1: none).
+        value_positions: (B,) the position whose next token is ``<num>`` (-1: none).
+        log_values: (B,) its target (NaN: none).
+    """
+
+    images: np.ndarray
+    image_index: np.ndarray
+    ids: np.ndarray
+    targets: np.ndarray
+    slot_positions: np.ndarray
+    attributes: np.ndarray
+    patches: np.ndarray
+    value_positions: np.ndarray
+    log_values: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -133,7 +181,7 @@ class TrainResult:
     Attributes:
         out: the output folder.
         steps: optimizer steps done in total (resumed ones included).
-        final_loss: mean answer-token loss over the last logged window.
+        final_loss: mean total loss (:func:`batch_losses`) over the last logged window.
         seconds: wall time of this invocation, seconds.
         parameters: trainable parameters.
     """
@@ -159,85 +207,173 @@ def read_rows(data: Path) -> list[dict[str, Any]]:
 
 
 def vocabulary_texts(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Every text the tokenizer must know: questions, answers and the robot's distance questions."""
+    """Every text the tokenizer must know: questions, answers (numbers as ``<num>``) and the robot's questions."""
     from spatialvlm_ros.vlm.prompts import DISTANCE_QUESTIONS
 
     robot = [t for templates in DISTANCE_QUESTIONS.values() for t in templates]
-    return [r["question"] for r in rows] + [r["answer"] for r in rows] + robot
+    return [r["question"] for r in rows] + [answer_text(r) for r in rows] + robot
+
+
+def answer_text(row: dict[str, Any]) -> str:
+    """The answer as the decoder writes it: a quantitative row's number is ``<num>``."""
+    from spatialvlm_ros.vlm.compact import mask_numbers
+
+    return mask_numbers(row["answer"]) if row.get("answer_value") is not None else row["answer"]
+
+
+def object_records(scene: dict[str, Any], grid: tuple[int, int]) -> dict[int, tuple[np.ndarray, int]]:
+    """Per object id of a scene record (``scenes/<id>.json``): its attributes and the patch of its pixel centre.
+
+    Args:
+        scene: the record: image ``width``/``height`` and ``objects`` with ``box`` and ``pixel_centre``.
+        grid: the model's patch grid, (columns, rows).
+
+    Example:
+        >>> scene = {"width": 320, "height": 240, "objects": [{"object_id": 3, "pixel_centre": [300, 10],
+        ...          "box": {"centre_m": [1, 0, 0.1], "width_m": 0.1, "height_m": 0.2, "depth_m": 0.05}}]}
+        >>> attributes, patch = object_records(scene, (16, 12))[3]
+        >>> [round(float(a), 3) for a in attributes], patch
+        ([1.0, 0.0, 0.1, 0.1, 0.2, 0.05, 0.938, 0.042], 15)
+    """
+    records = {}
+    for obj in scene["objects"]:
+        box = obj["box"]
+        u, v = obj["pixel_centre"][0] / scene["width"], obj["pixel_centre"][1] / scene["height"]
+        attributes = np.array([*box["centre_m"], box["width_m"], box["height_m"], box["depth_m"], u, v], np.float32)
+        col, row = min(int(u * grid[0]), grid[0] - 1), min(int(v * grid[1]), grid[1] - 1)
+        records[int(obj["object_id"])] = (attributes, row * grid[0] + col)
+    return records
+
+
+def make_example(row: dict[str, Any], tokenizer: Any, records: dict[int, tuple[np.ndarray, int]]) -> Example:
+    """The :class:`Example` of a dataset row, given its image's :func:`object_records` (may be empty)."""
+    from spatialvlm_ros.vlm.compact import ATTRIBUTES, EOS_ID, prompt_ids
+
+    prompt = prompt_ids(tokenizer, row["question"])
+    attributes = np.full((2, len(ATTRIBUTES)), np.nan, np.float32)
+    patches = np.full(2, -1, np.int64)
+    for slot, object_id in enumerate(row.get("object_ids", [])[:2]):
+        if object_id in records:
+            attributes[slot], patches[slot] = records[object_id]
+    quantitative = row.get("answer_value") is not None and row.get("truth_m") is not None
+    log_value = math.log(max(abs(float(row["truth_m"])), 0.005)) if quantitative else math.nan
+    ids = (*prompt, *tokenizer.encode(answer_text(row)), EOS_ID)
+    return Example(ids, len(prompt), attributes, patches, log_value)
 
 
 def load_training_set(data: Path, tokenizer: Any, width: int, height: int, max_len: int) -> TrainingSet:
-    """Load and resize every image of ``data`` and tokenize its rows (see the module docstring).
+    """Load and resize every image of ``data``, tokenize its rows and read their objects' scene records.
 
-    Rows longer than ``max_len`` tokens are dropped (logged).
+    Rows longer than ``max_len`` tokens are dropped (logged). An image without a scene record
+    (``scenes/<image_id>.json``) trains the text only.
 
     Raises:
         InputError: an unreadable dataset or image.
     """
     from PIL import Image
 
-    from spatialvlm_ros.vlm.compact import EOS, SPECIALS, prompt_ids, resize_image
+    from spatialvlm_ros.vlm.compact import resize_image
 
     data = Path(data)
     by_image: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in read_rows(data):
         by_image[row["images"][0]].append(row)
-    images, sequences, starts = [], [], []
-    dropped = 0
+    images, examples = [], []
+    dropped = no_scene = 0
     for rel in sorted(by_image):
         try:
             with Image.open(data / rel) as im:
                 rgb = np.asarray(im.convert("RGB"))
         except OSError as err:
             raise InputError(f"cannot read image {str(data / rel)!r}: {err}") from err
-        seqs, firsts = [], []
-        for row in by_image[rel]:
-            prompt = prompt_ids(tokenizer, row["question"])
-            seq = (*prompt, *tokenizer.encode(row["answer"]), SPECIALS.index(EOS))
-            if len(seq) > max_len:
-                dropped += 1
-                continue
-            seqs.append(seq)
-            firsts.append(len(prompt))
-        if seqs:
+        scene_path = data / "scenes" / f"{by_image[rel][0].get('image_id', Path(rel).stem)}.json"
+        records = {}
+        if scene_path.is_file():
+            records = object_records(json.loads(scene_path.read_text()), (width // 8, height // 8))
+        else:
+            no_scene += 1
+        rows = [make_example(row, tokenizer, records) for row in by_image[rel]]
+        kept = tuple(e for e in rows if len(e.ids) <= max_len)
+        dropped += len(rows) - len(kept)
+        if kept:
             images.append(resize_image(rgb, width, height))
-            sequences.append(tuple(seqs))
-            starts.append(tuple(firsts))
+            examples.append(kept)
     if dropped:
         logger.warning("dropped %d rows longer than %d tokens", dropped, max_len)
+    if no_scene:
+        logger.warning("%d images have no scene record: their objects' slots are not supervised", no_scene)
     if not images:
         raise InputError(f"dataset {str(data)!r} has no usable rows")
     seed = None
     cfg_path = data / "synthesis_config.json"
     if cfg_path.is_file():
         seed = json.loads(cfg_path.read_text()).get("seed")
-    return TrainingSet(np.stack(images), tuple(sequences), tuple(starts), seed)
+    return TrainingSet(np.stack(images), tuple(examples), seed)
 
 
-def sample_batch(data: TrainingSet, rng: np.random.Generator, batch_images: int,
-                 questions_per_image: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A step's batch: (images, ids, targets, image_index) as numpy arrays.
+def sample_batch(data: TrainingSet, rng: np.random.Generator, batch_images: int, questions_per_image: int) -> Batch:
+    """A step's batch: ``batch_images`` images and up to ``questions_per_image`` of each one's rows."""
+    from spatialvlm_ros.vlm.compact import NUM_ID, REF_A_ID
 
-    ``ids`` (B, N) are right-padded with 0; ``targets`` (B, N) hold the next token where it is an answer
-    token or ``<eos>`` and -100 (ignored) elsewhere.
-    """
-    picked = rng.choice(len(data.sequences), size=min(batch_images, len(data.sequences)), replace=False)
-    seqs, firsts, index = [], [], []
+    picked = rng.choice(len(data.examples), size=min(batch_images, len(data.examples)), replace=False)
+    chosen: list[Example] = []
+    index = []
     for slot, i in enumerate(picked):
-        rows = rng.choice(len(data.sequences[i]), size=min(questions_per_image, len(data.sequences[i])),
-                          replace=False)
-        for r in rows:
-            seqs.append(data.sequences[i][r])
-            firsts.append(data.answer_starts[i][r])
-            index.append(slot)
-    n = max(len(s) for s in seqs) - 1
-    ids = np.zeros((len(seqs), n), dtype=np.int64)
-    targets = np.full((len(seqs), n), -100, dtype=np.int64)
-    for row, (seq, first) in enumerate(zip(seqs, firsts)):
-        ids[row, :len(seq) - 1] = seq[:-1]
-        # Position p predicts token p + 1; the answer's first token is predicted from the <sep> before it.
-        targets[row, first - 1:len(seq) - 1] = seq[first:]
-    return data.images[picked], ids, targets, np.asarray(index)
+        rows = rng.choice(len(data.examples[i]), size=min(questions_per_image, len(data.examples[i])), replace=False)
+        chosen += [data.examples[i][r] for r in rows]
+        index += [slot] * len(rows)
+    n = max(len(e.ids) for e in chosen) - 1
+    ids = np.zeros((len(chosen), n), dtype=np.int64)
+    targets = np.full((len(chosen), n), -100, dtype=np.int64)
+    value_positions = np.full(len(chosen), -1, dtype=np.int64)
+    for row, e in enumerate(chosen):
+        ids[row, :len(e.ids) - 1] = e.ids[:-1]
+        # Position p predicts token p + 1; the answer's first token is predicted from the <r> slot before it.
+        targets[row, e.answer_start - 1:len(e.ids) - 1] = e.ids[e.answer_start:]
+        if NUM_ID in e.ids and math.isfinite(e.log_value):
+            value_positions[row] = e.ids.index(NUM_ID) - 1
+    slot_a = np.array([e.ids.index(REF_A_ID) for e in chosen])
+    return Batch(images=data.images[picked], image_index=np.asarray(index), ids=ids, targets=targets,
+                 slot_positions=np.stack([slot_a, slot_a + 1], axis=1),
+                 attributes=np.stack([e.attributes for e in chosen]), patches=np.stack([e.patches for e in chosen]),
+                 value_positions=value_positions, log_values=np.array([e.log_value for e in chosen], np.float32))
+
+
+def batch_losses(model: Any, batch: Batch) -> dict[str, Any]:
+    """The training losses of ``batch`` (torch scalars).
+
+    ``answer``: cross-entropy of the answer tokens; ``value``: L1 of the log-metres at ``<num>``;
+    ``attributes``: smooth L1 of the slots' object records, in units of
+    :data:`~spatialvlm_ros.vlm.compact.ATTRIBUTE_SCALE`; ``pointer``: cross-entropy of the slots' pointer over
+    the patches; ``total``: their sum. A loss with no target in the batch is 0.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    from spatialvlm_ros.vlm.compact import ATTRIBUTE_SCALE
+
+    out = model(torch.from_numpy(batch.images), torch.from_numpy(batch.ids), torch.from_numpy(batch.image_index))
+    answer = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), torch.from_numpy(batch.targets).reshape(-1),
+                             ignore_index=-100)
+    rows = torch.arange(len(batch.ids))
+    has_value = torch.from_numpy(batch.value_positions >= 0)
+    value = out.log_value[rows, torch.from_numpy(batch.value_positions).clamp(min=0)]
+    value_loss = (F.l1_loss(value[has_value], torch.from_numpy(batch.log_values)[has_value])
+                  if bool(has_value.any()) else value.sum() * 0)
+    slots = torch.from_numpy(batch.slot_positions)
+    predicted = out.attributes[rows[:, None], slots]                      # (B, 2, A)
+    target = torch.from_numpy(batch.attributes) / torch.tensor(ATTRIBUTE_SCALE)
+    known = ~torch.isnan(target)
+    attributes = (F.smooth_l1_loss(predicted[known], target[known]) if bool(known.any())
+                  else predicted.sum() * 0)
+    pointer_logits = out.pointer[rows[:, None], slots]                    # (B, 2, P)
+    pointer = F.cross_entropy(pointer_logits.reshape(-1, pointer_logits.shape[-1]),
+                              torch.from_numpy(batch.patches).reshape(-1), ignore_index=-1)
+    if not bool((torch.from_numpy(batch.patches) >= 0).any()):
+        pointer = pointer_logits.sum() * 0
+    losses = {"answer": answer, "value": value_loss, "attributes": attributes, "pointer": pointer}
+    losses["total"] = sum(losses.values())
+    return losses
 
 
 def learning_rate(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
@@ -297,7 +433,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         spatialvlm_ros.errors.InputError: cannot read the dataset '/no/such/dataset/data.jsonl': ...
     """
     import torch
-    from torch.nn import functional as F
 
     from spatialvlm_ros.vlm.compact import (
         TOKENIZER_FILE, CompactModelConfig, CompactSpatialModel, WordTokenizer, count_parameters, save_weights,
@@ -333,47 +468,48 @@ def train(cfg: TrainConfig) -> TrainResult:
     n_params = count_parameters(model)
     logger.info("compact VLM: %d parameters, training steps %d -> %d", n_params, step, cfg.steps)
     model.train()
-    losses: list[float] = []
-    last_loss = math.nan
+    window: dict[str, list[float]] = defaultdict(list)   # the losses since the last log line
+    last: dict[str, float] = {"total": math.nan}
     window_start = time.perf_counter()
     with (out / "log.jsonl").open("a") as log:
         while step < cfg.steps:
             if cfg.max_minutes and time.perf_counter() - start > 60 * cfg.max_minutes:
                 logger.info("time limit of %.1f min reached at step %d", cfg.max_minutes, step)
                 break
-            images, ids, targets, index = sample_batch(data, rng, cfg.batch_images, cfg.questions_per_image)
             time_fraction = (time.perf_counter() - start) / (60 * cfg.max_minutes) if cfg.max_minutes else 0.0
             lr = learning_rate(step, cfg, time_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            logits = model(torch.from_numpy(images), torch.from_numpy(ids), torch.from_numpy(index))
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.from_numpy(targets).reshape(-1),
-                                   ignore_index=-100)
+            losses = batch_losses(model, sample_batch(data, rng, cfg.batch_images, cfg.questions_per_image))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            losses["total"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             step += 1
-            losses.append(loss.item())
+            for key, value in losses.items():
+                window[key].append(value.item())
             if step % cfg.log_every == 0 or step == cfg.steps:
-                last_loss = float(np.mean(losses))
-                seconds = time.perf_counter() - window_start
-                logger.info("step %d/%d loss %.4f lr %.2e (%.2f s/step)", step, cfg.steps, last_loss, lr,
-                            seconds / len(losses))
-                log.write(json.dumps({"step": step, "loss": last_loss, "lr": lr,
+                last = {key: float(np.mean(values)) for key, values in window.items()}
+                seconds = (time.perf_counter() - window_start) / len(window["total"])
+                logger.info("step %d/%d loss %.4f (answer %.3f value %.3f attributes %.3f pointer %.3f) lr %.2e "
+                            "(%.2f s/step)", step, cfg.steps, last["total"], last["answer"], last["value"],
+                            last["attributes"], last["pointer"], lr, seconds)
+                log.write(json.dumps({"step": step, "loss": last, "lr": lr,
                                       "elapsed_s": time.perf_counter() - start}) + "\n")
                 log.flush()
-                losses, window_start = [], time.perf_counter()
+                window, window_start = defaultdict(list), time.perf_counter()
             if step % cfg.checkpoint_every == 0:
                 _save_checkpoint(ckpt, model, optimizer, step, rng)
-    if losses:
-        last_loss = float(np.mean(losses))
+    if window:
+        last = {key: float(np.mean(values)) for key, values in window.items()}
+    last_loss = last["total"]
     _save_checkpoint(ckpt, model, optimizer, step, rng)
     model.eval()
     save_weights(model, tokenizer, out)
     seconds = time.perf_counter() - start
     record = {**dataclasses.asdict(cfg), "data_seed": data.data_seed, "images": int(len(data.images)),
-              "rows": data.n_rows, "steps_done": step, "parameters": n_params, "final_loss": last_loss}
+              "rows": data.n_rows, "steps_done": step, "parameters": n_params, "final_loss": last_loss,
+              "final_losses": last}
     (out / TRAINING_CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
     logger.info("wrote %s (step %d, loss %.4f)", out, step, last_loss)
     return TrainResult(out=str(out), steps=step, final_loss=last_loss, seconds=seconds, parameters=n_params)
