@@ -795,7 +795,10 @@ def evaluate_cli(args: argparse.Namespace) -> int:
             data = synthesize_held_out((args.out or Path(tmp)) / "dataset", args.scenes, seed, args.synthesis_config)
         else:
             _warn_if_training_data(data)
-        report = evaluate_vlm(vlm, data, model=estimator.vlm.model, samples=estimator.vlm.samples,
+        # The compact backend has no model name: it is named by its weights folder.
+        model = (f"compact:{estimator.vlm.weights or 'packaged'}" if estimator.vlm.backend == "compact"
+                 else estimator.vlm.model)
+        report = evaluate_vlm(vlm, data, model=model, samples=estimator.vlm.samples,
                               batch_size=args.batch_size, limit=args.limit,
                               default_unit=estimator.vlm.default_unit or None, trajectories=args.trajectories,
                               frames=args.frames, seed=seed, kind=estimator.distance)
