@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
 
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import (BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor,  # noqa: E402
@@ -73,6 +74,9 @@ def _vision(image_size: int) -> dict[str, int]:
 
 def _build(root: Path) -> dict[str, str]:
     """Save one tiny random checkpoint per expert under ``root``; returns role -> folder."""
+    # Seeded: an unseeded random detector sometimes predicts only sub-pixel boxes (dropped), which made the
+    # detector's contract test fail about one run in three.
+    torch.manual_seed(0)
     tok = _tokenizer()
     n = len(tok)
     paths = {role: str(root / role) for role in ("detector", "segmenter", "captioner", "clip", "depth", "relative")}

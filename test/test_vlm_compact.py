@@ -26,18 +26,20 @@ from spatialvlm_ros.vlm.base import VLMConfig, build_vlm  # noqa: E402
 from spatialvlm_ros.vlm.compact import (EOS_ID, NUM_ID, REF_A_ID, REF_B_ID, REL_ID, SPECIALS,  # noqa: E402
                                         CompactModelConfig, CompactSpatialModel, CompactVLM, CompactVLMOptions,
                                         WordTokenizer,
-                                        fill_numbers, load_weights, mask_numbers, prompt_ids, save_weights,
-                                        spell_number)
+                                        fill_numbers, fill_references, load_weights, mask_numbers,
+                                        mask_references, prompt_ids, reference_spans, save_weights, spell_number)
+from spatialvlm_ros.synthesis.templates import ANSWER_FRAMES, QUESTION_FRAMES  # noqa: E402
 from spatialvlm_ros.vlm.parsing import parse_answer  # noqa: E402
-from spatialvlm_ros.vlm.train import (TrainConfig, batch_losses, learning_rate, load_training_set,  # noqa: E402
-                                      sample_batch, train, vocabulary_texts, read_rows)
+from spatialvlm_ros.vlm.train import (TrainConfig, answer_text, batch_losses, learning_rate,  # noqa: E402
+                                      load_training_set, read_rows, sample_batch, train, vocabulary_texts)
 
 QUESTION = "How far is the red can from the yellow gripper?"
 YES_NO = "Is the red can left of the bowl?"
+YES_NO_ANSWER = "Yes, the red can is left of the bowl."   # the decoder writes "Yes, <a> is left of <b>."
 ANSWERS = {20: ("20 centimeters.", 0.2), 230: ("1.5 meters.", 1.5)}   # image brightness -> answer, truth (m)
 
 
-def tiny_config(vocab_size: int, **kw: int) -> CompactModelConfig:
+def tiny_config(vocab_size: int, **kw: object) -> CompactModelConfig:
     return CompactModelConfig(vocab_size=vocab_size, d_model=16, n_heads=2, text_layers=1, image_layers=1, **kw)
 
 
@@ -55,9 +57,11 @@ def write_dataset(root: Path, with_scenes: bool = True) -> Path:
         Image.fromarray(np.full((240, 320, 3), value, np.uint8)).save(root / "images" / f"{image_id}.png")
         common = {"image_id": image_id, "images": [f"images/{image_id}.png"], "object_ids": [1, 0]}
         rows.append({**common, "id": f"{image_id}-000", "question": QUESTION, "answer": answer, "truth_m": truth,
-                     "answer_value": float(answer.split()[0]), "qualitative": False})
-        rows.append({**common, "id": f"{image_id}-001", "question": YES_NO, "answer": "Yes.", "truth_m": 0.1,
-                     "answer_value": None, "qualitative": True})
+                     "answer_value": float(answer.split()[0]), "qualitative": False, "family": "quantity",
+                     "object_references": ["the red can", "the yellow gripper"]})
+        rows.append({**common, "id": f"{image_id}-001", "question": YES_NO, "answer": YES_NO_ANSWER, "truth_m": 0.1,
+                     "answer_value": None, "qualitative": True, "family": "predicate",
+                     "object_references": ["the red can", "the bowl"]})
         objects = [{"object_id": k, "pixel_centre": [40 + 200 * k + 20 * i, 60], "box": {
             "centre_m": [0.8, 0.1 * k, 0.05], "width_m": 0.06, "height_m": 0.12, "depth_m": 0.06}} for k in (0, 1)]
         if with_scenes:
@@ -138,6 +142,45 @@ def test_answers_numbers_become_placeholders(answer: str, masked: str) -> None:
     assert mask_numbers(answer) == masked
 
 
+CHOICE_REFS = ("the can that's more to the right of the image", "the red can")
+
+
+@pytest.mark.parametrize("question_frame", QUESTION_FRAMES["choice"])
+@pytest.mark.parametrize("answer_frame", ANSWER_FRAMES["choice"])
+@pytest.mark.parametrize("chosen", [0, 1])
+def test_choice_references_round_trip_through_placeholders(question_frame: str, answer_frame: str, chosen: int,
+                                                           tokenizer: WordTokenizer) -> None:
+    # Every choice phrasing of the data engine: the answer's references become <a>/<b> (one token each), and
+    # copying the question's words back at the references' spans restores the answer exactly.
+    a, b = CHOICE_REFS
+    fill = dict(A=a, B=b, cmp="further back", X=CHOICE_REFS[chosen], Y=CHOICE_REFS[1 - chosen])
+    question = question_frame.format(**fill)
+    answer = answer_frame.format(**fill)
+    answer = answer[:1].upper() + answer[1:]
+    masked = mask_references(answer, CHOICE_REFS)
+    assert ("<a>" in masked) == (chosen == 0 or "{Y}" in answer_frame) and "can" not in masked
+    pieces = WordTokenizer.pieces(question)
+    spans = reference_spans(pieces, CHOICE_REFS)
+    assert ["".join(pieces[s:e + 1]).strip() for s, e in spans] == list(CHOICE_REFS)
+    assert fill_references(masked, pieces, spans) == answer
+
+
+@pytest.mark.parametrize("question, answer, references, expected", [
+    # A reference the question does not hold cannot be copied: it is spelled out, whole.
+    ("How far is it from the bowl?", "The red can is 3 inches from the bowl.", ["the red can", "the bowl"],
+     "The red can is <num> inches from <b>."),
+    ("How far is the can from it?", "The can on the left is 3 inches from the can.", ["the can", "the can on the left"],
+     "The can on the left is <num> inches from <a>."),
+    # A digit inside a reference is not the answer's number.
+    ("How tall is the 2 liter bottle?", "The 2 liter bottle is 30 centimeters tall.", ["the 2 liter bottle"],
+     "<a> is <num> centimeters tall."),
+])
+def test_answer_text_masks_references_then_numbers(question: str, answer: str, references: list[str],
+                                                   expected: str) -> None:
+    assert answer_text({"question": question, "answer": answer, "object_references": references,
+                        "answer_value": 1.0}) == expected
+
+
 @pytest.mark.parametrize("text, values, expected", [
     ("About <num> centimeters.", [0.234], "About 23 centimeters."),
     ("It is <num> meters tall.", [0.234], "It is 0.23 meters tall."),
@@ -193,9 +236,24 @@ def test_batched_generation_matches_one_at_a_time(tokenizer: WordTokenizer) -> N
     batch = torch.cat([images(20), images(200)])
     together = model.generate(batch, prompts, 12)
     alone = [model.generate(batch[i:i + 1], [p], 12)[0] for i, p in enumerate(prompts)]
-    assert [ids for ids, _ in together] == [ids for ids, _ in alone]
-    for (_, a), (_, b) in zip(together, alone):
-        assert a == pytest.approx(b, rel=1e-4)
+    assert [g.ids for g in together] == [g.ids for g in alone]
+    assert [g.spans for g in together] == [g.spans for g in alone]
+    for a, b in zip(together, alone):
+        assert a.values == pytest.approx(b.values, rel=1e-4)
+    # Each slot's span lies inside its own question.
+    for g, prompt in zip(together, prompts):
+        assert len(g.spans) == 2 and all(0 <= s <= e < len(prompt) - 5 for s, e in g.spans)
+
+
+def test_decoding_stops_after_a_final_token(tokenizer: WordTokenizer) -> None:
+    torch.manual_seed(2)
+    free = CompactSpatialModel(tiny_config(len(tokenizer))).eval()
+    every_word = tuple(range(len(SPECIALS), len(tokenizer)))
+    stopping = CompactSpatialModel(tiny_config(len(tokenizer), final_tokens=every_word)).eval()
+    stopping.load_state_dict(free.state_dict())
+    prompt = [prompt_ids(tokenizer, QUESTION)]
+    long, short = free.generate(images(20), prompt, 12)[0], stopping.generate(images(20), prompt, 12)[0]
+    assert len(long.ids) > 1 and short.ids == long.ids[:1]
 
 
 def test_the_relation_slot_reads_both_referent_slots(tokenizer: WordTokenizer) -> None:
@@ -209,13 +267,14 @@ def test_the_relation_slot_reads_both_referent_slots(tokenizer: WordTokenizer) -
         base = model(images(90), ids)
         model.attribute_head.bias[6] += 5.0      # every slot now reads its object far to the right
         moved = model(images(90), ids)
-        model.relation[-1].weight.zero_()
-        model.relation[-1].bias.zero_()
+        for layer in (model.relation[-1], model.comparison_out):
+            layer.weight.zero_()
+            layer.bias.zero_()
         cut = model(images(90), ids)
         model.attribute_head.bias[6] -= 5.0
         cut_base = model(images(90), ids)
     assert not torch.allclose(base.logits[0, r], moved.logits[0, r])
-    # Without the relation MLP, <r> no longer depends on the attributes at all.
+    # Without the relation MLP and the comparison scores, <r> no longer depends on the attributes at all.
     torch.testing.assert_close(cut.logits[0, r], cut_base.logits[0, r])
 
 
@@ -231,9 +290,9 @@ def test_training_steps_reduce_every_loss(dataset: Path, tokenizer: WordTokenize
     data = load_training_set(dataset, tokenizer, 128, 96, model.config.max_len)
     batch = sample_batch(data, np.random.default_rng(0), 2, 2)
     before = {k: v.item() for k, v in batch_losses(model, batch).items()}
-    fit(model, dataset, tokenizer, 60)
+    fit(model, dataset, tokenizer, 120)
     after = {k: v.item() for k, v in batch_losses(model, batch).items()}
-    for key in ("answer", "value", "attributes", "pointer", "total"):
+    for key in ("answer", "value", "attributes", "pointer", "span", "holds", "total"):
         assert after[key] < 0.5 * before[key], key
 
 
@@ -257,7 +316,8 @@ def test_backend_answers_through_the_protocol(trained: Path) -> None:
     assert [a.text.split()[1:] for a in answers] == [["centimeters."], ["meters."], ["centimeters."]]
     assert [a.parsed.value_m for a in answers] == pytest.approx([0.2, 1.5, 0.2], rel=0.15)
     assert all(a.parsed == parse_answer(a.text) and a.latency_ms > 0 for a in answers)
-    assert vlm.ask(bright, YES_NO, depth=np.ones((240, 320), np.float32)).text == "Yes."
+    # The references are copied from the question by the span heads, not spelled by the decoder.
+    assert vlm.ask(bright, YES_NO, depth=np.ones((240, 320), np.float32)).text == YES_NO_ANSWER
 
 
 def test_backend_is_registered_and_names_a_missing_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -291,7 +351,11 @@ def test_batches_carry_the_answer_number_and_object_targets(dataset: Path, token
     for row in range(len(batch.ids)):
         answer = [t for t in batch.targets[row] if t != -100]
         text = tokenizer.decode(answer)
-        assert text in {"<num> centimeters.", "<num> meters.", "Yes."} and answer[-1] == EOS_ID
+        assert text in {"<num> centimeters.", "<num> meters.", "Yes, <a> is left of <b>."} and answer[-1] == EOS_ID
+        # The references' spans: "the red can" is pieces 3-5 of QUESTION and 1-3 of YES_NO (+1 for <bos>).
+        first = 4 if text.startswith("<num>") else 2
+        assert batch.spans[row, 0].tolist() == [first, first + 2]
+        assert tokenizer.decode(batch.ids[row, first:first + 3]) == "the red can"
         a, b = batch.slot_positions[row]
         assert batch.ids[row, a] == REF_A_ID and b == a + 1
         # Slot <a> is object 1, at (240 + 20 i, 60) px in image i; slot <b> object 0, at (40 + 20 i, 60) px.
@@ -299,6 +363,8 @@ def test_batches_carry_the_answer_number_and_object_targets(dataset: Path, token
         grid_row = int(60 / 240 * 12) * 16
         assert batch.patches[row].tolist() == [grid_row + int((240 + 20 * i) / 20), grid_row + int((40 + 20 * i) / 20)]
         assert batch.attributes[row, 0, 1] == pytest.approx(0.1)
+        # "Is the red can left of the bowl?" holds (truth +0.1 m); a distance asks no relation.
+        assert batch.holds[row] == 1 if text.startswith("Yes") else np.isnan(batch.holds[row])
         if text.startswith("<num>"):
             assert batch.targets[row, batch.value_positions[row]] == NUM_ID
             assert math.exp(batch.log_values[row]) in (pytest.approx(0.2), pytest.approx(1.5))
@@ -325,9 +391,19 @@ def test_train_writes_weights_and_resumes(dataset: Path, tmp_path: Path) -> None
     assert record["data_seed"] == 7 and record["held_out_seed"] == 1_000_000 and record["steps_done"] == 4
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3, 4]
-    assert set(log[0]["loss"]) == {"answer", "value", "attributes", "pointer", "total"}
+    assert set(log[0]["loss"]) == {"answer", "value", "attributes", "pointer", "span", "holds", "total"}
+    # Every training answer ends with "." and has no other: decoding may stop there without an <eos> step.
     vlm = CompactVLM.from_options(CompactVLMOptions(weights=str(out)))
+    assert vlm.model.config.final_tokens == (vlm.tokenizer.id("."),)
     assert isinstance(vlm.ask(np.zeros((240, 320, 3), np.uint8), QUESTION).text, str)
+
+
+def test_resuming_with_another_architecture_is_refused(dataset: Path, tmp_path: Path) -> None:
+    small = dict(data=str(dataset), out=str(tmp_path / "run"), d_model=16, n_heads=2, batch_images=2,
+                 questions_per_image=2, warmup_steps=1, checkpoint_every=1)
+    train(TrainConfig(steps=1, text_layers=1, **small))
+    with pytest.raises(ConfigError, match="does not fit the model.*--text-layers"):
+        train(TrainConfig(steps=2, text_layers=2, **small))
 
 
 def test_learning_rate_warms_up_and_decays() -> None:

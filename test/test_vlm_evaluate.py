@@ -8,13 +8,14 @@ import hashlib
 import json
 import math
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.message import Message
 from pathlib import Path
 from typing import Any, Iterator
 
 import cv2
 import numpy as np
 import pytest
+from chat_server import ChatCompletionsServer, completion
 
 from spatialvlm_ros.errors import ConfigError
 from spatialvlm_ros.synthesis.questions import CLASSIFY_PAIRS, TYPES_BY_NAME
@@ -33,7 +34,7 @@ def _digest(bgr: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(bgr).tobytes()).hexdigest()
 
 
-class TruthServer:
+class TruthServer(ChatCompletionsServer):
     """An OpenAI-compatible server that knows the truth of every (image, question) it was told about.
 
     ``oracle`` answers right: a qualitative row with the data engine's own answer text, a quantity with
@@ -47,34 +48,14 @@ class TruthServer:
         self.truth: dict[tuple[str, str], dict[str, Any]] = {}
         self.roots: list[Path] = []
         self.lock = threading.Lock()
-        server = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                content = body["messages"][-1]["content"]
-                question = next(c["text"] for c in content if c["type"] == "text")
-                url = next(c["image_url"]["url"] for c in content if c["type"] == "image_url")
-                png = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
-                text = server.answer(_digest(cv2.imdecode(png, cv2.IMREAD_COLOR)), question)
-                message = {"role": "assistant", "content": text}
-                payload = json.dumps({"choices": [{"index": 0, "message": message}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+    def reply(self, path: str, headers: Message, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        content = body["messages"][-1]["content"]
+        question = next(c["text"] for c in content if c["type"] == "text")
+        url = next(c["image_url"]["url"] for c in content if c["type"] == "image_url")
+        png = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
+        return 200, completion(self.answer(_digest(cv2.imdecode(png, cv2.IMREAD_COLOR)), question))
 
     def index(self, root: Path) -> None:
         images: dict[str, str] = {}
@@ -111,10 +92,6 @@ class TruthServer:
         pair = CLASSIFY_PAIRS[TYPES_BY_NAME[row["question_type"]].relation]
         other = pair[1] if row["truth_label"] == pair[0] else pair[0]
         return RELATION_WORDS[other]["short"][0].capitalize() + "."
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture(scope="module")

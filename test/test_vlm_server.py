@@ -8,12 +8,13 @@ import json
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.message import Message
 from typing import Any, Iterator
 
 import cv2
 import numpy as np
 import pytest
+from chat_server import ChatCompletionsServer, completion
 
 from spatialvlm_ros.config import EstimatorConfig, SimConfig
 from spatialvlm_ros.errors import ConfigError, InputError
@@ -32,7 +33,7 @@ MODEL = "remyxai/SpaceQwen2.5-VL-3B-Instruct"
 PAIR = Pair("yellow gripper", "red can")
 
 
-class FakeVLMServer:
+class FakeVLMServer(ChatCompletionsServer):
     """An OpenAI-compatible chat-completions server on 127.0.0.1 (ephemeral port) that records requests.
 
     Each request takes the next scripted reply (then ``default``): ``("answer", text)``, ``("status",
@@ -45,57 +46,26 @@ class FakeVLMServer:
         self.default: tuple[Any, ...] = ("answer", "About 1 meter.")
         self.lock = threading.Lock()
         self.stop = threading.Event()
-        server = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                    reply = server.script.pop(0) if server.script else server.default
-                if self.headers.get("Authorization") != f"Bearer {KEY}":
-                    reply = ("status", 401)
-                try:
-                    self._reply(*reply)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
-
-            def _reply(self, kind: str, arg: Any) -> None:
-                if kind == "sleep":
-                    server.stop.wait(arg)
-                    kind, arg = "answer", "1 m"
-                if kind == "status":
-                    self._send(arg, json.dumps({"error": {"message": f"status {arg}"}}).encode())
-                elif kind == "raw":
-                    self._send(200, arg)
-                else:
-                    self._send(200, json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "model": MODEL,
-                                                "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                                                    "role": "assistant", "content": arg}}]}).encode())
-
-            def _send(self, status: int, payload: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+    def reply(self, path: str, headers: Message, body: dict[str, Any]) -> tuple[int, dict[str, Any] | bytes]:
+        with self.lock:
+            self.requests.append({"path": path, "headers": dict(headers), "body": body})
+            kind, arg = self.script.pop(0) if self.script else self.default
+        if headers.get("Authorization") != f"Bearer {KEY}":
+            kind, arg = "status", 401
+        if kind == "sleep":
+            self.stop.wait(arg)
+            kind, arg = "answer", "1 m"
+        if kind == "status":
+            return arg, {"error": {"message": f"status {arg}"}}
+        if kind == "raw":
+            return 200, arg
+        return 200, completion(arg, MODEL)
 
     def close(self) -> None:
         self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().close()
 
 
 @pytest.fixture(scope="module")

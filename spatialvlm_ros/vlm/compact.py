@@ -20,18 +20,26 @@ Architecture (:class:`CompactSpatialModel`, sizes in :class:`CompactModelConfig`
   layer) must point at the object's patch, and an **attribute head** right after it must read the
   object's 3D box (centre in the scene frame, width, height, depth) and pixel centre.
 * **relation slot** ``<r>``: the token after the two slots receives an MLP embedding of both slots'
-  attributes, their differences and their distances, both added and multiplied by a gate computed from the
-  ``<r>`` state (which has read the question), so the later layers compare two objects by reading one
-  state (left of, taller than, how far apart) instead of having to learn that arithmetic from the answers
-  alone. The answer tokens read the slots through self-attention.
+  attributes, their differences and their distances, plus **comparison scores**: the slots' signed
+  differences (:func:`comparables`: offsets along x, y, z, image u, v; log-ratios of width, height, depth,
+  volume) weighted by weights read off the ``<r>`` state, which has read the question. Every qualitative
+  question of the data engine is the sign of one such difference, picked and signed by its wording, so
+  "is A left of B?" becomes reading one score's sign instead of learning an XOR of wording and offset
+  from the answers alone. The answer tokens read the slots through self-attention.
+* **references are copied**: an answer names the question's objects with the placeholders ``<a>`` and
+  ``<b>`` (:func:`mask_references`), and **span heads** at the slots point at the first and last word of
+  each object's reference in the question (:func:`reference_spans` gives the training targets);
+  decoding copies those words (:func:`fill_references`). "Which of A and B?" then costs one token choice,
+  not a dozen words spelled one by one, and answers get shorter (faster to decode).
 * **numbers**: an answer's number is the token ``<num>``; a **value head** on the state that emits it
   predicts the quantity's log in metres, and decoding writes it in the unit word the decoder puts after it
   (:func:`spell_number`). A regression head is far more sample-efficient than choosing among the hundreds of
   rounded number words, and an estimate is not snapped to the engine's coarse rounding (which would tie
   ranks along an approach).
 * **decoding**: the prompt is run once, then one token at a time with a key/value cache; greedy when
-  ``temperature`` is 0, else sampled from a seeded generator. The image's keys and values are computed
-  once per image however many questions ask about it.
+  ``temperature`` is 0, else sampled from a seeded generator; an answer ends at ``<eos>`` or after a token
+  that ended every training answer (``final_tokens``: the full stop), which saves a step. The image's
+  keys and values are computed once per image however many questions ask about it.
 
 Tokenizer (:class:`WordTokenizer`): deterministic and word-level. A text is split into pieces of the
 form ``" ?word"``, ``" ?number"``, ``" ?<special>"`` or ``" ?symbol"`` (the leading space belongs to the
@@ -56,7 +64,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -83,6 +91,11 @@ PAD_ID, UNK_ID, BOS_ID, SEP_ID, EOS_ID, NUM_ID, REF_A_ID, REF_B_ID, REL_ID = ran
 ATTRIBUTES = ("x_m", "y_m", "z_m", "width_m", "height_m", "depth_m", "u", "v")
 #: The attribute head's unit per attribute (its outputs are the attributes divided by these).
 ATTRIBUTE_SCALE = (0.1, 0.1, 0.1, 0.02, 0.02, 0.02, 0.05, 0.05)
+#: The signed differences of A and B the relation slot compares (:func:`comparables`): every relation of the
+#: data engine is the sign of one of them (position offsets along x, y, z; size log-ratios); image u, v too.
+COMPARABLES = ("dx", "dy", "dz", "log_width", "log_height", "log_depth", "log_volume", "du", "dv")
+#: Question-weighted comparison scores the relation slot receives.
+COMPARISONS = 8
 
 _PIECE = re.compile(r" ?(?:<[a-z]+>|[A-Za-z]+|\d+(?:\.\d+)?|[^\sA-Za-z\d])")
 _SPACES = re.compile(r"\s+")
@@ -144,11 +157,11 @@ class WordTokenizer:
         return [self.id(p.strip() if p.strip() in SPECIALS else p) for p in self.pieces(text)]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids``; special tokens other than ``<unk>`` and ``<num>`` are dropped."""
-        skip = set(range(len(SPECIALS))) - {UNK_ID, NUM_ID}
+        """Text of ``ids``; special tokens are dropped except ``<unk>`` and the placeholders ``<num> <a> <b>``."""
+        skip = set(range(len(SPECIALS))) - {UNK_ID, NUM_ID, REF_A_ID, REF_B_ID}
         text = "".join(self.tokens[i] for i in ids if i not in skip)
-        # <num> is written as a word of its own (its spelled value replaces it).
-        return re.sub(r"(?<=\S)<num>", " <num>", text).strip()
+        # A placeholder is written as a word of its own (a number or a reference replaces it).
+        return re.sub(r"(?<=\S)(<num>|<a>|<b>)", r" \1", text).strip()
 
     def save(self, path: Path) -> None:
         """Write the vocabulary as JSON (``{"tokens": [...]}``, id order)."""
@@ -213,6 +226,80 @@ def fill_numbers(text: str, values_m: Sequence[float]) -> str:
     return re.sub(r"<num>(?: ([A-Za-z]+))?", spell, text)
 
 
+def mask_references(answer: str, references: Sequence[str], copyable: Sequence[bool] = (True, True)) -> str:
+    """The answer with the question's first and second object reference replaced by ``<a>`` and ``<b>``.
+
+    The decoder writes a reference as one placeholder token and decoding copies the words from the
+    question (:func:`fill_references`): "which of the two" then costs one token choice instead of copying a
+    reference of up to a dozen words token by token. The longer reference is replaced first, so one that
+    contains the other is not cut; the first letter matches in either case (a sentence may start with it).
+    A reference that is not ``copyable`` (the question lacks it) stays spelled out, whole.
+
+    Example:
+        >>> mask_references("The red can is closer than the can on the left.", ["the can on the left", "the red can"])
+        '<b> is closer than <a>.'
+        >>> mask_references("The can on the left is closer than the can.", ["the can", "the can on the left"],
+        ...                 copyable=(True, False))
+        'The can on the left is closer than <a>.'
+    """
+    kept: list[str] = []
+
+    def keep(match: re.Match[str]) -> str:   # protected from the shorter reference, restored at the end
+        kept.append(match.group(0))
+        return f"\0{len(kept) - 1}\0"
+
+    for i in sorted(range(min(2, len(references))), key=lambda j: -len(references[j])):
+        ref = references[i].strip()
+        if ref:
+            pattern = rf"(?<![\w<])[{re.escape(ref[0].upper())}{re.escape(ref[0].lower())}]{re.escape(ref[1:])}(?!\w)"
+            answer = re.sub(pattern, (REF_A, REF_B)[i] if copyable[i] else keep, answer)
+    return re.sub(r"\0(\d+)\0", lambda m: kept[int(m.group(1))], answer)
+
+
+def reference_spans(pieces: Sequence[str], references: Sequence[str]) -> list[tuple[int, int] | None]:
+    """Where each reference occurs in a question's :meth:`WordTokenizer.pieces`: (first, last) piece index.
+
+    Pieces compare without their space and case. Each reference takes its first occurrence that does not
+    overlap one the other reference took (the longer reference picks first); None where it does not occur.
+
+    Example:
+        >>> q = WordTokenizer.pieces("Which is closer, the can or the red can?")
+        >>> reference_spans(q, ["the red can", "the can"])
+        [(7, 9), (4, 5)]
+    """
+    words = [p.strip().lower() for p in pieces]
+    spans: list[tuple[int, int] | None] = [None] * len(references)
+    taken: set[int] = set()
+    for i in sorted(range(len(references)), key=lambda j: -len(references[j])):
+        ref = [p.strip().lower() for p in WordTokenizer.pieces(references[i])]
+        for start in range(len(words) - len(ref) + 1) if ref else ():
+            span = range(start, start + len(ref))
+            if words[start:start + len(ref)] == ref and not taken.intersection(span):
+                spans[i] = (start, start + len(ref) - 1)
+                taken.update(span)
+                break
+    return spans
+
+
+def fill_references(text: str, pieces: Sequence[str], spans: Sequence[tuple[int, int] | None]) -> str:
+    """Replace the ``<a>``/``<b>`` placeholders of a decoded answer by the question's words at ``spans``.
+
+    ``pieces`` are the question's :meth:`WordTokenizer.pieces` (so words the vocabulary lacks are copied
+    too); the answer's first letter is capitalised. A placeholder without a span stays as it is.
+
+    Example:
+        >>> q = WordTokenizer.pieces("Which is closer, the can or the red can?")
+        >>> fill_references("<b> is closer than <a>.", q, [(4, 5), (7, 9)])
+        'The red can is closer than the can.'
+    """
+    def copy(match: re.Match[str]) -> str:
+        span = spans[0 if match.group(0) == REF_A else 1] if len(spans) >= 2 else None
+        return "".join(pieces[span[0]:span[1] + 1]).strip() if span else match.group(0)
+
+    text = re.sub(r"<a>|<b>", copy, text)
+    return text[:1].upper() + text[1:]
+
+
 # ---------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------
@@ -231,6 +318,8 @@ class CompactModelConfig:
         text_layers: decoder layers (self-attention, cross-attention, MLP).
         mlp_ratio: MLP hidden width / ``d_model``.
         max_len: longest token sequence (prompt + answer).
+        final_tokens: tokens that ended every training answer they occurred in (the full stop, in the data
+            engine's answers): decoding stops after one instead of spending a step on ``<eos>``.
     """
 
     vocab_size: int
@@ -239,18 +328,21 @@ class CompactModelConfig:
     d_model: int = 128
     n_heads: int = 4
     image_layers: int = 1
-    text_layers: int = 4
+    text_layers: int = 3
     mlp_ratio: int = 4
     max_len: int = 160
+    final_tokens: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "final_tokens", tuple(int(t) for t in self.final_tokens))  # JSON gives a list
         checks = (("vocab_size", self.vocab_size > len(SPECIALS)),
                   ("image_width", self.image_width >= 8 and self.image_width % 8 == 0),
                   ("image_height", self.image_height >= 8 and self.image_height % 8 == 0),
                   ("d_model", self.d_model >= 8 and self.d_model % self.n_heads == 0),
                   ("n_heads", self.n_heads >= 1), ("image_layers", self.image_layers >= 0),
                   ("text_layers", self.text_layers >= 1), ("mlp_ratio", self.mlp_ratio >= 1),
-                  ("max_len", self.max_len >= 8))
+                  ("max_len", self.max_len >= 8),
+                  ("final_tokens", all(len(SPECIALS) <= t < self.vocab_size for t in self.final_tokens)))
         for key, ok in checks:
             if not ok:
                 raise ConfigError(f"compact VLM {key}: bad value {getattr(self, key)!r}")
@@ -267,6 +359,25 @@ class CompactModelConfig:
     def image_tokens(self) -> int:
         """Patch tokens per image."""
         return (self.image_width // 8) * (self.image_height // 8)
+
+
+def comparables(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(M, len(COMPARABLES)) signed differences A - B of two (M, len(ATTRIBUTES)) attribute rows (head units).
+
+    Offsets stay in :data:`ATTRIBUTE_SCALE` units; sizes become log-ratios (floored at 5 mm, so a wild
+    prediction cannot take the log of a negative size), scaled so that 1 is a ratio of e^0.3 (about 1.35).
+
+    Example:
+        >>> a = torch.tensor([[1.0, 2.0, 0.0, 3.0, 3.0, 3.0, 0.0, 0.0]])
+        >>> b = torch.tensor([[0.0, 2.0, 0.0, 3.0, 6.0, 3.0, 0.0, 0.0]])
+        >>> [round(v, 2) for v in comparables(a, b)[0].tolist()]
+        [1.0, 0.0, 0.0, 0.0, -2.31, 0.0, -2.31, 0.0, 0.0]
+    """
+    scale = a.new_tensor(ATTRIBUTE_SCALE[3:6])
+    log_a = torch.log((a[:, 3:6] * scale).clamp(min=0.005))
+    log_b = torch.log((b[:, 3:6] * scale).clamp(min=0.005))
+    sizes = torch.cat([log_a - log_b, (log_a - log_b).sum(dim=-1, keepdim=True)], dim=-1) / 0.3
+    return torch.cat([a[:, :3] - b[:, :3], sizes, a[:, 6:8] - b[:, 6:8]], dim=-1)
 
 
 class _Attention(nn.Module):
@@ -389,12 +500,35 @@ class ModelOutput:
         log_value: (B, N) the value head's log-metres.
         attributes: (B, N, len(ATTRIBUTES)) the attribute head, in :data:`ATTRIBUTE_SCALE` units.
         pointer: (B, N, P) the pointer's logits over the image patches.
+        span_start: (B, N, N) per position, logits over the positions of where the reference it stands for
+            starts (read at the slots; see :func:`reference_spans`).
+        span_end: (B, N, N) likewise, where it ends. (With a key/value cache, the keys are only the new
+            positions: the slots' spans are read in the prompt's pass.)
+        holds: (B, N) at each ``<r>``, the logit that the relation the question asks about holds for A and B
+            ("A is left of B", "A is bigger than B"; the first comparison score); 0 elsewhere.
     """
 
     logits: torch.Tensor
     log_value: torch.Tensor
     attributes: torch.Tensor
     pointer: torch.Tensor
+    span_start: torch.Tensor
+    span_end: torch.Tensor
+    holds: torch.Tensor
+
+
+class Generation(NamedTuple):
+    """One decoded answer.
+
+    Attributes:
+        ids: the answer's token ids, without ``<eos>``.
+        values: the value in metres of each ``<num>`` in it, in order.
+        spans: the question pieces (first, last) each of ``<a>`` and ``<b>`` stands for.
+    """
+
+    ids: list[int]
+    values: list[float]
+    spans: list[tuple[int, int]]
 
 
 class CompactSpatialModel(nn.Module):
@@ -407,8 +541,8 @@ class CompactSpatialModel(nn.Module):
         >>> model = CompactSpatialModel(CompactModelConfig(vocab_size=20, d_model=16, n_heads=2, text_layers=1))
         >>> images = torch.zeros(2, 96, 128, 3, dtype=torch.uint8)
         >>> out = model(images, torch.ones(2, 7, dtype=torch.long))
-        >>> out.logits.shape, out.log_value.shape, out.attributes.shape, out.pointer.shape
-        (torch.Size([2, 7, 20]), torch.Size([2, 7]), torch.Size([2, 7, 8]), torch.Size([2, 7, 192]))
+        >>> [tuple(t.shape) for t in (out.logits, out.log_value, out.attributes, out.pointer, out.span_start)]
+        [(2, 7, 20), (2, 7), (2, 7, 8), (2, 7, 192), (2, 7, 7)]
     """
 
     def __init__(self, config: CompactModelConfig) -> None:
@@ -433,7 +567,11 @@ class CompactSpatialModel(nn.Module):
         self.attribute_head = nn.Linear(d, len(ATTRIBUTES))
         # Slot a's and b's attributes, their differences and their distances (image and scene) -> <r>.
         self.relation = nn.Sequential(nn.Linear(3 * len(ATTRIBUTES) + 2, d), nn.GELU(), nn.Linear(d, d))
-        self.relation_gate = nn.Linear(d, d)
+        # The question (read off the <r> state) weighs the slots' signed differences into COMPARISONS scores.
+        self.comparison_weights = nn.Linear(d, COMPARISONS * len(COMPARABLES))
+        self.comparison_out = nn.Linear(2 * COMPARISONS, d)
+        self.span_query = nn.Linear(d, 2 * d)
+        self.span_key = nn.Linear(d, d)
         self.norm = nn.LayerNorm(d)
         self.value_head = nn.Linear(d, 1)
         nn.init.normal_(self.image_pos, std=0.02)
@@ -442,7 +580,7 @@ class CompactSpatialModel(nn.Module):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) uint8 RGB at the configured size -> (B, image_tokens, d_model) image tokens."""
-        x = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        x = images.permute(0, 3, 1, 2).float().contiguous() / 127.5 - 1.0   # contiguous: ~20% faster convs
         x = self.stem(x).flatten(2).transpose(1, 2) + self.image_pos
         for layer in self.image_layers:
             x = layer(x)
@@ -462,31 +600,41 @@ class CompactSpatialModel(nn.Module):
         if int(positions.max()) >= self.config.max_len:
             raise InputError(f"compact VLM: {int(positions.max()) + 1} tokens exceed max_len {self.config.max_len}")
         x = self.embed(ids) + self.text_pos[0, positions]
-        pointer = attributes = torch.empty(0)
+        pointer = attributes = holds = torch.empty(0)
         for i, layer in enumerate(self.layers):
             x = layer(x, context.cross[i], None if caches is None else caches[i], key_padding)
             if i == self.config.pointer_after:
                 x, pointer = self.pointer(x, context.pointer)
                 attributes = self.attribute_head(x)
-                x = self._relate(ids, x, attributes)
+                x, holds = self._relate(ids, x, attributes)
         h = self.norm(x)
-        return ModelOutput(h @ self.embed.weight.T, self.value_head(h)[..., 0], attributes, pointer)
+        start, end = self.span_query(h).chunk(2, dim=-1)
+        keys = self.span_key(h).transpose(1, 2) / math.sqrt(h.shape[-1])
+        return ModelOutput(h @ self.embed.weight.T, self.value_head(h)[..., 0], attributes, pointer,
+                           start @ keys, end @ keys, holds)
 
-    def _relate(self, ids: torch.Tensor, x: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
-        """Add to each ``<r>`` state what the two slots before it read: the relation features."""
+    def _relate(self, ids: torch.Tensor, x: torch.Tensor,
+                attributes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add to each ``<r>`` state what the two slots before it read; also return :attr:`ModelOutput.holds`."""
+        holds = x.new_zeros(ids.shape)
         rows, cols = (ids == REL_ID).nonzero(as_tuple=True)
         if len(rows) == 0 or int(cols.min()) < 2:
-            return x
+            return x, holds
         a, b = attributes[rows, cols - 2], attributes[rows, cols - 1]
         scene = (b[:, :3] - a[:, :3]).norm(dim=-1, keepdim=True)   # attributes are in ATTRIBUTE_SCALE units
         image = (b[:, 6:8] - a[:, 6:8]).norm(dim=-1, keepdim=True)
         features = torch.cat([a, b, b - a, scene, image], dim=-1)
-        # The gate, read off the <r> state (which has read the question), multiplies the relation: "is A left
-        # of B?" is yes when A's offset has the sign the asked relation wants, a product of the two that an
-        # additive embedding leaves the later layers to learn (and they learn it slowly, as an XOR).
+        # Every qualitative question is the sign of one signed difference of A and B ("is A left of B": A's y
+        # minus B's; "which is bigger": the log volume ratio), picked and signed by the question. A product of
+        # the question and the offset, which an additive embedding leaves the later layers to learn as an XOR
+        # (slowly); here the question's weights multiply the differences directly. Training supervises the
+        # first score with whether the asked relation holds, so the answer reads one clean sign.
         state = x[rows, cols]
-        relation = self.relation(features)
-        return x.index_put((rows, cols), state + relation + relation * self.relation_gate(state))
+        weights = self.comparison_weights(state).view(len(rows), COMPARISONS, len(COMPARABLES))
+        scores = (weights * comparables(a, b)[:, None, :]).sum(dim=-1)
+        compared = self.comparison_out(torch.cat([scores, torch.tanh(scores)], dim=-1))
+        return (x.index_put((rows, cols), state + self.relation(features) + compared),
+                holds.index_put((rows, cols), scores[:, 0]))
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor, image_index: torch.Tensor | None = None,
                 key_padding: torch.Tensor | None = None) -> ModelOutput:
@@ -504,28 +652,29 @@ class CompactSpatialModel(nn.Module):
     @torch.inference_mode()
     def generate(self, images: torch.Tensor, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                  temperature: float = 0.0, generator: torch.Generator | None = None,
-                 image_index: torch.Tensor | None = None) -> list[tuple[list[int], list[float]]]:
-        """Decode the answers to ``prompts`` about ``images[image_index]``.
+                 image_index: torch.Tensor | None = None) -> list[Generation]:
+        """Decode the answers to ``prompts`` (each ``[BOS] question [SEP] <a> <b> <r>``) about ``images[image_index]``.
 
-        Returns, per prompt, the answer ids (without ``<eos>``) and the value in metres of each ``<num>`` in it.
-        ``image_index`` (one entry per prompt) defaults to one image per prompt. Prompts of different
-        lengths are left-padded (masked) so that the batch decodes in step; each row keeps the positions it
-        was trained with (its ``<bos>`` at 0).
+        Returns a :class:`Generation` per prompt. ``image_index`` (one entry per prompt) defaults to one image
+        per prompt. Prompts of different lengths are left-padded (masked) so that the batch decodes in step;
+        each row keeps the positions it was trained with (its ``<bos>`` at 0). A row ends at ``<eos>`` or
+        after one of the config's ``final_tokens``.
         """
         n = max(len(p) for p in prompts)
         max_new_tokens = min(max_new_tokens, self.config.max_len - n)
         ids = torch.zeros(len(prompts), n, dtype=torch.long)
         for row, prompt in enumerate(prompts):
             ids[row, n - len(prompt):] = torch.as_tensor(prompt, dtype=torch.long)
-        padding = ids == PAD_ID
-        shift = padding.sum(dim=1, keepdim=True)
+        shift = torch.tensor([[n - len(p)] for p in prompts])
+        padding = torch.arange(n) < shift     # not ids == PAD_ID: the padding is what was added, whatever was asked
         positions = (torch.arange(n) - shift).clamp(min=0)
         context = self.image_context(self.encode_images(images)).select(image_index)
         caches: list[list[torch.Tensor]] = [[] for _ in self.layers]
         out = self.decode(ids, context, positions, caches, padding)
         logits, log_value = out.logits[:, -1], out.log_value[:, -1]
-        answers: list[tuple[list[int], list[float]]] = [([], []) for _ in prompts]
+        answers = [Generation([], [], _spans(out, row, int(shift[row]), n)) for row in range(len(prompts))]
         done = torch.zeros(len(prompts), dtype=torch.bool)
+        final = torch.tensor(self.config.final_tokens, dtype=torch.long)
         for step in range(max_new_tokens):
             if temperature > 0:
                 nxt = torch.multinomial(F.softmax(logits / temperature, dim=-1), 1, generator=generator)[:, 0]
@@ -534,10 +683,10 @@ class CompactSpatialModel(nn.Module):
             for row in (~done).nonzero()[:, 0].tolist():
                 token = int(nxt[row])
                 if token == NUM_ID:  # the state that chose <num> also says its value
-                    answers[row][1].append(math.exp(float(log_value[row])))
+                    answers[row].values.append(math.exp(float(log_value[row])))
                 if token != EOS_ID:
-                    answers[row][0].append(token)
-            done |= nxt == EOS_ID
+                    answers[row].ids.append(token)
+            done |= (nxt == EOS_ID) | torch.isin(nxt, final)
             if bool(done.all()) or step + 1 == max_new_tokens:
                 break
             padding = torch.cat([padding, torch.zeros(len(prompts), 1, dtype=torch.bool)], dim=1)
@@ -545,6 +694,23 @@ class CompactSpatialModel(nn.Module):
             out = self.decode(nxt[:, None], context, positions, caches, padding)
             logits, log_value = out.logits[:, -1], out.log_value[:, -1]
         return answers
+
+
+def _spans(out: ModelOutput, row: int, shift: int, n: int) -> list[tuple[int, int]]:
+    """The question pieces (first, last) the slots ``<a>`` and ``<b>`` of a left-padded prompt point at.
+
+    The prompt's question occupies positions ``shift + 1 ... n - 5`` (after ``<bos>``, before ``<sep> <a> <b>
+    <r>``); the end is searched at or after the start.
+    """
+    first, last = shift + 1, n - 5
+    if last < first:  # an empty question
+        return []
+    spans = []
+    for slot in (n - 3, n - 2):
+        start = first + int(out.span_start[row, slot, first:last + 1].argmax())
+        end = start + int(out.span_end[row, slot, start:last + 1].argmax())
+        spans.append((start - first, end - first))
+    return spans
 
 
 def resize_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -557,8 +723,18 @@ def resize_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def prompt_ids(tokenizer: WordTokenizer, question: str) -> list[int]:
-    """``[BOS] question [SEP] <a> <b> <r>``: what the decoder reads before the answer."""
-    return [BOS_ID, *tokenizer.encode(question), SEP_ID, REF_A_ID, REF_B_ID, REL_ID]
+    """``[BOS] question [SEP] <a> <b> <r>``: what the decoder reads before the answer.
+
+    A special token typed into the question ("<r>") is read as ``<unk>``: only the frame places specials.
+
+    Example:
+        >>> tok = WordTokenizer.build(["How far?"])
+        >>> prompt_ids(tok, "How far <r>?") == [BOS_ID, tok.id("How"), tok.id(" far"), UNK_ID, tok.id("?"),
+        ...                                     SEP_ID, REF_A_ID, REF_B_ID, REL_ID]
+        True
+    """
+    question_ids = [i if i >= len(SPECIALS) else UNK_ID for i in tokenizer.encode(question)]
+    return [BOS_ID, *question_ids, SEP_ID, REF_A_ID, REF_B_ID, REL_ID]
 
 
 def save_weights(model: CompactSpatialModel, tokenizer: WordTokenizer, folder: Path) -> None:
@@ -733,19 +909,20 @@ class CompactVLM:
                              f"{cfg.max_len - 1}")
         return _Batch(images=torch.from_numpy(np.stack(arrays)), image_index=torch.as_tensor(index), prompts=prompts)
 
-    def _forward(self, batch: _Batch) -> list[tuple[list[int], list[float]]]:
-        """Decode the answers' token ids and number values (greedy or sampled)."""
+    def _forward(self, batch: _Batch) -> list[Generation]:
+        """Decode the answers' token ids, number values and reference spans (greedy or sampled)."""
         try:
             return self.model.generate(batch.images, batch.prompts, self.options.max_new_tokens,
                                        self.options.temperature, self._generator, batch.image_index)
         except RuntimeError as err:  # out of memory, a shape mismatch in a damaged checkpoint
             raise VLMError(f"compact VLM: generation failed: {err}") from err
 
-    def postprocess(self, answers: Sequence[tuple[Sequence[int], Sequence[float]]],
+    def postprocess(self, answers: Sequence[Generation], questions: Sequence[str],
                     latency_ms: float) -> list[VLMAnswer]:
-        """Detokenize the answers, write their numbers in and parse the distance each states."""
+        """Detokenize the answers, write their numbers and references in and parse the distance each states."""
         unit = self.options.default_unit or None
-        texts = [fill_numbers(self.tokenizer.decode(ids), values) for ids, values in answers]
+        texts = [fill_references(fill_numbers(self.tokenizer.decode(g.ids), g.values), WordTokenizer.pieces(q),
+                                 g.spans) for g, q in zip(answers, questions)]
         return [VLMAnswer(text=t, parsed=parse_answer(t, unit), latency_ms=latency_ms) for t in texts]
 
     def ask(self, image: np.ndarray, question: str, depth: np.ndarray | None = None) -> VLMAnswer:
@@ -770,8 +947,8 @@ class CompactVLM:
         return ask_in_batches(images, questions, self.options.batch_size, self._answer_batch)
 
     def _answer_batch(self, images: Sequence[np.ndarray], questions: Sequence[str], start: float) -> list[VLMAnswer]:
-        ids = self._forward(self.preprocess(images, questions))
-        return self.postprocess(ids, 1e3 * (time.perf_counter() - start))
+        generated = self._forward(self.preprocess(images, questions))
+        return self.postprocess(generated, questions, 1e3 * (time.perf_counter() - start))
 
 
 @register_vlm("compact")

@@ -8,10 +8,13 @@ row's objects (its ``object_ids``) are looked up in its image's scene record.
 
 A step draws ``batch_images`` images and ``questions_per_image`` of each image's questions (seeded
 ``numpy`` generator), so each image is encoded once for several questions. The loss
-(:func:`batch_losses`) sums four terms: cross-entropy of the answer tokens and ``<eos>`` (teacher forcing;
-question tokens carry no loss); L1 of the value head's log-metres at ``<num>`` against the exact truth;
-and, at the ``<a>``/``<b>`` slots, the pointer's cross-entropy against the patch of the named object and
-a smooth L1 on its scene record. AdamW, linear warm-up then cosine decay, gradient clipping.
+(:func:`batch_losses`) sums six terms: cross-entropy of the answer tokens and ``<eos>`` (teacher forcing;
+question tokens carry no loss; the answer names the objects as ``<a>``/``<b>``, see :func:`answer_text`);
+L1 of the value head's log-metres at ``<num>`` against the exact truth; at the ``<a>``/``<b>`` slots, the
+pointer's cross-entropy against the patch of the named object, a smooth L1 on its scene record and the
+cross-entropy of where its reference starts and ends in the question; and at ``<r>``, a binary
+cross-entropy of whether the asked relation holds. AdamW, linear warm-up then cosine decay, gradient
+clipping.
 
 Output folder::
 
@@ -77,7 +80,7 @@ class TrainConfig:
 
     data: str
     out: str
-    steps: int = 3000
+    steps: int = 8000
     max_minutes: float = 0.0
     lr: float = 2e-3
     weight_decay: float = 0.01
@@ -90,7 +93,7 @@ class TrainConfig:
     log_every: int = 20
     held_out_seed: int | None = None
     d_model: int = 128
-    text_layers: int = 4
+    text_layers: int = 3
     image_layers: int = 1
     n_heads: int = 4
     image_width: int = 128
@@ -118,6 +121,11 @@ class Example:
             names (:data:`~spatialvlm_ros.vlm.compact.ATTRIBUTES`); NaN rows where there is none.
         patches: (2,) the image patch holding each object's pixel centre, -1 where there is none.
         log_value: log of the quantity's magnitude in metres (floored at 5 mm) for a quantitative row, else NaN.
+        spans: (2, 2) the first and last position in ``ids`` of each object's reference in the question, -1
+            where it does not occur.
+        holds: 1 when the relation the row asks about holds for its objects (the sign of its ``truth_m``:
+            "A is left of B", "A is bigger", "A is more to the left by ..."), 0 when not, NaN for rows
+            without a relation (quantities).
     """
 
     ids: tuple[int, ...]
@@ -125,6 +133,8 @@ class Example:
     attributes: np.ndarray
     patches: np.ndarray
     log_value: float
+    spans: np.ndarray
+    holds: float
 
 
 @dataclass(frozen=True)
@@ -161,6 +171,8 @@ class Batch:
         patches: (B, 2) the objects' patches (-1: none).
         value_positions: (B,) the position whose next token is ``<num>`` (-1: none).
         log_values: (B,) its target (NaN: none).
+        spans: (B, 2, 2) where each object's reference starts and ends in ``ids`` (-1: not in the question).
+        holds: (B,) whether the asked relation holds (1 / 0; NaN: the row asks none).
     """
 
     images: np.ndarray
@@ -172,6 +184,8 @@ class Batch:
     patches: np.ndarray
     value_positions: np.ndarray
     log_values: np.ndarray
+    spans: np.ndarray
+    holds: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -215,10 +229,24 @@ def vocabulary_texts(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def answer_text(row: dict[str, Any]) -> str:
-    """The answer as the decoder writes it: a quantitative row's number is ``<num>``."""
-    from spatialvlm_ros.vlm.compact import mask_numbers
+    """The answer as the decoder writes it: numbers as ``<num>``, the objects' references as ``<a>``, ``<b>``.
 
-    return mask_numbers(row["answer"]) if row.get("answer_value") is not None else row["answer"]
+    A quantitative row's number becomes ``<num>``; the objects' references (``object_references``, where
+    the question holds them) become ``<a>`` and ``<b>``.
+
+    Example:
+        >>> answer_text({"question": "Which is taller, the red can or the bowl?", "answer": "The bowl is taller.",
+        ...              "object_references": ["the red can", "the bowl"], "answer_value": None})
+        '<b> is taller.'
+    """
+    from spatialvlm_ros.vlm.compact import WordTokenizer, mask_numbers, mask_references, reference_spans
+
+    references = row.get("object_references") or []
+    spans = reference_spans(WordTokenizer.pieces(row["question"]), references)
+    # A reference the question does not hold cannot be copied from it: the decoder spells that one out.
+    # References first: a digit in one ("the 2 liter bottle") is not the answer's number.
+    answer = mask_references(row["answer"], references, [span is not None for span in spans])
+    return mask_numbers(answer) if row.get("answer_value") is not None else answer
 
 
 def object_records(scene: dict[str, Any], grid: tuple[int, int]) -> dict[int, tuple[np.ndarray, int]]:
@@ -247,7 +275,7 @@ def object_records(scene: dict[str, Any], grid: tuple[int, int]) -> dict[int, tu
 
 def make_example(row: dict[str, Any], tokenizer: Any, records: dict[int, tuple[np.ndarray, int]]) -> Example:
     """The :class:`Example` of a dataset row, given its image's :func:`object_records` (may be empty)."""
-    from spatialvlm_ros.vlm.compact import ATTRIBUTES, EOS_ID, prompt_ids
+    from spatialvlm_ros.vlm.compact import ATTRIBUTES, EOS_ID, prompt_ids, reference_spans
 
     prompt = prompt_ids(tokenizer, row["question"])
     attributes = np.full((2, len(ATTRIBUTES)), np.nan, np.float32)
@@ -258,7 +286,16 @@ def make_example(row: dict[str, Any], tokenizer: Any, records: dict[int, tuple[n
     quantitative = row.get("answer_value") is not None and row.get("truth_m") is not None
     log_value = math.log(max(abs(float(row["truth_m"])), 0.005)) if quantitative else math.nan
     ids = (*prompt, *tokenizer.encode(answer_text(row)), EOS_ID)
-    return Example(ids, len(prompt), attributes, patches, log_value)
+    spans = np.full((2, 2), -1, np.int64)
+    references = row.get("object_references") or []
+    for slot, span in enumerate(reference_spans(tokenizer.pieces(row["question"]), references)[:2]):
+        if span:
+            spans[slot] = np.asarray(span) + 1          # the question starts after <bos>
+    # Predicates, choices, classifications and differences all ask about one relation; its truth's sign says
+    # whether it holds (see synthesis.questions.relation_truth). Quantities ask none.
+    relational = row.get("family") in ("predicate", "choice", "classify", "difference") and row.get("truth_m")
+    holds = float(float(row["truth_m"]) > 0) if relational else math.nan
+    return Example(ids, len(prompt), attributes, patches, log_value, spans, holds)
 
 
 def load_training_set(data: Path, tokenizer: Any, width: int, height: int, max_len: int) -> TrainingSet:
@@ -336,7 +373,8 @@ def sample_batch(data: TrainingSet, rng: np.random.Generator, batch_images: int,
     return Batch(images=data.images[picked], image_index=np.asarray(index), ids=ids, targets=targets,
                  slot_positions=np.stack([slot_a, slot_a + 1], axis=1),
                  attributes=np.stack([e.attributes for e in chosen]), patches=np.stack([e.patches for e in chosen]),
-                 value_positions=value_positions, log_values=np.array([e.log_value for e in chosen], np.float32))
+                 value_positions=value_positions, log_values=np.array([e.log_value for e in chosen], np.float32),
+                 spans=np.stack([e.spans for e in chosen]), holds=np.array([e.holds for e in chosen], np.float32))
 
 
 def batch_losses(model: Any, batch: Batch) -> dict[str, Any]:
@@ -345,7 +383,9 @@ def batch_losses(model: Any, batch: Batch) -> dict[str, Any]:
     ``answer``: cross-entropy of the answer tokens; ``value``: L1 of the log-metres at ``<num>``;
     ``attributes``: smooth L1 of the slots' object records, in units of
     :data:`~spatialvlm_ros.vlm.compact.ATTRIBUTE_SCALE`; ``pointer``: cross-entropy of the slots' pointer over
-    the patches; ``total``: their sum. A loss with no target in the batch is 0.
+    the patches; ``span``: cross-entropy of the slots' reference start and end over the positions;
+    ``holds``: binary cross-entropy of the relation slot's :attr:`~spatialvlm_ros.vlm.compact.ModelOutput.holds`
+    against whether the asked relation holds; ``total``: their sum. A loss with no target in the batch is 0.
     """
     import torch
     from torch.nn import functional as F
@@ -371,9 +411,37 @@ def batch_losses(model: Any, batch: Batch) -> dict[str, Any]:
                               torch.from_numpy(batch.patches).reshape(-1), ignore_index=-1)
     if not bool((torch.from_numpy(batch.patches) >= 0).any()):
         pointer = pointer_logits.sum() * 0
-    losses = {"answer": answer, "value": value_loss, "attributes": attributes, "pointer": pointer}
+    spans = torch.from_numpy(batch.spans)                                # (B, 2, 2)
+    span_logits = torch.stack([out.span_start[rows[:, None], slots], out.span_end[rows[:, None], slots]], dim=2)
+    span = (F.cross_entropy(span_logits.reshape(-1, span_logits.shape[-1]), spans.reshape(-1), ignore_index=-1)
+            if bool((spans >= 0).any()) else span_logits.sum() * 0)
+    holds_target = torch.from_numpy(batch.holds)
+    asked = ~torch.isnan(holds_target)
+    holds_logit = out.holds[rows, slots[:, 1] + 1]                        # at <r>, right after <b>
+    holds = (F.binary_cross_entropy_with_logits(holds_logit[asked], holds_target[asked]) if bool(asked.any())
+             else holds_logit.sum() * 0)
+    losses = {"answer": answer, "value": value_loss, "attributes": attributes, "pointer": pointer, "span": span,
+              "holds": holds}
     losses["total"] = sum(losses.values())
     return losses
+
+
+def final_tokens(data: TrainingSet) -> tuple[int, ...]:
+    """The tokens that end every answer they occur in (right before ``<eos>``, never earlier).
+
+    Decoding may stop after one of them: in this training set, ``<eos>`` always came next.
+    """
+    from spatialvlm_ros.vlm.compact import SPECIALS
+
+    last: set[int] = set()
+    inner: set[int] = set()
+    for examples in data.examples:
+        for e in examples:
+            answer = e.ids[e.answer_start:-1]     # without <eos>
+            if answer:
+                last.add(answer[-1])
+                inner.update(answer[:-1])
+    return tuple(sorted(t for t in last - inner if t >= len(SPECIALS)))
 
 
 def learning_rate(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
@@ -412,7 +480,11 @@ def _load_checkpoint(folder: Path, model: Any, optimizer: Any, rng: np.random.Ge
     from safetensors.torch import load_file
 
     state = json.loads((folder / "state.json").read_text())
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    try:
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    except RuntimeError as err:   # missing / unexpected / mis-shaped tensors
+        raise ConfigError(f"checkpoint {str(folder)!r} does not fit the model these settings build (another "
+                          f"architecture or sizes, e.g. --text-layers); train into a new --out: {err}") from err
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     rng.bit_generator.state = state["rng"]
     torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
@@ -449,6 +521,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                                    image_height=cfg.image_height, d_model=cfg.d_model, n_heads=cfg.n_heads,
                                    image_layers=cfg.image_layers, text_layers=cfg.text_layers)
     data = load_training_set(Path(cfg.data), tokenizer, cfg.image_width, cfg.image_height, model_cfg.max_len)
+    model_cfg = dataclasses.replace(model_cfg, final_tokens=final_tokens(data))
     logger.info("loaded %d images, %d QA rows, vocabulary %d, in %.1f s", len(data.images), data.n_rows,
                 len(tokenizer), time.perf_counter() - start)
     torch.manual_seed(cfg.seed)
@@ -491,9 +564,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             if step % cfg.log_every == 0 or step == cfg.steps:
                 last = {key: float(np.mean(values)) for key, values in window.items()}
                 seconds = (time.perf_counter() - window_start) / len(window["total"])
-                logger.info("step %d/%d loss %.4f (answer %.3f value %.3f attributes %.3f pointer %.3f) lr %.2e "
-                            "(%.2f s/step)", step, cfg.steps, last["total"], last["answer"], last["value"],
-                            last["attributes"], last["pointer"], lr, seconds)
+                parts = " ".join(f"{key} {value:.3f}" for key, value in last.items() if key != "total")
+                logger.info("step %d/%d loss %.4f (%s) lr %.2e (%.2f s/step)", step, cfg.steps, last["total"], parts,
+                            lr, seconds)
                 log.write(json.dumps({"step": step, "loss": last, "lr": lr,
                                       "elapsed_s": time.perf_counter() - start}) + "\n")
                 log.flush()
