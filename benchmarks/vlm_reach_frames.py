@@ -2,8 +2,8 @@
 
 SpatialVLM/TabletopReach-v0 renders 160x120 RGB. Each episode (seeded, never a training seed) drives the
 gripper straight at the can with a proportional controller, slowly enough that the gap shrinks over the
-whole episode, and asks the packaged compact VLM (greedy, one answer) "What is the gap between the yellow
-gripper and the red can?" on every frame.
+whole episode, and estimates the gap on every frame with the estimator ``--reward vlm`` builds
+(``scripts/train_reach.py``: the packaged compact VLM, greedy, one answer, RGB only).
 
 Prints per-episode Spearman(estimate, true gap), and per band of the true gap (< 2 cm, where the reach
 counts as a success; 2-5 cm; 5-10 cm; >= 10 cm) the median estimate and median absolute error; as its last
@@ -22,26 +22,26 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from spatialvlm_ros.estimation import DistanceKind, Pair
+from spatialvlm_ros.config import EstimatorConfig
+from spatialvlm_ros.estimation import DistanceEstimator, DistanceKind, Pair, build_estimator
 from spatialvlm_ros.gym import REACH_ID
-from spatialvlm_ros.vlm.compact import CompactVLM, CompactVLMOptions
-from spatialvlm_ros.vlm.prompts import distance_question
+from spatialvlm_ros.vlm.base import VLMConfig
 
 BANDS_M = ((0.0, 0.02), (0.02, 0.05), (0.05, 0.10), (0.10, np.inf))
 SEED_BASE = 2_000_000        # far from the training (0...) and evaluation (1,000,000...) seeds
+PAIR = Pair("yellow gripper", "red can")
 
 
-def approach(env: gym.Env, vlm: CompactVLM, seed: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """(estimates, truths) in metres along one slow approach; NaN where the answer had no number."""
-    question = distance_question(Pair("yellow gripper", "red can"), DistanceKind.GAP)
+def approach(env: gym.Env, estimator: DistanceEstimator, seed: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(estimates, truths) in metres along one slow approach; NaN where the estimate is invalid."""
     obs, _ = env.reset(seed=seed)
     estimates, truths = [], []
     for _ in range(steps):
         # Each step closes 3.6% of the offset to the can's centre (the env moves 3 cm per unit action): the gap
         # shrinks from ~25 cm to contact over ~60 steps, so every band below gets frames.
         obs, _, _, _, info = env.step(np.clip(1.2 * (obs[3:6] - obs[:3]), -1.0, 1.0))
-        answer = vlm.ask(env.render(), question)
-        estimates.append(answer.parsed.value_m if answer.parsed.valid else np.nan)
+        estimate = estimator.estimate(env.unwrapped.render_rgbd(), [PAIR], DistanceKind.GAP)[0]
+        estimates.append(estimate.distance_m if estimate.valid else np.nan)
         truths.append(max(info["true_distance_m"], 0.0))
     return np.asarray(estimates), np.asarray(truths)
 
@@ -54,9 +54,10 @@ def main() -> None:
     parser.add_argument("--weights", default="", help="compact weights folder (default: the packaged one)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    vlm = CompactVLM.from_options(CompactVLMOptions(weights=args.weights))
-    env = gym.make(REACH_ID, render_mode="rgb_array")
-    runs = [approach(env, vlm, SEED_BASE + k, args.steps) for k in range(args.episodes)]
+    vlm = VLMConfig(backend="compact", weights=args.weights, samples=1, temperature=0.0)
+    estimator = build_estimator(EstimatorConfig(backend="vlm", vlm=vlm))
+    env = gym.make(REACH_ID)
+    runs = [approach(env, estimator, SEED_BASE + k, args.steps) for k in range(args.episodes)]
     env.close()
     rhos = [float(spearmanr(e[np.isfinite(e)], t[np.isfinite(e)])[0]) for e, t in runs]
     estimates, truths = np.concatenate([e for e, _ in runs]), np.concatenate([t for _, t in runs])

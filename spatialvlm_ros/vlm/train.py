@@ -239,6 +239,11 @@ def answer_text(row: dict[str, Any]) -> str:
         ...              "object_references": ["the red can", "the bowl"], "answer_value": None})
         '<b> is taller.'
     """
+    return _answer_and_spans(row)[0]
+
+
+def _answer_and_spans(row: dict[str, Any]) -> tuple[str, list[tuple[int, int] | None]]:
+    """:func:`answer_text` and where each object's reference is in the question's pieces (one search for both)."""
     from spatialvlm_ros.vlm.compact import WordTokenizer, mask_numbers, mask_references, reference_spans
 
     references = row.get("object_references") or []
@@ -246,7 +251,7 @@ def answer_text(row: dict[str, Any]) -> str:
     # A reference the question does not hold cannot be copied from it: the decoder spells that one out.
     # References first: a digit in one ("the 2 liter bottle") is not the answer's number.
     answer = mask_references(row["answer"], references, [span is not None for span in spans])
-    return mask_numbers(answer) if row.get("answer_value") is not None else answer
+    return (mask_numbers(answer) if row.get("answer_value") is not None else answer), spans
 
 
 def object_records(scene: dict[str, Any], grid: tuple[int, int]) -> dict[int, tuple[np.ndarray, int]]:
@@ -275,7 +280,7 @@ def object_records(scene: dict[str, Any], grid: tuple[int, int]) -> dict[int, tu
 
 def make_example(row: dict[str, Any], tokenizer: Any, records: dict[int, tuple[np.ndarray, int]]) -> Example:
     """The :class:`Example` of a dataset row, given its image's :func:`object_records` (may be empty)."""
-    from spatialvlm_ros.vlm.compact import ATTRIBUTES, EOS_ID, prompt_ids, reference_spans
+    from spatialvlm_ros.vlm.compact import ATTRIBUTES, EOS_ID, prompt_ids
 
     prompt = prompt_ids(tokenizer, row["question"])
     attributes = np.full((2, len(ATTRIBUTES)), np.nan, np.float32)
@@ -285,10 +290,10 @@ def make_example(row: dict[str, Any], tokenizer: Any, records: dict[int, tuple[n
             attributes[slot], patches[slot] = records[object_id]
     quantitative = row.get("answer_value") is not None and row.get("truth_m") is not None
     log_value = math.log(max(abs(float(row["truth_m"])), 0.005)) if quantitative else math.nan
-    ids = (*prompt, *tokenizer.encode(answer_text(row)), EOS_ID)
+    answer, found = _answer_and_spans(row)
+    ids = (*prompt, *tokenizer.encode(answer), EOS_ID)
     spans = np.full((2, 2), -1, np.int64)
-    references = row.get("object_references") or []
-    for slot, span in enumerate(reference_spans(tokenizer.pieces(row["question"]), references)[:2]):
+    for slot, span in enumerate(found[:2]):
         if span:
             spans[slot] = np.asarray(span) + 1          # the question starts after <bos>
     # Predicates, choices, classifications and differences all ask about one relation; its truth's sign says
