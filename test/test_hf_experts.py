@@ -28,14 +28,17 @@ from transformers import (BlipConfig, BlipForConditionalGeneration, BlipImagePro
                           Owlv2ForObjectDetection, Owlv2ImageProcessorPil, Owlv2Processor, PreTrainedTokenizerFast,
                           SamConfig, SamImageProcessorPil, SamModel, SamProcessor)
 
-from spatialvlm_ros.config import EstimatorConfig, SimConfig  # noqa: E402
+from spatialvlm_ros.config import (  # noqa: E402
+    DEFAULT_FOVY_DEG, CaptionerConfig, ClipConfig, DepthModelConfig, DetectorConfig, EstimatorConfig, ModelsConfig, SegmenterConfig,
+    SimConfig,
+)
 from spatialvlm_ros.errors import ConfigError, GroundingError, InputError  # noqa: E402
 from spatialvlm_ros.estimation.base import DistanceEstimate, DistanceKind, Pair  # noqa: E402
 from spatialvlm_ros.estimation.geometric import GeometricEstimator  # noqa: E402
 from spatialvlm_ros.frame import Frame  # noqa: E402
 from spatialvlm_ros.perception.grounding import build_grounder  # noqa: E402
-from spatialvlm_ros.perception.hf import (DEFAULT_FOVY_DEG, KEEP_LABELS, BoxSegmenter, ClipSceneFilter,  # noqa: E402
-                                          ClipTextEmbedder, ModelsConfig, MonocularDepth, OpenVocabDetector,
+from spatialvlm_ros.perception.hf import (KEEP_LABELS, BoxSegmenter, ClipSceneFilter,  # noqa: E402
+                                          ClipTextEmbedder, MonocularDepth, OpenVocabDetector,
                                           OpenVocabGrounder, RegionCaptioner, clean_caption, nms)
 from spatialvlm_ros.sim import TabletopSim  # noqa: E402
 from spatialvlm_ros.synthesis.config import ExpertsConfig, SynthesisConfig  # noqa: E402
@@ -123,9 +126,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, offline: None) -> dict[str, s
 @pytest.fixture(scope="module")
 def models_cfg(tiny: dict[str, str]) -> ModelsConfig:
     # Threshold 0: random detectors score near 0.5, and every path past the threshold must run.
-    return ModelsConfig(detector=tiny["detector"], segmenter=tiny["segmenter"], captioner=tiny["captioner"],
-                        clip=tiny["clip"], depth=tiny["depth"], local_files_only=True, detection_threshold=0.0,
-                        max_objects=4)
+    return ModelsConfig(detector=DetectorConfig(checkpoint=tiny["detector"], threshold=0.0, max_objects=4),
+                        segmenter=SegmenterConfig(tiny["segmenter"]), captioner=CaptionerConfig(tiny["captioner"]),
+                        clip=ClipConfig(tiny["clip"]), depth=DepthModelConfig(tiny["depth"]), local_files_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -136,22 +139,22 @@ def frame() -> Frame:
 
 @pytest.fixture(scope="module")
 def detector(models_cfg: ModelsConfig) -> OpenVocabDetector:
-    return OpenVocabDetector.from_pretrained(models_cfg.detector, local_files_only=True, threshold=0.0, nms_iou=0.5)
+    return OpenVocabDetector.from_pretrained(models_cfg.detector.checkpoint, local_files_only=True, threshold=0.0, nms_iou=0.5)
 
 
 @pytest.fixture(scope="module")
 def segmenter(models_cfg: ModelsConfig) -> BoxSegmenter:
-    return BoxSegmenter.from_pretrained(models_cfg.segmenter, local_files_only=True)
+    return BoxSegmenter.from_pretrained(models_cfg.segmenter.checkpoint, local_files_only=True)
 
 
 @pytest.fixture(scope="module")
 def clip_filter(models_cfg: ModelsConfig) -> ClipSceneFilter:
-    return ClipSceneFilter.from_pretrained(models_cfg.clip, local_files_only=True)
+    return ClipSceneFilter.from_pretrained(models_cfg.clip.checkpoint, local_files_only=True)
 
 
 @pytest.fixture(scope="module")
 def depth_model(models_cfg: ModelsConfig) -> MonocularDepth:
-    return MonocularDepth.from_pretrained(models_cfg.depth, local_files_only=True)
+    return MonocularDepth.from_pretrained(models_cfg.depth.checkpoint, local_files_only=True)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -235,7 +238,7 @@ def test_detector_contract(detector: OpenVocabDetector, frame: Frame) -> None:
 
 
 def test_detector_threshold_and_input_checks(models_cfg: ModelsConfig, frame: Frame) -> None:
-    strict = OpenVocabDetector.from_pretrained(models_cfg.detector, local_files_only=True, threshold=1.0)
+    strict = OpenVocabDetector.from_pretrained(models_cfg.detector.checkpoint, local_files_only=True, threshold=1.0)
     assert len(strict.detect(frame.rgb, ["red can"])) == 0   # a sigmoid never reaches 1
     with pytest.raises(InputError, match="non-empty queries"):
         strict.detect(frame.rgb, [])
@@ -268,7 +271,7 @@ def test_clean_caption(raw: str, expected: str) -> None:
 
 
 def test_captioner_contract(models_cfg: ModelsConfig, frame: Frame) -> None:
-    captioner = RegionCaptioner.from_pretrained(models_cfg.captioner, local_files_only=True, max_new_tokens=4)
+    captioner = RegionCaptioner.from_pretrained(models_cfg.captioner.checkpoint, local_files_only=True, max_new_tokens=4)
     out = captioner.caption(frame.rgb, np.array([[10, 10, 60, 80], [150, 110, 160, 120]], float))
     assert len(out.captions) == len(out.raw) == 2
     assert all(isinstance(c, str) and len(c.split()) <= 6 for c in out.captions)
@@ -287,7 +290,7 @@ def test_clip_filter_contract(clip_filter: ClipSceneFilter, frame: Frame) -> Non
 
 
 def test_clip_text_embedder_contract(models_cfg: ModelsConfig) -> None:
-    emb = ClipTextEmbedder.from_pretrained(models_cfg.clip, local_files_only=True)
+    emb = ClipTextEmbedder.from_pretrained(models_cfg.clip.checkpoint, local_files_only=True)
     vectors = emb.embed(["red can", "yellow gripper", "red can"])
     assert vectors.shape == (3, 8) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -318,7 +321,7 @@ def test_grounder_returns_a_frame_sized_bool_mask(detector: OpenVocabDetector, s
     grounder = OpenVocabGrounder(detector, segmenter)
     mask = grounder.ground(frame, "the red can")
     assert mask.shape == (120, 160) and mask.dtype == bool
-    strict = OpenVocabDetector.from_pretrained(models_cfg.detector, local_files_only=True, threshold=1.0)
+    strict = OpenVocabDetector.from_pretrained(models_cfg.detector.checkpoint, local_files_only=True, threshold=1.0)
     nothing = OpenVocabGrounder(strict, segmenter).ground(frame, "the red can")
     assert nothing.shape == (120, 160) and not nothing.any()
     with pytest.raises(GroundingError, match="empty phrase"):
@@ -348,7 +351,7 @@ def test_geometric_estimator_with_open_vocab_never_crashes(models_cfg: ModelsCon
 
 def test_objects_expert_contract(detector: OpenVocabDetector, segmenter: BoxSegmenter, models_cfg: ModelsConfig,
                                  frame: Frame) -> None:
-    captioner = RegionCaptioner.from_pretrained(models_cfg.captioner, local_files_only=True, max_new_tokens=4)
+    captioner = RegionCaptioner.from_pretrained(models_cfg.captioner.checkpoint, local_files_only=True, max_new_tokens=4)
     expert = OpenVocabObjects(detector, segmenter, captioner, object_queries=("object", "toy"),
                               support_queries=("table top",), max_objects=3)
     out = expert.detect(Sample(image_id="sim0", frame=frame), np.random.default_rng(0))
@@ -370,7 +373,7 @@ def test_synthesis_registries_build_the_transformers_experts(models_cfg: ModelsC
     assert isinstance(source, MonocularDepthSource)
     depth_m, intrinsics = source.depth(sample)
     assert depth_m.shape == (120, 160) and intrinsics == frame.intrinsics
-    fov_cfg = SynthesisConfig(models=dataclasses.replace(models_cfg, depth_intrinsics="default_fov"))
+    fov_cfg = SynthesisConfig(models=dataclasses.replace(models_cfg, depth=dataclasses.replace(models_cfg.depth, intrinsics="default_fov")))
     _, assumed = DEPTH_SOURCES.create("monocular", fov_cfg).depth(sample)
     assert assumed.fy == pytest.approx(60 / np.tan(np.deg2rad(DEFAULT_FOVY_DEG) / 2))
     assert EMBEDDERS.create("clip_text", cfg).embed(["red can"]).shape == (1, 8)

@@ -1,9 +1,11 @@
-"""Distance estimators: one interface (:class:`DistanceEstimator`), many backends chosen by config."""
+"""Distance estimators: one interface (:class:`DistanceEstimator`), backends chosen by ``estimator.backend``.
 
-from spatialvlm_ros.estimation.base import (
-    DistanceEstimate, DistanceEstimator, DistanceKind, NoEstimateReason, Pair, build_estimator,
-    register_estimator,
-)
+* :mod:`~spatialvlm_ros.estimation.geometric`: ground each phrase, lift its depth, measure between clouds;
+* :mod:`~spatialvlm_ros.estimation.vlm`: ask any spatial VLM and parse the metres from its answer;
+* :mod:`~spatialvlm_ros.estimation.registry`: the backends by name and :func:`build_estimator`.
+"""
 
-__all__ = ["DistanceEstimate", "DistanceEstimator", "DistanceKind", "NoEstimateReason", "Pair",
-           "build_estimator", "register_estimator"]
+from spatialvlm_ros.estimation.base import DistanceEstimator
+from spatialvlm_ros.estimation.registry import ESTIMATORS, build_estimator
+
+__all__ = ["ESTIMATORS", "DistanceEstimator", "build_estimator"]

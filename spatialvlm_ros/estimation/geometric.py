@@ -14,15 +14,13 @@ import numpy as np
 
 from spatialvlm_ros.config import EstimatorConfig
 from spatialvlm_ros.errors import GroundingError, InputError
-from spatialvlm_ros.estimation.base import (
-    DistanceEstimate, DistanceKind, NoEstimateReason, Pair, register_estimator,
-)
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.pointcloud import (
     ObjectCloud, backproject, centre_distance, object_cloud, surface_gap,
 )
 from spatialvlm_ros.perception.grounding import Grounder, build_grounder
 from spatialvlm_ros.perception.hf import MonocularDepth
+from spatialvlm_ros.types import DistanceEstimate, DistanceKind, NoEstimateReason, Pair
 
 
 @dataclass(frozen=True)
@@ -33,7 +31,6 @@ class _Unusable:
     detail: str
 
 
-@register_estimator("geometric")
 class GeometricEstimator:
     """Distance between grounded objects from their back-projected depth.
 
@@ -64,7 +61,7 @@ class GeometricEstimator:
         self.grounder = build_grounder(config) if grounder is None else grounder
         models = config.models
         self.depth_model = MonocularDepth.from_pretrained(
-            models.depth, **models.load_options(), fallback_fovy_deg=models.fallback_fovy_deg) \
+            models.depth.checkpoint, **models.load_options(), fallback_fovy_deg=models.depth.fallback_fovy_deg) \
             if config.monocular_depth else None
 
     def estimate(self, frame: Frame, pairs: Sequence[Pair], kind: DistanceKind) -> list[DistanceEstimate]:

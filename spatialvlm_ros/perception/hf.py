@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence, Typ
 
 import numpy as np
 
+from spatialvlm_ros.config import DEFAULT_FOVY_DEG, ModelsConfig
+from spatialvlm_ros.config.vlm import Dtype
 from spatialvlm_ros.errors import ConfigError, GroundingError, InputError
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
@@ -40,8 +42,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Dtype = Literal["float32", "float16", "bfloat16"]
-
 #: CLIP labels of the paper's semantic filter (SpatialVLM A.2): an image is kept when its most likely
 #: label is one of KEEP_LABELS.
 KEEP_LABELS: tuple[str, ...] = ("an iphone photo of an indoor scene", "an iphone photo of an outdoor scene")
@@ -49,69 +49,6 @@ DROP_LABELS: tuple[str, ...] = (
     "a close-up photo of a single object", "a product photo on a white background", "an artwork",
     "a painting", "a screenshot of a graphical user interface", "a photo of text", "a sketch",
 )
-
-#: Vertical field of view assumed when an image comes without intrinsics: a phone's main camera
-#: (26 mm equivalent) in 4:3 landscape sees about 67 x 53 degrees.
-DEFAULT_FOVY_DEG = 53.0
-
-
-@dataclass(frozen=True)
-class ModelsConfig:
-    """Which transformers checkpoints the learned experts load, and how (hub ids or local folders).
-
-    Attributes:
-        detector: open-vocabulary detector (OWLv2 / OWL-ViT).
-        segmenter: box-promptable segmenter (SAM).
-        captioner: image-to-text model for region captions (BLIP).
-        clip: CLIP for the image filter and caption embeddings.
-        depth: metric monocular depth (Depth Anything V2 Metric, ZoeDepth).
-        device: torch device string ("cpu", "cuda", "cuda:1").
-        dtype: weights and floating inputs.
-        local_files_only: never contact the hub (``HF_HUB_OFFLINE=1`` does the same).
-        detection_threshold: a box must score strictly above this (0..1).
-        nms_iou: boxes overlapping a better one by more than this IoU are dropped.
-        max_objects: most regions per image the objects expert keeps.
-        object_queries: detector text queries proposing objects (generic by default).
-        support_queries: queries whose masks form the floor / tabletop support mask.
-        caption_max_new_tokens: generation budget of a region caption (1-6 words are kept).
-        depth_intrinsics: "frame" uses the frame's intrinsics; "default_fov" ignores them and assumes
-            ``fallback_fovy_deg`` (web photos whose source only guessed a camera).
-        fallback_fovy_deg: vertical field of view assumed for "default_fov".
-    """
-
-    detector: str = "google/owlv2-base-patch16-ensemble"
-    segmenter: str = "facebook/sam-vit-base"
-    captioner: str = "Salesforce/blip-image-captioning-base"
-    clip: str = "openai/clip-vit-base-patch32"
-    depth: str = "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf"
-    device: str = "cpu"
-    dtype: Dtype = "float32"
-    local_files_only: bool = False
-    detection_threshold: float = 0.1
-    nms_iou: float = 0.5
-    max_objects: int = 16
-    object_queries: tuple[str, ...] = ("object", "thing on the table", "container", "tool", "toy")
-    support_queries: tuple[str, ...] = ("table top", "floor")
-    caption_max_new_tokens: int = 12
-    depth_intrinsics: Literal["frame", "default_fov"] = "frame"
-    fallback_fovy_deg: float = DEFAULT_FOVY_DEG
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.detection_threshold <= 1:
-            raise ConfigError("models.detection_threshold: must be in [0, 1]")
-        if not 0 < self.nms_iou <= 1:
-            raise ConfigError("models.nms_iou: must be in (0, 1]")
-        if self.max_objects < 1:
-            raise ConfigError("models.max_objects: must be >= 1")
-        if self.caption_max_new_tokens < 1:
-            raise ConfigError("models.caption_max_new_tokens: must be >= 1")
-        if not 0 < self.fallback_fovy_deg < 170:
-            raise ConfigError("models.fallback_fovy_deg: must be in (0, 170)")
-
-    def load_options(self) -> dict[str, Any]:
-        """Keyword arguments of every expert's ``from_pretrained`` (device, dtype, offline)."""
-        return {"device": self.device, "dtype": self.dtype, "local_files_only": self.local_files_only}
-
 
 # ---------------------------------------------------------------------------------------------
 # Outputs
@@ -799,9 +736,10 @@ class OpenVocabGrounder:
         Raises:
             ConfigError: a checkpoint cannot be loaded.
         """
-        return cls(OpenVocabDetector.from_pretrained(models.detector, **models.load_options(),
-                                                     threshold=models.detection_threshold, nms_iou=models.nms_iou),
-                   BoxSegmenter.from_pretrained(models.segmenter, **models.load_options()))
+        return cls(OpenVocabDetector.from_pretrained(models.detector.checkpoint, **models.load_options(),
+                                                     threshold=models.detector.threshold,
+                                                     nms_iou=models.detector.nms_iou),
+                   BoxSegmenter.from_pretrained(models.segmenter.checkpoint, **models.load_options()))
 
     def ground(self, frame: Frame, phrase: str) -> np.ndarray:
         """See :meth:`Grounder.ground`."""

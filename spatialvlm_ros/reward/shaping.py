@@ -26,10 +26,6 @@ class Shaping(Protocol):
         ...
 
 
-SHAPINGS: Registry[Shaping] = Registry("reward.shaping")
-register_shaping = SHAPINGS.register
-
-
 def get_shaping(name: str) -> Shaping:
     """The shaping function registered as ``name``.
 
@@ -44,23 +40,27 @@ def _potential(d: FloatArray, config: RewardConfig) -> FloatArray:
     return -d / config.scale_m
 
 
-@register_shaping("exp")
 def _exp(d: FloatArray, prev_d: FloatArray, config: RewardConfig) -> FloatArray:
     return np.exp(-d / config.scale_m)
 
 
-@register_shaping("negative")
 def _negative(d: FloatArray, prev_d: FloatArray, config: RewardConfig) -> FloatArray:
     return _potential(d, config)
 
 
-@register_shaping("progress")
 def _progress(d: FloatArray, prev_d: FloatArray, config: RewardConfig) -> FloatArray:
     # Potential-based shaping (Ng et al. 1999) keeps the optimal policy of the sparse task.
     progress = config.gamma * _potential(d, config) - _potential(prev_d, config)
     # No previous distance: no progress yet, but an unknown current distance stays unknown (NaN).
     first = np.isnan(prev_d) & ~np.isnan(d)
     return np.where(first, 0.0, progress)
+
+
+# The one place shapings are registered; a plug-in adds ``SHAPINGS.register("name")(function)``.
+SHAPINGS: Registry[Shaping] = Registry("reward.shaping")
+SHAPINGS.register("exp")(_exp)
+SHAPINGS.register("negative")(_negative)
+SHAPINGS.register("progress")(_progress)
 
 
 @overload

@@ -11,9 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
 
-from spatialvlm_ros.config import DepthNoiseConfig, config_path, from_mapping, load_yaml
+from spatialvlm_ros.config import DepthNoiseConfig, ModelsConfig, config_path, from_mapping, load_yaml
 from spatialvlm_ros.errors import ConfigError
-from spatialvlm_ros.perception.hf import ModelsConfig
 
 DEFAULT_CONFIG = "synthesis.yaml"
 

@@ -1,14 +1,14 @@
 """The data engine's transformers experts, registered by name on import.
 
 * filter ``clip``: :class:`~spatialvlm_ros.perception.hf.ClipSceneFilter` with the paper's labels;
-* objects ``open_vocab``: detector proposals from ``models.object_queries`` (NMS across them), SAM
-  masks, region captions; the support mask is the union of the best ``models.support_queries`` masks;
+* objects ``open_vocab``: detector proposals from ``models.detector.object_queries`` (NMS across them), SAM
+  masks, region captions; the support mask is the union of the best ``models.detector.support_queries`` masks;
 * depth ``monocular``: metric depth at the frame's intrinsics, or at the fallback field of view
-  (``models.depth_intrinsics: default_fov``);
+  (``models.depth.intrinsics: default_fov``);
 * embedder ``clip_text``: CLIP text embeddings of the captions.
 
 Every factory reads the checkpoints and their options from ``SynthesisConfig.models``
-(:class:`~spatialvlm_ros.perception.hf.ModelsConfig`).
+(:class:`~spatialvlm_ros.config.ModelsConfig`).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ class MonocularDepthSource:
 @FILTERS.register("clip")
 def _clip_filter(cfg: SynthesisConfig) -> ImageFilter:
     models = cfg.models
-    return ClipFilter(ClipSceneFilter.from_pretrained(models.clip, **models.load_options()))
+    return ClipFilter(ClipSceneFilter.from_pretrained(models.clip.checkpoint, **models.load_options()))
 
 
 @OBJECT_EXPERTS.register("open_vocab")
@@ -127,22 +127,24 @@ def _open_vocab_objects(cfg: SynthesisConfig) -> ObjectsExpert:
     models = cfg.models
     options = models.load_options()
     return OpenVocabObjects(
-        OpenVocabDetector.from_pretrained(models.detector, **options, threshold=models.detection_threshold,
-                                          nms_iou=models.nms_iou),
-        BoxSegmenter.from_pretrained(models.segmenter, **options),
-        RegionCaptioner.from_pretrained(models.captioner, **options, max_new_tokens=models.caption_max_new_tokens),
-        object_queries=models.object_queries, support_queries=models.support_queries, max_objects=models.max_objects)
+        OpenVocabDetector.from_pretrained(models.detector.checkpoint, **options, threshold=models.detector.threshold,
+                                          nms_iou=models.detector.nms_iou),
+        BoxSegmenter.from_pretrained(models.segmenter.checkpoint, **options),
+        RegionCaptioner.from_pretrained(models.captioner.checkpoint, **options,
+                                        max_new_tokens=models.captioner.max_new_tokens),
+        object_queries=models.detector.object_queries, support_queries=models.detector.support_queries,
+        max_objects=models.detector.max_objects)
 
 
 @DEPTH_SOURCES.register("monocular")
 def _monocular_depth(cfg: SynthesisConfig) -> DepthSource:
     models = cfg.models
-    return MonocularDepthSource(MonocularDepth.from_pretrained(models.depth, **models.load_options(),
-                                                               fallback_fovy_deg=models.fallback_fovy_deg),
-                                use_frame_intrinsics=models.depth_intrinsics == "frame")
+    return MonocularDepthSource(MonocularDepth.from_pretrained(models.depth.checkpoint, **models.load_options(),
+                                                               fallback_fovy_deg=models.depth.fallback_fovy_deg),
+                                use_frame_intrinsics=models.depth.intrinsics == "frame")
 
 
 @EMBEDDERS.register("clip_text")
 def _clip_text(cfg: SynthesisConfig) -> TextEmbedder:
     models = cfg.models
-    return ClipTextEmbedder.from_pretrained(models.clip, **models.load_options())
+    return ClipTextEmbedder.from_pretrained(models.clip.checkpoint, **models.load_options())

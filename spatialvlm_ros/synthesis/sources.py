@@ -13,7 +13,7 @@ Image folder (``--input path/to/folder``), searched recursively, in sorted relat
   (H, W) float metres;
 * intrinsics, optional: ``<stem>.intrinsics.json`` beside the image, else the nearest
   ``intrinsics.json`` in the image's folder or a parent up to the input folder, else the field of
-  view ``models.fallback_fovy_deg``. The JSON holds ``{"fx", "fy", "cx", "cy"}`` (pixels) or
+  view ``models.depth.fallback_fovy_deg``. The JSON holds ``{"fx", "fy", "cx", "cy"}`` (pixels) or
   ``{"fovy_deg"}`` (vertical, degrees; principal point at the centre), optionally ``"width"`` and
   ``"height"``, which must match the image;
 * image id: the relative path without its suffix, ``/`` replaced by ``__`` and any character other
@@ -465,7 +465,7 @@ def open_source(spec: str, cfg: SynthesisConfig) -> Source:
         source = BagSource(path)
         without_depth = [] if source.topics.depth else list(source.image_ids)
     else:
-        source = FolderSource(path, fallback_fovy_deg=cfg.models.fallback_fovy_deg)
+        source = FolderSource(path, fallback_fovy_deg=cfg.models.depth.fallback_fovy_deg)
         without_depth = [image_id for image_id in source.image_ids if source.depth_path(image_id) is None]
     if without_depth and cfg.experts.depth == "sensor":
         raise InputError(f"--input {spec}: {len(without_depth)} of {len(source.image_ids)} images have no depth "

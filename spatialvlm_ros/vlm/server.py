@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 
 from spatialvlm_ros.errors import ConfigError, InputError
-from spatialvlm_ros.vlm.base import VLMAnswer, VLMConfig, VLMError, VLMTimeoutError, register_vlm
+from spatialvlm_ros.config import OpenAIVLMConfig
+from spatialvlm_ros.vlm.base import VLMAnswer, VLMError, VLMTimeoutError
 from spatialvlm_ros.vlm.parsing import parse_answer
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,6 @@ def png_data_url(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii")
 
 
-@register_vlm("openai")
 class OpenAIChatVLM:
     """A spatial VLM behind ``POST {url}/chat/completions`` (the OpenAI chat format, images as data URLs).
 
@@ -73,7 +73,7 @@ class OpenAIChatVLM:
         ConfigError: ``config.api_key_env`` names an environment variable that is not set.
 
     Example:
-        >>> vlm = OpenAIChatVLM(VLMConfig(url="http://127.0.0.1:8000/v1", model="spaceqwen"))
+        >>> vlm = OpenAIChatVLM(OpenAIVLMConfig(url="http://127.0.0.1:8000/v1", model="spaceqwen"))
         >>> vlm.endpoint
         'http://127.0.0.1:8000/v1/chat/completions'
         >>> vlm.request_body(np.zeros((2, 2, 3), np.uint8), "How far?")["messages"][0]["content"][0]
@@ -82,14 +82,14 @@ class OpenAIChatVLM:
 
     name = "openai"
 
-    def __init__(self, config: VLMConfig) -> None:
+    def __init__(self, config: OpenAIVLMConfig) -> None:
         self.config = config
         self.endpoint = config.url.rstrip("/") + "/chat/completions"
         self._api_key: str | None = None
         if config.api_key_env:
             self._api_key = os.environ.get(config.api_key_env)
             if not self._api_key:
-                raise ConfigError(f"estimator.vlm.api_key_env: environment variable {config.api_key_env!r} is not set")
+                raise ConfigError(f"estimator.vlm.openai.api_key_env: environment variable {config.api_key_env!r} is not set")
 
     def __repr__(self) -> str:
         # Spelled out so the key can never reach a log through repr().
@@ -127,7 +127,7 @@ class OpenAIChatVLM:
                 failure = VLMError(f"{self.endpoint}: HTTP {err.code} {err.reason}: {text}")
                 if err.code in (401, 403):
                     failure = VLMError(f"{self.endpoint}: HTTP {err.code} (not authorised); check the key in "
-                                       f"${self.config.api_key_env or '<estimator.vlm.api_key_env unset>'}: {text}")
+                                       f"${self.config.api_key_env or '<estimator.vlm.openai.api_key_env unset>'}: {text}")
                 if err.code not in RETRY_STATUSES:
                     raise failure from err
                 retry_after = err.headers.get("Retry-After")

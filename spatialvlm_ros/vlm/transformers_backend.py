@@ -28,74 +28,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from spatialvlm_ros.errors import ConfigError, InputError
-from spatialvlm_ros.perception.hf import Dtype, TransformersExpert
-from spatialvlm_ros.vlm.base import VLMAnswer, VLMConfig, VLMError, ask_in_batches, register_vlm
-from spatialvlm_ros.vlm.parsing import METRES_PER_UNIT, parse_answer
+from spatialvlm_ros.config import TransformersVLMConfig
+from spatialvlm_ros.perception.hf import TransformersExpert
+from spatialvlm_ros.vlm.base import VLMAnswer, VLMError, ask_in_batches
+from spatialvlm_ros.vlm.parsing import parse_answer
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TransformersVLMOptions:
-    """How the transformers backend loads and samples its model (``estimator.vlm.*``).
-
-    Attributes:
-        name_or_path: checkpoint folder (``save_pretrained``) or hub id (``VLMConfig.model``).
-        device: torch device string ("cpu", "cuda", "cuda:1").
-        dtype: weight dtype; bfloat16 on a GPU.
-        local_files_only: never contact the hub (``HF_HUB_OFFLINE=1`` does the same).
-        trust_remote_code: run code shipped with the checkpoint (off unless you mean it).
-        adapter: LoRA adapter folder to apply on top (``finetune`` output; "" = none).
-        batch_size: questions generated together by :meth:`TransformersVLM.ask_batch`
-            (``VLMConfig.max_concurrency``).
-        max_new_tokens: answer length limit, tokens (``VLMConfig.max_tokens``).
-        temperature: 0 = greedy, else the sampling temperature (``VLMConfig.temperature``).
-        max_time_s: generation stops after this many seconds; the text so far is the answer
-            (``VLMConfig.timeout_s``).
-        default_unit: unit of a bare number in an answer ("" = such answers are unparseable).
-        system_prompt: optional system message ("" = the chat template's default).
-    """
-
-    name_or_path: str
-    device: str = "cpu"
-    dtype: Dtype = "float32"
-    local_files_only: bool = False
-    trust_remote_code: bool = False
-    adapter: str = ""
-    batch_size: int = 4
-    max_new_tokens: int = 512
-    temperature: float = 0.7
-    max_time_s: float = 30.0
-    default_unit: str = ""
-    system_prompt: str = ""
-
-    def __post_init__(self) -> None:
-        checks = (("name_or_path", bool(self.name_or_path), "must name the model"),
-                  ("dtype", self.dtype in ("float32", "float16", "bfloat16"), "must be float32, float16 or bfloat16"),
-                  ("batch_size", self.batch_size >= 1, "must be >= 1"),
-                  ("max_new_tokens", self.max_new_tokens >= 1, "must be >= 1"),
-                  ("temperature", self.temperature >= 0, "must be >= 0"),
-                  ("max_time_s", self.max_time_s > 0, "must be > 0"),
-                  ("default_unit", self.default_unit in ("", *METRES_PER_UNIT), f"must be '' or one of "
-                                                                                f"{list(METRES_PER_UNIT)}"))
-        for key, ok, msg in checks:
-            if not ok:
-                raise ConfigError(f"transformers VLM {key}: {msg}")
-
-    @classmethod
-    def from_config(cls, config: VLMConfig) -> "TransformersVLMOptions":
-        """The options ``config`` sets; see the attribute docs for which ``VLMConfig`` field feeds which.
-
-        Example:
-            >>> opts = TransformersVLMOptions.from_config(VLMConfig(model="./ckpt", temperature=0.0))
-            >>> opts.name_or_path, opts.temperature, opts.device
-            ('./ckpt', 0.0, 'cpu')
-        """
-        return cls(name_or_path=config.model, batch_size=config.max_concurrency, max_new_tokens=config.max_tokens,
-                   temperature=config.temperature, max_time_s=config.timeout_s, default_unit=config.default_unit,
-                   system_prompt=config.system_prompt, device=config.device, dtype=config.dtype,
-                   local_files_only=config.local_files_only, trust_remote_code=config.trust_remote_code,
-                   adapter=config.adapter)
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,28 +61,27 @@ class TransformersVLM(TransformersExpert):
         model: an image-text-to-text ``PreTrainedModel``.
         processor: its processor; it must have a chat template.
         name_or_path: where it came from (messages).
-        options: generation settings (``options.name_or_path`` defaults to ``name_or_path``).
+        options: its ``estimator.vlm.transformers`` settings (``options.model`` defaults to ``name_or_path``).
 
     Raises:
         ConfigError: the processor has no chat template.
 
     Example:
-        >>> from spatialvlm_ros.vlm.base import build_vlm
-        >>> build_vlm(VLMConfig(backend="transformers", model="/no/such/folder"))
+        >>> TransformersVLM.from_config(TransformersVLMConfig(model="/no/such/folder"))
         Traceback (most recent call last):
         ...
-        spatialvlm_ros.errors.ConfigError: estimator.vlm.model: model folder '/no/such/folder' does not exist
+        spatialvlm_ros.errors.ConfigError: estimator.vlm.transformers.model: model folder '/no/such/folder' does not exist
     """
 
     model_class = "AutoModelForImageTextToText"
     processor_class = "AutoProcessor"
-    role = "estimator.vlm.model"
+    role = "estimator.vlm.transformers.model"
     name = "transformers"
 
     def __init__(self, model: Any, processor: Any, name_or_path: str = "", *,
-                 options: TransformersVLMOptions | None = None) -> None:
+                 options: TransformersVLMConfig | None = None) -> None:
         super().__init__(model, processor, name_or_path)
-        self.options = options or TransformersVLMOptions(name_or_path=name_or_path or "<in memory>")
+        self.options = options or TransformersVLMConfig(model=name_or_path or "<in memory>")
         if not getattr(processor, "chat_template", None):
             raise ConfigError(f"{self.role}: the processor of {name_or_path or 'the model'} has no chat template")
         tokenizer = processor.tokenizer
@@ -156,19 +93,14 @@ class TransformersVLM(TransformersExpert):
         return f"TransformersVLM(model={self.name_or_path!r}, device={self.model.device}, dtype={self.model.dtype})"
 
     @classmethod
-    def from_config(cls, config: VLMConfig) -> "TransformersVLM":
-        """Load the model ``config`` names (see :meth:`from_options`)."""
-        return cls.from_options(TransformersVLMOptions.from_config(config))
-
-    @classmethod
-    def from_options(cls, options: TransformersVLMOptions) -> "TransformersVLM":
-        """Load ``options.name_or_path`` (and ``options.adapter``) onto ``options.device``.
+    def from_config(cls, options: TransformersVLMConfig) -> "TransformersVLM":
+        """Load ``options.model`` (and ``options.adapter``) onto ``options.device``.
 
         Raises:
             ConfigError: the checkpoint or the adapter cannot be loaded (the message names the path),
                 a bad device or dtype, or an adapter without ``peft`` installed.
         """
-        vlm = cls.from_pretrained(options.name_or_path, device=options.device, dtype=options.dtype,
+        vlm = cls.from_pretrained(options.model, device=options.device, dtype=options.dtype,
                                   local_files_only=options.local_files_only,
                                   trust_remote_code=options.trust_remote_code, options=options)
         if options.adapter:
@@ -183,13 +115,13 @@ class TransformersVLM(TransformersExpert):
         """
         path = Path(adapter).expanduser()
         if not (path / "adapter_config.json").is_file():
-            raise ConfigError(f"estimator.vlm.adapter: {adapter!r} is not an adapter folder (no adapter_config.json)")
+            raise ConfigError(f"estimator.vlm.transformers.adapter: {adapter!r} is not an adapter folder (no adapter_config.json)")
         try:
             self.model.load_adapter(str(path))
         except ImportError as err:
-            raise ConfigError(f"estimator.vlm.adapter: loading {adapter!r} needs peft (pip install peft)") from err
+            raise ConfigError(f"estimator.vlm.transformers.adapter: loading {adapter!r} needs peft (pip install peft)") from err
         except (OSError, ValueError, KeyError, RuntimeError) as err:
-            raise ConfigError(f"estimator.vlm.adapter: cannot apply {adapter!r} to {self.name_or_path!r}: {err}") \
+            raise ConfigError(f"estimator.vlm.transformers.adapter: cannot apply {adapter!r} to {self.name_or_path!r}: {err}") \
                 from err
         logger.info("applied LoRA adapter %s", adapter)
 
@@ -269,8 +201,3 @@ class TransformersVLM(TransformersExpert):
         answers = self.postprocess(self._forward(prompts), prompts, 1e3 * (time.perf_counter() - start))
         logger.debug("%s answered %d questions in %.0f ms", self.name_or_path, len(answers), answers[-1].latency_ms)
         return answers
-
-
-@register_vlm("transformers")
-def _transformers_vlm(config: VLMConfig) -> TransformersVLM:
-    return TransformersVLM.from_config(config)

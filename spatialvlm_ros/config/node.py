@@ -1,0 +1,115 @@
+"""Settings of the reward pipeline: estimator, reward, topics, QoS and pairing; all of ``spatial_reward_node``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from spatialvlm_ros.config.models import ModelsConfig
+from spatialvlm_ros.config.schema import require
+from spatialvlm_ros.config.vlm import VLMConfig
+from spatialvlm_ros.types import DistanceKind, Pair
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimatorConfig:
+    """Which backend answers "how far is A from B", and how the geometric one works."""
+
+    backend: str = "geometric"
+    distance: DistanceKind = DistanceKind.GAP
+    grounding: Literal["colour_prompt", "sim_segmentation", "open_vocab"] = "colour_prompt"
+    min_pixels: int = 30               # fewer mask pixels than this = "not visible"
+    depth_min_m: float = 0.1           # sensor valid range; readings outside are dropped
+    depth_max_m: float = 5.0
+    outlier_k: float = 3.0             # drop points farther than k robust sigmas from the median
+    max_points: int = 3000             # per object, subsampled before the KD-tree (speed)
+    seed: int = 0                      # for that subsampling
+    vlm: VLMConfig = VLMConfig()       # backend "vlm": which spatial VLM, where, how many samples
+    monocular_depth: bool = False      # frames without depth: estimate it with models.depth instead of NO_DEPTH
+    models: ModelsConfig = ModelsConfig()   # transformers checkpoints (grounding open_vocab, monocular_depth)
+
+    def __post_init__(self) -> None:
+        require(self.min_pixels >= 1, "estimator.min_pixels", "must be >= 1")
+        require(0 <= self.depth_min_m < self.depth_max_m, "estimator.depth_min_m",
+                 "need 0 <= depth_min_m < depth_max_m")
+        require(self.outlier_k > 0, "estimator.outlier_k", "must be > 0")
+        require(self.max_points >= 10, "estimator.max_points", "must be >= 10")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    """Distance -> reward: shaping, success bonus, temporal filter, clipping, invalid policy."""
+
+    shaping: Literal["exp", "negative", "progress"] = "exp"
+    scale_m: float = 0.1               # exp: r = exp(-d / scale_m); negative: r = -d / scale_m
+    gamma: float = 0.99                # progress: r = gamma * phi(d_t) - phi(d_{t-1}), phi = -d / scale_m
+    success_threshold_m: float = 0.02
+    success_bonus: float = 0.0         # added when the filtered distance is under the threshold
+    filter: Literal["none", "ema", "median"] = "ema"
+    ema_alpha: float = 0.6             # weight of the newest estimate
+    median_window: int = 5
+    clip_min: float = -10.0
+    clip_max: float = 10.0
+    invalid_policy: Literal["hold_last", "nan", "skip"] = "hold_last"
+    combine: Literal["mean", "sum", "min"] = "mean"
+
+    def __post_init__(self) -> None:
+        require(self.scale_m > 0, "reward.scale_m", "must be > 0")
+        require(0 < self.gamma <= 1, "reward.gamma", "must be in (0, 1]")
+        require(self.success_threshold_m >= 0, "reward.success_threshold_m", "must be >= 0")
+        require(0 < self.ema_alpha <= 1, "reward.ema_alpha", "must be in (0, 1]")
+        require(self.median_window >= 1, "reward.median_window", "must be >= 1")
+        require(self.clip_min < self.clip_max, "reward.clip_min", "must be < clip_max")
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicsConfig:
+    """Camera topics, relative so a namespace or remap moves them (RealSense wrapper defaults)."""
+
+    image: str = "camera/color/image_raw"
+    transport: Literal["raw", "compressed"] = "raw"   # compressed subscribes to ``<image>/compressed``
+    depth: str = "camera/aligned_depth_to_color/image_raw"   # "" = monocular, no depth
+    camera_info: str = "camera/color/camera_info"
+
+
+@dataclasses.dataclass(frozen=True)
+class QosConfig:
+    """Image QoS. Sensor-data defaults: best effort, keep last, shallow queue (latest frame wins)."""
+
+    reliability: Literal["best_effort", "reliable"] = "best_effort"
+    depth: int = 2
+
+    def __post_init__(self) -> None:
+        require(self.depth >= 1, "qos.depth", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncConfig:
+    """Pairing of colour and depth by header stamp."""
+
+    slop_s: float = 0.01
+    queue_size: int = 10
+
+    def __post_init__(self) -> None:
+        require(self.slop_s >= 0, "sync.slop_s", "must be >= 0")
+        require(self.queue_size >= 1, "sync.queue_size", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpatialRewardConfig:
+    """Everything ``spatial_reward_node`` needs; mirrored 1:1 by its ROS parameters."""
+
+    pairs: tuple[Pair, ...] = (Pair("yellow gripper", "red can"),)
+    topics: TopicsConfig = TopicsConfig()
+    qos: QosConfig = QosConfig()
+    sync: SyncConfig = SyncConfig()
+    estimator: EstimatorConfig = EstimatorConfig()
+    reward: RewardConfig = RewardConfig()
+    diagnostics_period_s: float = 1.0
+    publish_markers: bool = True
+
+    def __post_init__(self) -> None:
+        require(len(self.pairs) >= 1, "pairs", "name at least one 'GRIPPER -> OBJECT' pair")
+        slugs = [p.slug for p in self.pairs]
+        require(len(set(slugs)) == len(slugs), "pairs", f"two pairs share a target name: {slugs}")
+        require(self.diagnostics_period_s > 0, "diagnostics_period_s", "must be > 0")

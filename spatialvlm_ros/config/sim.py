@@ -1,0 +1,69 @@
+"""Settings of the MuJoCo tabletop: scene, camera, depth noise, and ``sim_camera_node``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from spatialvlm_ros.config.node import TopicsConfig
+from spatialvlm_ros.config.schema import require
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthNoiseConfig:
+    """Structured-light / stereo depth noise (RealSense-like): sigma grows with z^2, edges drop out."""
+
+    enabled: bool = False
+    sigma_at_1m_m: float = 0.002       # axial sigma at 1 m; sigma(z) = sigma_at_1m_m * z^2
+    edge_dropout: float = 0.5          # probability a depth-discontinuity pixel reads 0
+    edge_threshold_m: float = 0.03     # neighbour depth jump that marks an edge
+    min_range_m: float = 0.1           # readings outside [min, max] are 0 (no return)
+    max_range_m: float = 4.0
+
+    def __post_init__(self) -> None:
+        require(self.sigma_at_1m_m >= 0, "depth_noise.sigma_at_1m_m", "must be >= 0")
+        require(0 <= self.edge_dropout <= 1, "depth_noise.edge_dropout", "must be in [0, 1]")
+        require(0 <= self.min_range_m < self.max_range_m, "depth_noise.min_range_m", "must be < max_range_m")
+
+
+@dataclasses.dataclass(frozen=True)
+class SimConfig:
+    """A MuJoCo tabletop scene, its camera and the scripted approach."""
+
+    seed: int = 0
+    width: int = 640
+    height: int = 480
+    fovy_deg: float = 58.0             # RealSense D435 colour, vertical
+    gripper_colour: str = "yellow"
+    target: str = "can"                # can | box | ball | bowl
+    target_colour: str = "red"
+    distractors: tuple[str, ...] = ("blue box", "green ball")   # "<colour> <kind>"
+    randomise: bool = False            # seeded layout / camera / lighting jitter
+    n_frames: int = 120                # frames of the approach trajectory
+    start_gap_m: float = 0.30          # gripper-to-target surface gap at the first frame
+    end_gap_m: float = 0.01            # ... and at the last
+    depth_noise: DepthNoiseConfig = DepthNoiseConfig()
+
+    def __post_init__(self) -> None:
+        require(self.width >= 16 and self.height >= 16, "sim.width", "image must be at least 16x16")
+        require(0 < self.fovy_deg < 170, "sim.fovy_deg", "must be in (0, 170)")
+        require(self.n_frames >= 2, "sim.n_frames", "must be >= 2")
+        require(self.start_gap_m >= 0 and self.end_gap_m >= 0, "sim.start_gap_m", "gaps must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class SimCameraConfig:
+    """Everything ``sim_camera_node`` needs; mirrored 1:1 by its ROS parameters."""
+
+    sim: SimConfig = SimConfig()
+    topics: TopicsConfig = TopicsConfig()
+    rate_hz: float = 15.0              # publish rate; CPU rendering bounds what is reachable
+    depth_encoding: Literal["16UC1", "32FC1"] = "16UC1"   # millimetres like a RealSense, or metres
+    loop: bool = False                 # restart the trajectory when it ends (else stop publishing)
+    start_delay_s: float = 1.0         # let subscribers match before the first frame
+    min_subscribers: int = 1           # ... and wait until this many subscribe to the image topic
+
+    def __post_init__(self) -> None:
+        require(self.rate_hz > 0, "rate_hz", "must be > 0")
+        require(self.min_subscribers >= 0, "min_subscribers", "must be >= 0")
+        require(self.start_delay_s >= 0, "start_delay_s", "must be >= 0")
