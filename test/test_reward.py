@@ -9,7 +9,7 @@ import pytest
 
 from spatialvlm_ros.config import RewardConfig, from_mapping
 from spatialvlm_ros.errors import ConfigError, InputError
-from spatialvlm_ros.estimation.base import DistanceEstimate, DistanceKind, NoEstimateReason, Pair
+from spatialvlm_ros.types import DistanceEstimate, DistanceKind, NoEstimateReason, Pair
 from spatialvlm_ros.reward import (
     EmaFilter, MedianFilter, MultiPairReward, RewardTracker, build_reward, combine_rewards, shape_distance,
 )
@@ -24,7 +24,8 @@ def cfg(**kw: object) -> RewardConfig:
 
 
 def est(d: float, pair: Pair = CAN, stamp_ns: int = 0) -> DistanceEstimate:
-    return DistanceEstimate(pair, DistanceKind.GAP, d, 0.0, True, stamp_ns=stamp_ns)
+    return DistanceEstimate(pair=pair, kind=DistanceKind.GAP, distance_m=d, uncertainty_m=0.0, valid=True,
+                            stamp_ns=stamp_ns)
 
 
 def lost(pair: Pair = CAN, stamp_ns: int = 0) -> DistanceEstimate:

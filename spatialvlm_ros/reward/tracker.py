@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from spatialvlm_ros.config import RewardConfig
 from spatialvlm_ros.errors import ConfigError, InputError
-from spatialvlm_ros.estimation.base import DistanceEstimate, Pair
+from spatialvlm_ros.types import DistanceEstimate, Pair
 from spatialvlm_ros.reward.filters import build_filter
 from spatialvlm_ros.reward.shaping import FloatArray, get_shaping, shape_distance
 
@@ -63,10 +63,11 @@ class RewardTracker:
     ``"skip"`` no step at all (``None``).
 
     Example:
-        >>> from spatialvlm_ros.estimation.base import DistanceKind, NoEstimateReason
+        >>> from spatialvlm_ros.types import DistanceKind, NoEstimateReason
         >>> pair = Pair.parse("yellow gripper -> red can")
         >>> tracker = RewardTracker(RewardConfig(shaping="negative", scale_m=0.1, filter="none"))
-        >>> tracker.update(DistanceEstimate(pair, DistanceKind.GAP, 0.2, 0.01, True, stamp_ns=1)).reward
+        >>> tracker.update(DistanceEstimate(pair=pair, kind=DistanceKind.GAP, distance_m=0.2, uncertainty_m=0.01,
+        ...                                 valid=True, stamp_ns=1)).reward
         -2.0
         >>> lost = DistanceEstimate.invalid(pair, DistanceKind.GAP, NoEstimateReason.NOT_VISIBLE, "", stamp_ns=2)
         >>> step = tracker.update(lost)
@@ -157,12 +158,13 @@ class MultiPairReward:
     """One :class:`RewardTracker` per pair, combined into one reward per frame.
 
     Example:
-        >>> from spatialvlm_ros.estimation.base import DistanceKind
+        >>> from spatialvlm_ros.types import DistanceKind
         >>> cfg = RewardConfig(shaping="negative", scale_m=0.1, filter="none", combine="sum")
         >>> multi = MultiPairReward(cfg, ["yellow gripper -> red can", "yellow gripper -> blue box"])
         >>> can, box = multi.pairs
-        >>> out = multi.update([DistanceEstimate(can, DistanceKind.GAP, 0.1, 0.0, True),
-        ...                     DistanceEstimate(box, DistanceKind.GAP, 0.2, 0.0, True)])
+        >>> gap = dict(kind=DistanceKind.GAP, uncertainty_m=0.0, valid=True)
+        >>> out = multi.update([DistanceEstimate(pair=can, distance_m=0.1, **gap),
+        ...                     DistanceEstimate(pair=box, distance_m=0.2, **gap)])
         >>> out.reward, out.n_used
         (-3.0, 2)
     """

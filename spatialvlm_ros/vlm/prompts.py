@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from spatialvlm_ros.estimation.base import DistanceKind, Pair
+from spatialvlm_ros.types import DistanceKind, Pair
 from spatialvlm_ros.synthesis.templates import QUANTITY_QUESTIONS
 
 #: Question templates per distance kind; ``{A}`` is the gripper's reference, ``{B}`` the target's.
