@@ -5,23 +5,23 @@ noise) and distance (surface gap, centre distance), the demo's approach is rende
 frame is estimated in-process (no ROS). Prints a table and, as its last line, JSON with one entry
 per combination: median |error|, MAE, Spearman(estimate, truth), invalid rate, estimator ms p50.
 
-Usage: python benchmarks/estimator_accuracy.py [--frames 120] [--width 640 --height 480]
+Usage: python benchmarks/estimator_accuracy.py [--frames 120] [--width 640 --height 480] [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
-import json
 import time
-
-import numpy as np
 
 from spatialvlm_ros.config import DepthNoiseConfig, EstimatorConfig, SimCameraConfig, config_path, load_config
 from spatialvlm_ros.estimation import DistanceKind, Pair, build_estimator
 from spatialvlm_ros.evaluation.metrics import distance_metrics
 from spatialvlm_ros.sim import TabletopSim
+
+from _common import BenchmarkParser, emit, median
+
+FIGURES = ("*.median_abs_error_m", "*.mae_m", "*.spearman", "*.invalid_rate", "*.estimator_ms_p50")
 
 
 def measure(frames: int, width: int, height: int) -> dict[str, dict[str, float]]:
@@ -47,16 +47,16 @@ def measure(frames: int, width: int, height: int) -> dict[str, dict[str, float]]
             key = f"{grounding}/{'noisy' if noisy else 'clean'}_depth/{kind.value}"
             results[key] = {"median_abs_error_m": m["median_abs_error_m"], "mae_m": m["mae_m"],
                             "spearman": m["spearman"], "invalid_rate": m["invalid_rate"],
-                            "estimator_ms_p50": float(np.median(ms))}
+                            "estimator_ms_p50": median(ms)}
     return results
 
 
 def main() -> None:
     """Parse arguments, measure, print the table and the JSON line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=120)
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--height", type=int, default=480)
+    parser = BenchmarkParser(__doc__)
+    parser.add_argument("--frames", type=int, default=120, smoke=4)
+    parser.add_argument("--width", type=int, default=640, smoke=160)
+    parser.add_argument("--height", type=int, default=480, smoke=120)
     args = parser.parse_args()
     results = measure(args.frames, args.width, args.height)
     print(f"{'grounding / depth / distance':<44} {'median|err| cm':>14} {'MAE cm':>8} {'spearman':>9} "
@@ -64,7 +64,7 @@ def main() -> None:
     for key, m in results.items():
         print(f"{key:<44} {m['median_abs_error_m'] * 100:>14.2f} {m['mae_m'] * 100:>8.2f} {m['spearman']:>9.4f} "
               f"{m['invalid_rate']:>8.2%} {m['estimator_ms_p50']:>7.2f}")
-    print(json.dumps(results))
+    emit(results)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 
 Run::
 
-    python benchmarks/node_latency.py [--seconds 20] [--transport shm|default|both] [--qos best_effort]
+    python benchmarks/node_latency.py [--seconds 20] [--transport shm|default|both] [--qos best_effort] [--smoke]
 
 It takes about 8 s to render and time the estimator, then ``seconds`` + about 8 s per transport.
+``--smoke`` runs the same steps with 4 frames, one estimator pass and 2 s on the shm transport only.
 
 What is measured, and how:
 
@@ -15,8 +16,9 @@ What is measured, and how:
 2. ``estimator_ms``: ``build_estimator(EstimatorConfig()).estimate(frame, pairs, kind)`` (geometric
    backend, colour_prompt grounding, gap) on those frames decoded as the node decodes them, in a process
    of its own with OMP/OpenBLAS/MKL_NUM_THREADS=1 and nothing else of the benchmark running.
-3. Per transport (``shm``: ``config/fastdds_shm.xml``; ``default``: Fast DDS as it comes), on a private
-   random ``ROS_DOMAIN_ID``, four processes share the machine:
+3. Per transport (``shm``: ``config/fastdds_shm.xml``; ``default``: Fast DDS as it comes), one after the
+   other, on a private ``ROS_DOMAIN_ID`` (``--domain-id``; default: the inherited ``ROS_DOMAIN_ID`` if set,
+   so a test can hand it its own, else a random one per transport), four processes share the machine:
 
    * ``spatial_reward_node`` with ``qos.reliability`` from ``--qos`` (default best_effort, as shipped);
    * an echo node that republishes every colour image unchanged on ``echo``: the floor set by a node
@@ -83,6 +85,11 @@ from spatialvlm_ros.ros.conversions import (
     camera_info_fields, depth_to_image_fields, depth_to_metres, image_to_rgb, rgb_to_image_fields, stamp_to_ns,
 )
 from spatialvlm_ros.ros.transport import node_command, ros_environment, stop_process
+
+from _common import BenchmarkParser, emit, percentile
+
+FIGURES = ("estimator_ms_p50", "node_latency_ms_p50", "node_latency_ms_p95", "echo_latency_ms_p50", "output_hz",
+           "input_hz")
 
 SCRIPT = Path(__file__).resolve()
 NODE_CONFIG = SpatialRewardConfig()        # the node runs with its defaults; topics, pairs and kind follow them
@@ -162,11 +169,6 @@ def load_recording(path: Path) -> Recording:
 # ---------------------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------------------
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """``q``-th percentile of ``values``, None (JSON null) when there are none."""
-    return float(np.percentile(values, q)) if len(values) else None
-
 
 def image_qos(reliability: str) -> QoSProfile:
     """The image QoS the node uses for ``qos.reliability`` (keep last, depth as in its config)."""
@@ -522,7 +524,10 @@ def benchmark(args: argparse.Namespace) -> None:
     """Render, time the estimator, measure each transport, print the table and the JSON line."""
     started = time.monotonic()
     transports = ["shm", "default"] if args.transport == "both" else [args.transport]
-    domains = random.sample(range(10, 100), len(transports))   # private per run, as ros_environment does
+    if args.domain_id is not None:     # given: each transport in turn on it (the previous one's processes are gone)
+        domains = [args.domain_id] * len(transports)
+    else:                              # private per run, as ros_environment does
+        domains = random.sample(range(10, 100), len(transports))
     with tempfile.TemporaryDirectory(prefix="node_latency_") as tmp_name:
         tmp = Path(tmp_name)
         data = tmp / "frames.npz"
@@ -530,7 +535,8 @@ def benchmark(args: argparse.Namespace) -> None:
         render_ms = render_frames(args.frames, data)
         single_thread = dict(os.environ, **{var: "1" for var in THREAD_VARS})
         print("timing the estimator ...", flush=True)
-        estimator = run_role("estimator", ["--data", str(data)], single_thread, tmp / "estimator.json", 300)
+        estimator = run_role("estimator", ["--data", str(data), "--repeats", str(args.repeats)], single_thread,
+                             tmp / "estimator.json", 300)
         results: dict[str, dict[str, Any]] = {}
         for transport, domain in zip(transports, domains):
             print(f"{transport}: ROS_DOMAIN_ID {domain}, {args.seconds:.0f} s at {RATE_HZ:.0f} Hz ...", flush=True)
@@ -546,20 +552,26 @@ def benchmark(args: argparse.Namespace) -> None:
     print_table(estimator, render_ms, results)
     wall_s = time.monotonic() - started
     print(f"\ntotal {wall_s:.0f} s")
-    print(json.dumps(summary(estimator, results, args.seconds, args.qos, wall_s)))
+    emit(summary(estimator, results, args.seconds, args.qos, wall_s))
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def read_args(argv: list[str] | None) -> argparse.Namespace:
     """Command line; ``--role`` and the options after it are for the processes the script starts itself."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20.0, help="camera run per transport, s (default 20)")
-    parser.add_argument("--transport", choices=["shm", "default", "both"], default="both",
+    parser = BenchmarkParser(__doc__)
+    parser.add_argument("--seconds", type=float, default=20.0, smoke=2.0,
+                        help="camera run per transport, s (default 20)")
+    parser.add_argument("--transport", choices=["shm", "default", "both"], default="both", smoke="shm",
                         help="shm = config/fastdds_shm.xml, default = Fast DDS as it comes (default both)")
     parser.add_argument("--qos", choices=["best_effort", "reliable"], default="best_effort",
                         help="the node's qos.reliability (default best_effort, as shipped)")
-    parser.add_argument("--frames", type=int, default=60, help="pre-rendered frames the camera cycles (default 60)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds excluded at the start (default 2)")
-    parser.add_argument("--repeats", type=int, default=3, help="estimator timing passes over the frames")
+    parser.add_argument("--frames", type=int, default=60, smoke=4,
+                        help="pre-rendered frames the camera cycles (default 60)")
+    parser.add_argument("--warmup", type=float, default=2.0, smoke=0.5,
+                        help="seconds excluded at the start (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, smoke=1, help="estimator timing passes over the frames")
+    inherited = os.environ.get("ROS_DOMAIN_ID", "")
+    parser.add_argument("--domain-id", type=int, default=int(inherited) if inherited.isdigit() else None,
+                        help="ROS_DOMAIN_ID of the runs (default: the inherited one if set, else random per transport)")
     internal = parser.add_argument_group("internal (processes the benchmark starts)")
     internal.add_argument("--role", choices=["estimator", "measure", "camera", "echo"], help=argparse.SUPPRESS)
     internal.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -570,7 +582,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the benchmark, or one of its roles when ``--role`` is given."""
-    args = parse_args(argv)
+    args = read_args(argv)
     if args.role is None:
         benchmark(args)
         return

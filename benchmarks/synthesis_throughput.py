@@ -14,13 +14,11 @@ Prints a table and, as its last line, JSON with ``images_per_s`` and ``qa_per_s`
 rendering included), their ``*_without_rendering`` twins, ``qa_synthesis_only_per_s``,
 ``render_s_per_image`` (scene build + render + table mask, per image) and ``ray_images_per_s``.
 
-Usage: MUJOCO_GL=osmesa python benchmarks/synthesis_throughput.py [--images 40] [--ray-workers 2] [--no-ray]
+Usage: MUJOCO_GL=osmesa python benchmarks/synthesis_throughput.py [--images 40] [--ray-workers 2] [--no-ray] [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import tempfile
 import time
@@ -32,6 +30,11 @@ from spatialvlm_ros.synthesis.extract import SceneExtractor, image_rng
 from spatialvlm_ros.synthesis.questions import synthesize_qa
 from spatialvlm_ros.synthesis.registry import Sample
 from spatialvlm_ros.synthesis.sources import SimSource
+
+from _common import BenchmarkParser, emit
+
+FIGURES = ("images_per_s", "qa_per_s", "images_per_s_without_rendering", "qa_per_s_without_rendering",
+           "qa_synthesis_only_per_s", "render_s_per_image", "ray_images_per_s", "ray_qa_per_s")
 
 
 class _Prerendered:
@@ -65,9 +68,10 @@ def measure_local(cfg: SynthesisConfig, n_images: int, tmp: Path) -> dict[str, f
     no_render_s = time.perf_counter() - start
 
     extractor = SceneExtractor(cfg)
-    scenes = [(extractor.extract(prerendered.load(i), image_rng(cfg.seed, i)), i) for i in prerendered.image_ids]
+    extracted = [(extractor.extract(prerendered.load(i), image_rng(cfg.seed, i)), i) for i in prerendered.image_ids]
+    scenes = [(scene.record, i) for scene, i in extracted if scene is not None]   # None: dropped by the filter
     start = time.perf_counter()
-    n_qa = sum(len(synthesize_qa(scene, image_rng(cfg.seed + 1, i), cfg.questions)) for scene, i in scenes)
+    n_qa = sum(len(synthesize_qa(record, image_rng(cfg.seed + 1, i), cfg.questions)) for record, i in scenes)
     qa_only_s = time.perf_counter() - start
     return {
         "images": n_images, "rows": summary.rows, "width": cfg.sim.width, "height": cfg.sim.height,
@@ -100,9 +104,9 @@ def measure_ray(cfg: SynthesisConfig, n_images: int, workers: int, tmp: Path) ->
 
 def main() -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=40)
-    parser.add_argument("--ray-workers", type=int, default=2)
+    parser = BenchmarkParser(__doc__)
+    parser.add_argument("--images", type=int, default=40, smoke=2)
+    parser.add_argument("--ray-workers", type=int, default=2, smoke=1)
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray measurement (ray_images_per_s: null)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -114,7 +118,7 @@ def main() -> None:
                        else measure_ray(cfg, args.images, args.ray_workers, Path(tmp)))
     for key, value in figures.items():
         print(f"{key:34s} {value if value is None or isinstance(value, (bool, int)) else round(value, 3)}")
-    print(json.dumps(figures))
+    emit(figures)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,10 @@ Prints per-episode Spearman(estimate, true gap), and per band of the true gap (<
 counts as a success; 2-5 cm; 5-10 cm; >= 10 cm) the median estimate and median absolute error; as its last
 line, JSON with ``spearman_per_episode``, ``bands`` and ``frames``.
 
-Usage: python benchmarks/vlm_reach_frames.py [--episodes 4] [--steps 60] [--weights DIR]
+Usage: python benchmarks/vlm_reach_frames.py [--episodes 4] [--steps 60] [--weights DIR] [--smoke]
 """
 
 from __future__ import annotations
-
-import argparse
-import json
 
 import gymnasium as gym
 import numpy as np
@@ -26,6 +23,11 @@ from spatialvlm_ros.config import EstimatorConfig
 from spatialvlm_ros.estimation import DistanceEstimator, DistanceKind, Pair, build_estimator
 from spatialvlm_ros.gym import REACH_ID
 from spatialvlm_ros.vlm.base import VLMConfig
+
+from _common import BenchmarkParser, emit, median
+
+FIGURES = ("spearman_per_episode.*", "bands.*.median_estimate_m", "bands.*.median_abs_error_m", "frames",
+           "invalid_rate")
 
 BANDS_M = ((0.0, 0.02), (0.02, 0.05), (0.05, 0.10), (0.10, np.inf))
 SEED_BASE = 2_000_000        # far from the training (0...) and evaluation (1,000,000...) seeds
@@ -48,9 +50,9 @@ def approach(env: gym.Env, estimator: DistanceEstimator, seed: int, steps: int) 
 
 def main() -> None:
     """Run the approaches; print the table and the JSON line."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--episodes", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=60)
+    parser = BenchmarkParser(__doc__)
+    parser.add_argument("--episodes", type=int, default=4, smoke=1)
+    parser.add_argument("--steps", type=int, default=60, smoke=10)
     parser.add_argument("--weights", default="", help="compact weights folder (default: the packaged one)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -66,8 +68,8 @@ def main() -> None:
         inside = (truths >= lo) & (truths < hi) & np.isfinite(estimates)
         if inside.any():
             bands.append({"true_gap_m": [lo, None if np.isinf(hi) else hi], "frames": int(inside.sum()),
-                          "median_estimate_m": round(float(np.median(estimates[inside])), 3),
-                          "median_abs_error_m": round(float(np.median(np.abs(estimates - truths)[inside])), 3)})
+                          "median_estimate_m": round(median(estimates[inside]), 3),
+                          "median_abs_error_m": round(median(np.abs(estimates - truths)[inside]), 3)})
     print(f"compact VLM on {REACH_ID} frames: {args.episodes} approaches x {args.steps} steps")
     print("  Spearman per approach: " + ", ".join(f"{r:.2f}" for r in rhos))
     for band in bands:
@@ -75,8 +77,8 @@ def main() -> None:
         label = f"{100 * lo:.0f}-{100 * hi:.0f} cm" if hi is not None else f">= {100 * lo:.0f} cm"
         print(f"  true gap {label:>9}: {band['frames']:3d} frames, median estimate {band['median_estimate_m']:.3f} m, "
               f"median |error| {band['median_abs_error_m']:.3f} m")
-    print(json.dumps({"spearman_per_episode": [round(r, 3) for r in rhos], "bands": bands,
-                      "frames": int(len(truths)), "invalid_rate": float(np.mean(~np.isfinite(estimates)))}))
+    emit({"spearman_per_episode": [round(r, 3) for r in rhos], "bands": bands,
+          "frames": int(len(truths)), "invalid_rate": float(np.mean(~np.isfinite(estimates)))})
 
 
 if __name__ == "__main__":

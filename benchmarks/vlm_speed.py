@@ -11,13 +11,11 @@ includes resizing, tokenizing, encoding the image, decoding the answer and parsi
 Prints a table and, as its last line, JSON with ``compact_ms_per_query_p50``, ``compact_ms_per_query_p95``,
 ``compact_queries_per_s_batch32``, ``parameters`` and ``weights``.
 
-Usage: python benchmarks/vlm_speed.py [--weights DIR] [--queries 200]
+Usage: python benchmarks/vlm_speed.py [--weights DIR] [--queries 200] [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import numpy as np
@@ -27,6 +25,10 @@ from spatialvlm_ros.estimation import DistanceKind
 from spatialvlm_ros.vlm.compact import PACKAGED_WEIGHTS, CompactVLM, CompactVLMOptions, count_parameters
 from spatialvlm_ros.vlm.evaluate import EVAL_SEED_OFFSET, approach_trajectories
 from spatialvlm_ros.vlm.prompts import distance_question
+
+from _common import BenchmarkParser, emit, percentile
+
+FIGURES = ("compact_ms_per_query_p50", "compact_ms_per_query_p95", "compact_queries_per_s_batch32", "parameters")
 
 
 def frames_and_questions(n: int) -> tuple[list[np.ndarray], list[str]]:
@@ -40,9 +42,9 @@ def frames_and_questions(n: int) -> tuple[list[np.ndarray], list[str]]:
 
 def main() -> None:
     """Measure batch 1 and batch 32 on one thread; print the table and the JSON line."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = BenchmarkParser(__doc__)
     parser.add_argument("--weights", default="", help=f"weights folder (default: the packaged {PACKAGED_WEIGHTS})")
-    parser.add_argument("--queries", type=int, default=200, help="queries per measurement")
+    parser.add_argument("--queries", type=int, default=200, smoke=4, help="queries per measurement")
     args = parser.parse_args()
     torch.set_num_threads(1)
     images, questions = frames_and_questions(max(args.queries, 32))
@@ -60,14 +62,14 @@ def main() -> None:
         picked = [(32 * b + j) % len(images) for j in range(32)]
         batched.ask_batch([images[i] for i in picked], [questions[i] for i in picked])
     per_s = 32 * batches / (time.perf_counter() - start)
-    p50, p95 = (float(np.percentile(times, q)) for q in (50, 95))
+    p50, p95 = (percentile(times, q) for q in (50, 95))
     print(f"compact VLM ({count_parameters(one.model):,} parameters), one torch thread, {args.queries} queries")
     print(f"  e.g. {questions[0]!r} -> {answer.text!r}")
     print(f"  batch 1:  {p50:.1f} ms per query (p50), {p95:.1f} ms (p95)")
     print(f"  batch 32: {per_s:.0f} queries/s")
-    print(json.dumps({"compact_ms_per_query_p50": round(p50, 2), "compact_ms_per_query_p95": round(p95, 2),
-                      "compact_queries_per_s_batch32": round(per_s, 1), "parameters": count_parameters(one.model),
-                      "weights": args.weights or str(PACKAGED_WEIGHTS)}))
+    emit({"compact_ms_per_query_p50": round(p50, 2), "compact_ms_per_query_p95": round(p95, 2),
+          "compact_queries_per_s_batch32": round(per_s, 1), "parameters": count_parameters(one.model),
+          "weights": args.weights or str(PACKAGED_WEIGHTS)})
 
 
 if __name__ == "__main__":

@@ -11,14 +11,12 @@ Per step, medians over ``--steps`` steps (random actions, seeded; resets are not
 Prints a table and, as its last line, JSON with ``env_step_render_ms``, ``wrapped_step_ms``, ``ratio``,
 ``estimator_ms``, ``vector_step_render_steps_per_s`` and ``vector_wrapped_steps_per_s``.
 
-Usage: python benchmarks/wrapper_overhead.py [--steps 300] [--num-envs 8] [--width 160 --height 120]
+Usage: python benchmarks/wrapper_overhead.py [--steps 300] [--num-envs 8] [--width 160 --height 120] [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import time
 from typing import Callable
 
@@ -30,6 +28,10 @@ from spatialvlm_ros.estimation import DistanceKind, Pair, build_estimator
 from spatialvlm_ros.gym import REACH_ID, SpatialRewardVectorWrapper, SpatialRewardWrapper
 from spatialvlm_ros.gym.reach import DEFAULT_SIM
 
+from _common import BenchmarkParser, emit, median, percentile
+
+FIGURES = ("env_step_render_ms", "wrapped_step_ms", "ratio", "estimator_ms", "vector_step_render_steps_per_s",
+           "vector_wrapped_steps_per_s")
 PAIR = "yellow gripper -> red can"
 
 
@@ -69,9 +71,9 @@ def vector(envs: gym.vector.VectorEnv, actions: np.ndarray, render: bool) -> flo
 
 def main() -> None:
     """Parse arguments, measure, print the table and the JSON line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--num-envs", type=int, default=8)
+    parser = BenchmarkParser(__doc__)
+    parser.add_argument("--steps", type=int, default=300, smoke=8)
+    parser.add_argument("--num-envs", type=int, default=8, smoke=2)
     parser.add_argument("--width", type=int, default=DEFAULT_SIM.width)
     parser.add_argument("--height", type=int, default=DEFAULT_SIM.height)
     args = parser.parse_args()
@@ -110,19 +112,18 @@ def main() -> None:
 
     result = {
         "width": args.width, "height": args.height, "steps": args.steps, "num_envs": args.num_envs,
-        "env_step_render_ms": float(np.median(bare)), "wrapped_step_ms": float(np.median(wrapped)),
-        "ratio": float(np.median(wrapped) / np.median(bare)), "estimator_ms": float(np.median(estimator_ms)),
+        "env_step_render_ms": median(bare), "wrapped_step_ms": median(wrapped),
+        "ratio": median(wrapped) / median(bare), "estimator_ms": median(estimator_ms),
         "vector_step_render_steps_per_s": vec_bare, "vector_wrapped_steps_per_s": vec_wrapped,
     }
     print(f"{'measure':<44} {'median ms':>10} {'p90 ms':>8}")
-    print(f"{'env step + render (bare)':<44} {np.median(bare):>10.2f} {np.percentile(bare, 90):>8.2f}")
-    print(f"{'wrapped step (render + geometric estimate)':<44} {np.median(wrapped):>10.2f} "
-          f"{np.percentile(wrapped, 90):>8.2f}")
-    print(f"{'estimator alone':<44} {np.median(estimator_ms):>10.2f} {np.percentile(estimator_ms, 90):>8.2f}")
+    for label, times in (("env step + render (bare)", bare), ("wrapped step (render + geometric estimate)", wrapped),
+                         ("estimator alone", estimator_ms)):
+        print(f"{label:<44} {median(times):>10.2f} {percentile(times, 90):>8.2f}")
     print(f"wrapped / bare: {result['ratio']:.2f}x (target <= 1.5x)")
     print(f"{args.num_envs} envs (SyncVectorEnv): bare step + render {vec_bare:.0f} env steps/s, "
           f"wrapped {vec_wrapped:.0f} env steps/s")
-    print(json.dumps(result))
+    emit(result)
 
 
 if __name__ == "__main__":
