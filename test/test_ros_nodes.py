@@ -19,7 +19,9 @@ from std_msgs.msg import Float32, Header
 from visualization_msgs.msg import MarkerArray
 
 from spatialvlm_ros.config import SimConfig
-from spatialvlm_ros.ros.conversions import camera_info_fields, depth_to_image_fields, rgb_to_image_fields, stamp_to_ns
+from spatialvlm_ros.messages.conversions import (
+    camera_info_fields, depth_to_image_fields, rgb_to_image_fields, stamp_to_ns,
+)
 from spatialvlm_ros.sim import TabletopSim
 
 IMAGE, DEPTH, INFO = "camera/color/image_raw", "camera/aligned_depth_to_color/image_raw", "camera/color/camera_info"
