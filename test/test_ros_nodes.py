@@ -172,6 +172,34 @@ def test_runtime_target_change_is_validated(camera: Any) -> None:
     assert _values(status)["valid"] == "True"
 
 
+def test_parameters_are_described_with_ranges(start_node: Any, test_node: Any) -> None:
+    """``ros2 param describe`` over the node's own services: a description for every parameter, ranges."""
+    from rclpy.parameter_client import AsyncParameterClient
+    node = start_node("spatial_reward_node", "-p", "reward.scale_m:=1")   # an integer for a float parameter
+    client = AsyncParameterClient(test_node.node, "spatial_reward_node")
+    assert client.wait_for_services(timeout_sec=30), node.log
+
+    def call(future: Any) -> Any:
+        test_node.wait_for(future.done, 10, "a parameter service")
+        return future.result()
+    names = call(client.list_parameters()).result.names
+    described = {d.name: d for d in call(client.describe_parameters(names)).descriptors}
+    ours = [n for n in names if n not in ("use_sim_time", "start_type_description_service")]
+    assert len(ours) > 60 and not [n for n in ours if not described[n].description]
+    gamma, samples = described["reward.gamma"], described["estimator.vlm.samples"]
+    assert "discount" in gamma.description and gamma.additional_constraints == "in (0, 1]"
+    assert (gamma.floating_point_range[0].from_value, gamma.floating_point_range[0].to_value) == (0.0, 1.0)
+    assert samples.integer_range[0].from_value == 1
+    (scale,) = call(client.get_parameters(["reward.scale_m"])).values
+    assert scale.double_value == 1.0
+
+    ok, out_of_range = (call(client.set_parameters([p])).results[0] for p in (
+        Parameter("reward.scale_m", value=2), Parameter("reward.gamma", value=1.5)))
+    assert ok.successful, ok.reason
+    assert not out_of_range.successful and "out of range" in out_of_range.reason
+    assert node.alive()
+
+
 def test_unknown_parameter_is_reported_and_ignored(start_node: Any, test_node: Any) -> None:
     test_node.collect(DiagnosticArray, "/diagnostics")
     node = start_node("spatial_reward_node", "-p", "reward.shapeing:=exp", "-p", "diagnostics_period_s:=0.2")
