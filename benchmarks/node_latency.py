@@ -81,7 +81,7 @@ from spatialvlm_ros.config import SimCameraConfig, SpatialRewardConfig, config_p
 from spatialvlm_ros.estimation import DistanceKind, Pair, build_estimator
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
-from spatialvlm_ros.ros.conversions import (
+from spatialvlm_ros.messages.conversions import (
     camera_info_fields, depth_to_image_fields, depth_to_metres, image_to_rgb, rgb_to_image_fields, stamp_to_ns,
 )
 from spatialvlm_ros.ros.transport import node_command, ros_environment, stop_process

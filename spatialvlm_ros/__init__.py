@@ -1,6 +1,6 @@
 """spatialvlm_ros: SpatialVLM-style metric spatial reasoning for ROS 2 robots.
 
-The core (geometry, perception, estimation, reward, sim) imports no rclpy; only
+The core (geometry, messages, perception, estimation, reward, sim) imports no rclpy; only
 :mod:`spatialvlm_ros.ros` does.
 """
 

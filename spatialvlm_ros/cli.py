@@ -20,6 +20,13 @@ def _lazy(target: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _eval_bag(args: argparse.Namespace) -> int:
+    """``eval-bag``: offline needs no ROS install; ``--live`` replays over DDS, so its module imports rclpy."""
+    target = ("spatialvlm_ros.ros.bag_replay:evaluate_bag_live_cli" if args.live
+              else "spatialvlm_ros.bag.evaluate:evaluate_bag_cli")
+    return _lazy(target)(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
@@ -61,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     bag.add_argument("--domain-id", type=int, default=None, help="--live ROS_DOMAIN_ID (default: random 10-99)")
     bag.add_argument("--truth-tolerance", type=float, default=0.05,
                      help="max time between a Float32 truth message and its frame, seconds")
-    bag.set_defaults(func=_lazy("spatialvlm_ros.bag.evaluate:evaluate_bag_cli"))
+    bag.set_defaults(func=_eval_bag)
 
     synth = sub.add_parser(
         "synthesize", help="synthesise spatial VQA (the SpatialVLM data engine) from images, a bag or the simulator",

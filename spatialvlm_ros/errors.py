@@ -24,3 +24,7 @@ class GroundingError(SpatialVLMError, ValueError):
 
 class SimulationError(SpatialVLMError, RuntimeError):
     """The simulator could not build or render a scene."""
+
+
+class BagError(SpatialVLMError):
+    """A bag cannot be read or evaluated: missing, truncated or corrupt, or without the topics asked for."""

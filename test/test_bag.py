@@ -20,13 +20,14 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from spatialvlm_ros.bag import BagError, evaluate_bag, select_pair
-from spatialvlm_ros.bag.reader import open_bag
+from spatialvlm_ros.bag import evaluate_bag, select_pair
 from spatialvlm_ros.bag.truth import load_truth
 from spatialvlm_ros.cli import main
 from spatialvlm_ros.config import SimConfig, SpatialRewardConfig
+from spatialvlm_ros.errors import BagError
 from spatialvlm_ros.estimation import DistanceKind, Pair
-from spatialvlm_ros.ros.conversions import depth_to_image_fields, rgb_to_image_fields
+from spatialvlm_ros.messages.conversions import depth_to_image_fields, rgb_to_image_fields
+from spatialvlm_ros.messages.rosbag import open_bag
 from spatialvlm_ros.sim import TabletopSim
 
 TS = get_typestore(Stores.LATEST)
@@ -221,8 +222,9 @@ def test_pose_pair_truth_is_the_centre_distance(tmp_path: Path) -> None:
 
 def test_live_replay_through_the_node(sim_frames: list[Any], tmp_path: Path, ros_env: dict[str, str]) -> None:
     bag = write_bag(tmp_path / "demo", sim_frames, DEMO)
-    ev = evaluate_bag(bag, SpatialRewardConfig(), out=tmp_path / "out", live=True, rate=2.0,
-                      domain_id=int(ros_env["ROS_DOMAIN_ID"]))
+    from spatialvlm_ros.ros.bag_replay import live_replay   # imports rclpy
+    ev = evaluate_bag(bag, SpatialRewardConfig(), out=tmp_path / "out",
+                      live=live_replay(rate=2.0, domain_id=int(ros_env["ROS_DOMAIN_ID"])))
     answered = [r for r in ev.result.records if r.reason != "no_output"]
     assert len(ev.result.records) == len(sim_frames)
     assert len(answered) >= 0.9 * len(sim_frames), (tmp_path / "out" / "spatial_reward_node.log").read_text()
@@ -237,3 +239,13 @@ def test_cli_prints_json_last(sim_frames: list[Any], tmp_path: Path, capsys: pyt
     assert {"mae_m", "spearman", "within_0.5_2x", "within_0.75_1.25x", "invalid_rate", "frames_per_s"} <= set(result)
     assert result["frames"] == 5 and result["mae_m"] < 0.02
     assert main(["eval-bag", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_cli_live_goes_through_the_ros_side(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # --live is dispatched to ros/bag_replay.py, which checks the replay rate before the bag is opened;
+    # offline has no replay rate to check, and finds no bag.
+    assert main(["eval-bag", str(tmp_path / "missing"), "--live", "--rate", "0"]) == 2
+    assert "--rate must be > 0" in caplog.text
+    caplog.clear()
+    assert main(["eval-bag", str(tmp_path / "missing"), "--rate", "0"]) == 2
+    assert "no bag at" in caplog.text and "--rate" not in caplog.text

@@ -1,15 +1,20 @@
-"""sensor_msgs <-> numpy conversion, on real message classes."""
+"""sensor_msgs <-> numpy conversion, on real message classes: rclpy's and rosbags' alike."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
-from sensor_msgs.msg import CompressedImage, Image
+from builtin_interfaces.msg import Time
+from rosbags.typesys import Stores, get_typestore
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
 
 from spatialvlm_ros.errors import InputError
-from spatialvlm_ros.ros.conversions import (
-    compressed_to_rgb, depth_to_image_fields, depth_to_metres, image_to_rgb, rgb_to_image_fields,
+from spatialvlm_ros.geometry.camera import CameraIntrinsics
+from spatialvlm_ros.messages.conversions import (
+    camera_info_fields, compressed_to_rgb, depth_to_image_fields, depth_to_metres, frame_from_messages, image_to_rgb,
+    rgb_to_image_fields,
 )
 
 RNG = np.random.default_rng(0)
@@ -70,3 +75,32 @@ def test_compressed_colour_decodes() -> None:
 def test_bad_messages_raise_input_error(make, match: str) -> None:
     with pytest.raises(InputError, match=match):
         make()
+
+
+def _rosbags(msg: object, msgtype: str) -> object:
+    """``msg`` (an rclpy message) as rosbags deserialises it from a bag: CDR bytes through rosbags' type store."""
+    from rclpy.serialization import serialize_message
+    return get_typestore(Stores.LATEST).deserialize_cdr(serialize_message(msg), msgtype)
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["raw", "compressed"])
+def test_rclpy_and_rosbags_messages_give_the_same_frame(compressed: bool) -> None:
+    intrinsics = CameraIntrinsics.from_fov(8, 6, 60.0)
+    header = Header(stamp=Time(sec=12, nanosec=345), frame_id="cam")
+    if compressed:
+        _ok, png = cv2.imencode(".png", cv2.cvtColor(RGB, cv2.COLOR_RGB2BGR))
+        image, image_type = CompressedImage(header=header, format="png", data=png.tobytes()), "CompressedImage"
+    else:
+        image, image_type = Image(header=header, **rgb_to_image_fields(RGB)), "Image"
+    depth = Image(header=header, **depth_to_image_fields(np.full((6, 8), 1.5, np.float32), "16UC1"))
+    info = CameraInfo(header=header, **camera_info_fields(intrinsics))
+    rclpy_frame = frame_from_messages(image, depth, CameraIntrinsics.from_camera_info(info))
+    rosbags_frame = frame_from_messages(
+        _rosbags(image, f"sensor_msgs/msg/{image_type}"), _rosbags(depth, "sensor_msgs/msg/Image"),
+        CameraIntrinsics.from_camera_info(_rosbags(info, "sensor_msgs/msg/CameraInfo")))
+    np.testing.assert_array_equal(rosbags_frame.rgb, RGB)
+    np.testing.assert_array_equal(rosbags_frame.rgb, rclpy_frame.rgb)
+    np.testing.assert_array_equal(rosbags_frame.depth_m, rclpy_frame.depth_m)
+    np.testing.assert_array_equal(rosbags_frame.intrinsics.k, intrinsics.k)
+    assert rosbags_frame.stamp_ns == rclpy_frame.stamp_ns == 12 * 10**9 + 345
+    assert rosbags_frame.frame_id == rclpy_frame.frame_id == "cam"

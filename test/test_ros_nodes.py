@@ -19,7 +19,9 @@ from std_msgs.msg import Float32, Header
 from visualization_msgs.msg import MarkerArray
 
 from spatialvlm_ros.config import SimConfig
-from spatialvlm_ros.ros.conversions import camera_info_fields, depth_to_image_fields, rgb_to_image_fields, stamp_to_ns
+from spatialvlm_ros.messages.conversions import (
+    camera_info_fields, depth_to_image_fields, rgb_to_image_fields, stamp_to_ns,
+)
 from spatialvlm_ros.sim import TabletopSim
 
 IMAGE, DEPTH, INFO = "camera/color/image_raw", "camera/aligned_depth_to_color/image_raw", "camera/color/camera_info"
@@ -168,6 +170,34 @@ def test_runtime_target_change_is_validated(camera: Any) -> None:
     status = camera.send()
     assert status.name == "yellow gripper -> blue box"
     assert _values(status)["valid"] == "True"
+
+
+def test_parameters_are_described_with_ranges(start_node: Any, test_node: Any) -> None:
+    """``ros2 param describe`` over the node's own services: a description for every parameter, ranges."""
+    from rclpy.parameter_client import AsyncParameterClient
+    node = start_node("spatial_reward_node", "-p", "reward.scale_m:=1")   # an integer for a float parameter
+    client = AsyncParameterClient(test_node.node, "spatial_reward_node")
+    assert client.wait_for_services(timeout_sec=30), node.log
+
+    def call(future: Any) -> Any:
+        test_node.wait_for(future.done, 10, "a parameter service")
+        return future.result()
+    names = call(client.list_parameters()).result.names
+    described = {d.name: d for d in call(client.describe_parameters(names)).descriptors}
+    ours = [n for n in names if n not in ("use_sim_time", "start_type_description_service")]
+    assert len(ours) > 60 and not [n for n in ours if not described[n].description]
+    gamma, samples = described["reward.gamma"], described["estimator.vlm.samples"]
+    assert "discount" in gamma.description and gamma.additional_constraints == "in (0, 1]"
+    assert (gamma.floating_point_range[0].from_value, gamma.floating_point_range[0].to_value) == (0.0, 1.0)
+    assert samples.integer_range[0].from_value == 1
+    (scale,) = call(client.get_parameters(["reward.scale_m"])).values
+    assert scale.double_value == 1.0
+
+    ok, out_of_range = (call(client.set_parameters([p])).results[0] for p in (
+        Parameter("reward.scale_m", value=2), Parameter("reward.gamma", value=1.5)))
+    assert ok.successful, ok.reason
+    assert not out_of_range.successful and "out of range" in out_of_range.reason
+    assert node.alive()
 
 
 def test_unknown_parameter_is_reported_and_ignored(start_node: Any, test_node: Any) -> None:

@@ -6,7 +6,7 @@ from types import SimpleNamespace as NS
 
 import pytest
 
-from spatialvlm_ros.ros.sync import StampPairer
+from spatialvlm_ros.messages.sync import StampPairer
 
 
 def _msg(stamp_ns: int) -> NS:

@@ -13,12 +13,11 @@ import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from spatialvlm_ros.bag import BagError
 from spatialvlm_ros.config import SimConfig
-from spatialvlm_ros.errors import InputError
+from spatialvlm_ros.errors import BagError, InputError
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
-from spatialvlm_ros.ros.conversions import camera_info_fields, depth_to_image_fields, rgb_to_image_fields
+from spatialvlm_ros.messages.conversions import camera_info_fields, depth_to_image_fields, rgb_to_image_fields
 from spatialvlm_ros.sim import TabletopSim
 from spatialvlm_ros.synthesis.config import ExpertsConfig, SynthesisConfig
 from spatialvlm_ros.synthesis.engine import run_local

@@ -1,13 +1,14 @@
-"""Rosbag2 replay and evaluation: the spatial reward scored on recorded camera frames.
+"""Rosbag2 evaluation: the spatial reward scored on recorded camera frames.
 
 Offline, the estimator and reward run in-process on every frame as fast as they can; live, the bag
 is replayed over DDS into a real ``spatial_reward_node``. Both give the same per-frame records,
-metrics, plots and annotated bag (see :func:`~spatialvlm_ros.bag.evaluate.evaluate_bag`). Only the
-live mode imports rclpy; reading bags needs no ROS install (``rosbags``).
+metrics, plots and annotated bag (see :func:`~spatialvlm_ros.bag.evaluate.evaluate_bag`). Nothing
+here imports rclpy: bags are read with ``rosbags`` (:mod:`spatialvlm_ros.messages.rosbag`), and the
+live replay is handed in as a :class:`~spatialvlm_ros.bag.evaluate.LiveReplay` by the ROS side.
+Failures are :class:`~spatialvlm_ros.errors.BagError`.
 """
 
-from spatialvlm_ros.bag.errors import BagError
-from spatialvlm_ros.bag.evaluate import Evaluation, evaluate_bag, select_pair
+from spatialvlm_ros.bag.evaluate import Evaluation, LiveReplay, evaluate_bag, select_pair
 from spatialvlm_ros.bag.records import FrameRecord, RunResult
 
-__all__ = ["BagError", "Evaluation", "FrameRecord", "RunResult", "evaluate_bag", "select_pair"]
+__all__ = ["Evaluation", "FrameRecord", "LiveReplay", "RunResult", "evaluate_bag", "select_pair"]

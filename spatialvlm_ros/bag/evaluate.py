@@ -3,6 +3,10 @@
 Writes into the results folder: ``frames.csv`` (one :class:`FrameRecord` per frame),
 ``metrics.json``, ``trace.png`` (estimate, truth and reward over time), ``errors.png`` (when there
 is ground truth) and ``annotated_bag/`` (the bag with ``reward`` and ``distance/<object>`` added).
+
+Offline, frames are scored in-process (:mod:`.offline`). Live, they are replayed over DDS into a real
+node; that needs rclpy, so this module never does it itself: the ROS side (``ros/bag_replay.py``,
+which ``spatialvlm eval-bag --live`` runs) hands :func:`evaluate_bag` a :class:`LiveReplay`.
 """
 
 from __future__ import annotations
@@ -14,16 +18,16 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from spatialvlm_ros.bag.errors import BagError
 from spatialvlm_ros.bag.offline import default_workers, run_offline
-from spatialvlm_ros.bag.reader import camera_messages, message_count, open_bag, resolve_topics
 from spatialvlm_ros.bag.records import RunResult
 from spatialvlm_ros.bag.report import summarise, write_annotated_bag, write_report
-from spatialvlm_ros.bag.truth import load_truth
+from spatialvlm_ros.bag.truth import load_truth, resolve_truth_topics
 from spatialvlm_ros.config import SpatialRewardConfig, config_path, load_config
+from spatialvlm_ros.errors import BagError
 from spatialvlm_ros.estimation import DistanceKind, Pair
+from spatialvlm_ros.messages.rosbag import camera_messages, message_count, open_bag, resolve_topics
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,28 @@ log = logging.getLogger(__name__)
 RESULT_KEYS = ("mae_m", "median_abs_error_m", "median_rel_error", "spearman", "within_0.5_2x",
                "within_0.75_1.25x", "invalid_rate", "frames_per_s", "frames", "frames_answered",
                "frames_with_truth", "latency_ms_p50", "latency_ms_p95")
+
+
+@dataclass(frozen=True)
+class LiveReplay:
+    """How :func:`evaluate_bag` scores a bag live: its camera topics played into a real node over DDS.
+
+    Attributes:
+        run: ``run(reader, topics, config, truth=..., out_dir=...)`` plays the open bag's camera topics
+            (:class:`~spatialvlm_ros.messages.rosbag.CameraTopics`) into a node configured by ``config``
+            and returns its per-frame records, truth aligned; its files (parameters, log) go to ``out_dir``.
+        rate: the replay speed factor ``run`` plays at (2.0 = twice as fast as recorded).
+
+    Raises:
+        BagError: ``rate`` is not > 0.
+    """
+
+    run: Callable[..., RunResult]
+    rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.rate > 0:
+            raise BagError(f"--rate must be > 0, got {self.rate}")
 
 
 @dataclass(frozen=True)
@@ -70,29 +96,26 @@ def default_out(bag: Path) -> Path:
     return Path("results") / f"eval-{name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def evaluate_bag(bag: str | Path, config: SpatialRewardConfig, *, out: str | Path | None = None, live: bool = False,
-                 rate: float = 1.0, image_topic: str | None = None, depth_topic: str | None = None,
+def evaluate_bag(bag: str | Path, config: SpatialRewardConfig, *, out: str | Path | None = None,
+                 live: LiveReplay | None = None, image_topic: str | None = None, depth_topic: str | None = None,
                  info_topic: str | None = None, truth_topic: str | None = None, truth_tolerance_s: float = 0.05,
-                 domain_id: int | None = None, workers: int | None = None) -> Evaluation:
+                 workers: int | None = None) -> Evaluation:
     """Evaluate ``config.pairs[0]`` on every frame of ``bag`` and write the results folder.
 
     Args:
         bag: rosbag2 folder, or a bare ``.mcap`` / ``.db3`` file.
         config: the reward node's configuration (see :func:`select_pair` to choose the pair).
         out: results folder (default :func:`default_out`); created if needed, must not hold results.
-        live: replay over DDS into a real ``spatial_reward_node`` instead of estimating in-process.
-        rate: live replay speed factor.
+        live: replay over DDS into a real ``spatial_reward_node`` instead of estimating in-process
+            (``live_replay`` in ``ros/bag_replay.py`` makes one).
         image_topic, depth_topic, info_topic: camera topics (default: detected; depth ``""`` = none).
         truth_topic: ground-truth topic(s) (default: ``ground_truth`` if present; see :mod:`.truth`).
         truth_tolerance_s: farthest a truth sample may be from its frame.
-        domain_id: live ``ROS_DOMAIN_ID`` (default random).
         workers: offline estimator threads (default :func:`default_workers`).
 
     Raises:
         BagError: missing or unreadable bag, missing topics, bad arguments, or a failed live replay.
     """
-    if rate <= 0:
-        raise BagError(f"--rate must be > 0, got {rate}")
     bag = Path(bag)
     out = Path(out) if out is not None else default_out(bag)
     if (out / "metrics.json").exists() or (out / "annotated_bag").exists():
@@ -100,14 +123,13 @@ def evaluate_bag(bag: str | Path, config: SpatialRewardConfig, *, out: str | Pat
     pair = Pair.parse(config.pairs[0])
     kind = DistanceKind(config.estimator.distance)
     with open_bag(bag) as reader:
-        topics = resolve_topics(reader, image=image_topic, depth=depth_topic, camera_info=info_topic,
-                                truth=truth_topic)
-        truth = load_truth(reader, topics.truth, pair, kind, tolerance_ns=int(truth_tolerance_s * 1e9))
+        topics = resolve_topics(reader, image=image_topic, depth=depth_topic, camera_info=info_topic)
+        truth_topics = resolve_truth_topics(reader, truth_topic)
+        truth = load_truth(reader, truth_topics, pair, kind, tolerance_ns=int(truth_tolerance_s * 1e9))
         colour_frames = message_count(reader, topics.image)
         out.mkdir(parents=True, exist_ok=True)
-        if live:
-            from spatialvlm_ros.ros.bag_replay import run_live  # imports rclpy: only when asked for
-            result = run_live(reader, topics, config, truth=truth, out_dir=out, rate=rate, domain_id=domain_id)
+        if live is not None:
+            result = live.run(reader, topics, config, truth=truth, out_dir=out)
         else:
             frames = camera_messages(reader, topics, slop_ns=int(config.sync.slop_s * 1e9),
                                      queue_size=config.sync.queue_size)
@@ -118,9 +140,10 @@ def evaluate_bag(bag: str | Path, config: SpatialRewardConfig, *, out: str | Pat
                            + (f" paired with {topics.depth}" if topics.depth else ""))
         added = write_annotated_bag(reader, out / "annotated_bag", result.records, pair)
     metrics = {**summarise(result), "mode": "live" if live else "offline", "bag": str(bag), "pair": str(pair),
-               "distance": kind.value, "colour_frames": colour_frames, "topics": dataclasses.asdict(topics),
+               "distance": kind.value, "colour_frames": colour_frames,
+               "topics": {**dataclasses.asdict(topics), "truth": truth_topics},
                "added_topics": added, "workers": None if live else (workers or default_workers()),
-               "rate": rate if live else None}
+               "rate": live.rate if live else None}
     title = f"{pair}: {kind.value} distance ({bag.name}, {metrics['mode']})"
     written = write_report(out, result.records, metrics, title=title)
     log.info("%d frames, %d answered, %.1f frames/s; results in %s", written["frames"], written["frames_answered"],
@@ -128,18 +151,19 @@ def evaluate_bag(bag: str | Path, config: SpatialRewardConfig, *, out: str | Pat
     return Evaluation(out=out, result=result, metrics=written)
 
 
-def evaluate_bag_cli(args: argparse.Namespace) -> int:
+def evaluate_bag_cli(args: argparse.Namespace, live: LiveReplay | None = None) -> int:
     """``spatialvlm eval-bag``: run :func:`evaluate_bag` from parsed arguments; print the metrics as JSON.
 
-    The last line of stdout is one JSON object with at least the keys in :data:`RESULT_KEYS`.
+    Offline unless ``live`` is given: ``--live`` reaches here through ``ros/bag_replay.py``, which makes
+    the replay (and imports rclpy). The last line of stdout is one JSON object with at least the keys in
+    :data:`RESULT_KEYS`.
     """
     config_file = args.config if args.config is not None else config_path("spatial_reward.yaml")
     config = select_pair(load_config(SpatialRewardConfig, "spatial_reward_node", config_file),
                          args.gripper, args.target, args.distance)
-    evaluation = evaluate_bag(args.bag, config, out=args.out, live=args.live, rate=args.rate,
-                              image_topic=args.image_topic, depth_topic=args.depth_topic,
-                              info_topic=args.info_topic, truth_topic=args.truth_topic,
-                              truth_tolerance_s=args.truth_tolerance, domain_id=args.domain_id, workers=args.workers)
+    evaluation = evaluate_bag(args.bag, config, out=args.out, live=live, image_topic=args.image_topic,
+                              depth_topic=args.depth_topic, info_topic=args.info_topic, truth_topic=args.truth_topic,
+                              truth_tolerance_s=args.truth_tolerance, workers=args.workers)
     line = {key: evaluation.metrics.get(key) for key in RESULT_KEYS}
     line.update(mode=evaluation.metrics["mode"], out=str(evaluation.out))
     print(json.dumps(line))

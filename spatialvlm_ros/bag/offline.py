@@ -19,7 +19,6 @@ from typing import Callable, Iterable, Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from spatialvlm_ros.bag.reader import CameraMessages
 from spatialvlm_ros.bag.records import FrameRecord, RunResult
 from spatialvlm_ros.bag.truth import TruthTrace
 from spatialvlm_ros.config import SpatialRewardConfig
@@ -28,8 +27,9 @@ from spatialvlm_ros.estimation import (
     DistanceEstimate, DistanceEstimator, DistanceKind, NoEstimateReason, Pair, build_estimator,
 )
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
+from spatialvlm_ros.messages.conversions import frame_from_messages
+from spatialvlm_ros.messages.rosbag import CameraMessages
 from spatialvlm_ros.reward import build_reward
-from spatialvlm_ros.ros.conversions import frame_from_messages
 
 
 def default_workers() -> int:
@@ -84,7 +84,7 @@ def run_offline(frames: Iterable[CameraMessages], config: SpatialRewardConfig, *
     """Estimate and reward every frame of ``frames`` for ``config.pairs[0]``.
 
     Args:
-        frames: the bag's camera frames in order (:func:`~spatialvlm_ros.bag.reader.camera_messages`).
+        frames: the bag's camera frames in order (:func:`~spatialvlm_ros.messages.rosbag.camera_messages`).
         config: estimator and reward settings; the first pair and ``estimator.distance`` are evaluated.
         truth: ground truth to align to each frame, if any.
         total: expected number of frames, for the progress bar.

@@ -14,12 +14,12 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 from rosbags.typesys import Stores, get_typestore
 
-from spatialvlm_ros.bag.errors import BagError
-from spatialvlm_ros.bag.reader import read_messages
 from spatialvlm_ros.bag.records import FrameRecord, RunResult, write_csv
+from spatialvlm_ros.errors import BagError
 from spatialvlm_ros.estimation import Pair
 from spatialvlm_ros.evaluation.metrics import distance_metrics, latency_metrics
 from spatialvlm_ros.evaluation.report import plot_trace, write_json
+from spatialvlm_ros.messages.rosbag import read_messages
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402

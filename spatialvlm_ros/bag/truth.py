@@ -11,6 +11,7 @@ Three kinds of truth topic are understood:
   i.e. a centre distance, aligned by header stamp.
 
 Each frame takes the sample nearest in time, if within the tolerance; else its truth is NaN.
+Without a truth topic named, the first of :data:`TRUTH_TOPICS` in the bag is used, if any.
 """
 
 from __future__ import annotations
@@ -23,16 +24,17 @@ from typing import Any
 import numpy as np
 from rosbags.highlevel import AnyReader
 
-from spatialvlm_ros.bag.errors import BagError
-from spatialvlm_ros.bag.reader import deserialize, read_messages, topic_types
+from spatialvlm_ros.errors import BagError
 from spatialvlm_ros.estimation import DistanceKind, Pair
-from spatialvlm_ros.ros.conversions import stamp_to_ns
+from spatialvlm_ros.messages.conversions import stamp_to_ns
+from spatialvlm_ros.messages.rosbag import deserialize, describe_topics, lookup_topic, read_messages, topic_types
 
 log = logging.getLogger(__name__)
 
 DIAGNOSTIC_ARRAY = "diagnostic_msgs/msg/DiagnosticArray"
 FLOATS = ("std_msgs/msg/Float32", "std_msgs/msg/Float64")
 POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
+TRUTH_TOPICS = ("ground_truth", "ground_truth/distance")   # what sim_camera_node publishes
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,6 +62,33 @@ class TruthTrace:
         """Truth of the frame with header stamp ``stamp_ns`` recorded at bag time ``log_time_ns``."""
         return _nearest(self.times_ns, self.distance_m, stamp_ns if self.by_header_stamp else log_time_ns,
                         self.tolerance_ns)
+
+
+def resolve_truth_topics(reader: AnyReader, truth: str | None = None) -> tuple[str, ...]:
+    """The ground-truth topics to read: the ones named, else the first of :data:`TRUTH_TOPICS` present, if any.
+
+    Args:
+        reader: an open bag.
+        truth: ground-truth topic, or two PoseStamped topics separated by a comma.
+
+    Raises:
+        BagError: a named topic is not in the bag; the message lists the topics the bag does have.
+    """
+    types = topic_types(reader)
+    if truth is None:
+        found = [lookup_topic(types, name) for name in TRUTH_TOPICS]
+        topics = tuple(t for t in found if t is not None)[:1]
+    else:
+        named = []
+        for name in (n.strip() for n in truth.split(",")):
+            topic = lookup_topic(types, name)
+            if topic is None:
+                raise BagError(f"truth topic {name!r} (--truth-topic) is not in the bag; it has: "
+                               f"{describe_topics(types)}")
+            named.append(topic)
+        topics = tuple(named)
+    log.info("truth topics: %s", ", ".join(topics) or "(none)")
+    return topics
 
 
 def _nearest(times_ns: np.ndarray, values: np.ndarray, t_ns: int, tolerance_ns: int) -> float:

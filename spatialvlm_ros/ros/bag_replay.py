@@ -5,10 +5,16 @@ domain; this process plays the camera topics at the recorded timing (scaled by `
 ``/clock`` when ``rosgraph_msgs`` is importable (the node then runs on sim time), and collects the
 node's ``estimates``. Only the camera topics are replayed: a bag recorded by ``spatialvlm demo``
 also holds the old node's outputs, which must not mix with the new ones.
+
+``spatialvlm eval-bag --live`` runs :func:`evaluate_bag_live_cli`: the bag evaluator
+(:mod:`spatialvlm_ros.bag`, rclpy-free) with :func:`live_replay` handed in. This is the one module
+that joins the two, so the evaluator never imports rclpy.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import importlib
 import logging
 import math
@@ -28,13 +34,14 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosbags.highlevel import AnyReader
 
-from spatialvlm_ros.bag.errors import BagError
-from spatialvlm_ros.bag.reader import BagTopics, deserialize, read_messages, topic_types
+from spatialvlm_ros.bag.evaluate import LiveReplay, evaluate_bag_cli
 from spatialvlm_ros.bag.records import FrameRecord, RunResult
 from spatialvlm_ros.bag.truth import TruthTrace
 from spatialvlm_ros.config import SpatialRewardConfig, to_flat, unflatten
+from spatialvlm_ros.errors import BagError
 from spatialvlm_ros.estimation import Pair
-from spatialvlm_ros.ros.conversions import stamp_to_ns
+from spatialvlm_ros.messages.conversions import stamp_to_ns
+from spatialvlm_ros.messages.rosbag import CameraTopics, deserialize, read_messages, topic_types
 from spatialvlm_ros.ros.transport import joined_domain, node_command, ros_environment, stop_process
 
 try:
@@ -66,11 +73,11 @@ def _ros_type(name: str) -> type:
         raise BagError(f"cannot replay {name}: its ROS message package is not importable") from err
 
 
-def node_parameters(config: SpatialRewardConfig, topics: BagTopics) -> dict[str, Any]:
+def node_parameters(config: SpatialRewardConfig, topics: CameraTopics) -> dict[str, Any]:
     """The node's parameter file for this replay: ``config`` on the bag's topics, with reliable QoS.
 
     Example:
-        >>> topics = BagTopics("/cam/image_raw/compressed", True, "/cam/depth", "/cam/camera_info")
+        >>> topics = CameraTopics("/cam/image_raw/compressed", True, "/cam/depth", "/cam/camera_info")
         >>> flat = node_parameters(SpatialRewardConfig(), topics)[NODE]["ros__parameters"]
         >>> flat["topics"]["image"], flat["topics"]["transport"], flat["qos"]["reliability"]
         ('/cam/image_raw', 'compressed', 'reliable')
@@ -87,7 +94,7 @@ def node_parameters(config: SpatialRewardConfig, topics: BagTopics) -> dict[str,
 class _Player(Node):
     """Publishes the bag's camera topics and collects the node's estimates for one pair."""
 
-    def __init__(self, context: rclpy.Context, types: dict[str, str], topics: BagTopics, pair: Pair) -> None:
+    def __init__(self, context: rclpy.Context, types: dict[str, str], topics: CameraTopics, pair: Pair) -> None:
         super().__init__("spatialvlm_bag_player", context=context)
         camera = [topics.image, topics.camera_info] + ([topics.depth] if topics.depth else [])
         self.publishers_by_topic = {t: self.create_publisher(_ros_type(types[t]), t, _RELIABLE) for t in camera}
@@ -126,7 +133,7 @@ def _wait(predicate: Any, timeout_s: float, what: str, proc: subprocess.Popen, l
         time.sleep(0.05)
 
 
-def _replay(player: _Player, reader: AnyReader, topics: BagTopics, rate: float) -> list[_Sent]:
+def _replay(player: _Player, reader: AnyReader, topics: CameraTopics, rate: float) -> list[_Sent]:
     """Publish the camera topics at the recorded pace; return the colour frames sent."""
     for conn, log_ns, data in read_messages(reader, [topics.camera_info]):
         # The node answers no frame before it knows the intrinsics: send them ahead and wait until
@@ -173,14 +180,14 @@ def _record(sent: _Sent, answer: tuple[dict[str, str], int] | None, truth: Truth
                        latency_ms=(received_ns - sent.published_ns) / 1e6)
 
 
-def run_live(reader: AnyReader, topics: BagTopics, config: SpatialRewardConfig, *, truth: TruthTrace | None,
+def run_live(reader: AnyReader, topics: CameraTopics, config: SpatialRewardConfig, *, truth: TruthTrace | None,
              out_dir: Path, rate: float = 1.0, domain_id: int | None = None,
              startup_timeout_s: float = 30.0) -> RunResult:
     """Replay ``reader``'s camera topics into a fresh ``spatial_reward_node`` and record its estimates.
 
     Args:
         reader: the open bag.
-        topics: what to replay (see :func:`~spatialvlm_ros.bag.reader.resolve_topics`).
+        topics: what to replay (see :func:`~spatialvlm_ros.messages.rosbag.resolve_topics`).
         config: the node's configuration; its first pair is recorded.
         truth: ground truth to align to each frame, if any.
         out_dir: where the node's parameter file and log go.
@@ -231,3 +238,21 @@ def run_live(reader: AnyReader, topics: BagTopics, config: SpatialRewardConfig, 
         answers = dict(player.answers)
     log.info("%s answered %d of %d frames", NODE, sum(s.stamp_ns in answers for s in sent), len(sent))
     return RunResult(records=tuple(_record(s, answers.get(s.stamp_ns), truth) for s in sent), wall_s=wall_s)
+
+
+def live_replay(rate: float = 1.0, domain_id: int | None = None) -> LiveReplay:
+    """The live mode of :func:`~spatialvlm_ros.bag.evaluate.evaluate_bag`: :func:`run_live` at ``rate``.
+
+    Args:
+        rate: replay speed factor (> 0).
+        domain_id: ``ROS_DOMAIN_ID`` (default: random in 10-99).
+
+    Raises:
+        BagError: ``rate`` is not > 0.
+    """
+    return LiveReplay(run=functools.partial(run_live, rate=rate, domain_id=domain_id), rate=rate)
+
+
+def evaluate_bag_live_cli(args: argparse.Namespace) -> int:
+    """``spatialvlm eval-bag --live``: :func:`~spatialvlm_ros.bag.evaluate.evaluate_bag_cli` replaying over DDS."""
+    return evaluate_bag_cli(args, live=live_replay(args.rate, args.domain_id))

@@ -34,7 +34,7 @@ from spatialvlm_ros.config import SimCameraConfig, SpatialRewardConfig, config_p
 from spatialvlm_ros.estimation import Pair
 from spatialvlm_ros.evaluation.metrics import distance_metrics, latency_metrics
 from spatialvlm_ros.evaluation.report import plot_trace, write_json
-from spatialvlm_ros.ros.conversions import stamp_to_ns
+from spatialvlm_ros.messages.conversions import stamp_to_ns
 from spatialvlm_ros.ros.transport import joined_domain, node_command, ros_environment, stop_process
 
 log = logging.getLogger(__name__)

@@ -2,16 +2,23 @@
 
 Nodes are created with ``automatically_declare_parameters_from_overrides=True`` so that a key in
 the parameter file that the config does not know is *seen* (and reported) instead of silently
-ignored; known keys are re-declared with a descriptor and the config's type.
+ignored; known keys are re-declared with the config's type and a descriptor, so that
+``ros2 param describe`` explains each one: a description (from the config class's ``Attributes:``
+docstring, else :data:`DESCRIPTIONS`), its choices or bounds as text (``additional_constraints``) and,
+where the config bounds a number, a range (:data:`BOUNDS`). Bounds are checked by the config as
+well; a ROS range is inclusive, so for ``> 0`` it starts at 0 and the config refuses 0 itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
+import re
 import typing
 from typing import Any, Iterable, TypeVar
 
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -22,43 +29,249 @@ T = TypeVar("T")
 
 # rclpy declares these itself; they are not ours to validate.
 _ROS_OWNED = {"use_sim_time", "start_type_description_service"}
+_INT64_MAX = 2**63 - 1
 
 
-def _descriptions(cls: type, prefix: str = "") -> dict[str, str]:
-    """Map each dotted parameter name to a description of its type, from the dataclass annotations."""
-    out: dict[str, str] = {}
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """A number's valid interval as the config checks it.
+
+    Attributes:
+        low: smallest value of the ROS range (inclusive; an open bound is refused by the config).
+        high: largest value (``inf`` for none).
+        text: the config's own check, e.g. ``"> 0"`` or ``"in (0, 1]"``.
+    """
+
+    low: float
+    high: float
+    text: str
+
+
+def _at_least(low: float) -> Bound:
+    return Bound(low, math.inf, f">= {low}")
+
+
+_POSITIVE = Bound(0, math.inf, "> 0")
+_FRACTION = Bound(0, 1, "in (0, 1]")
+_PROBABILITY = Bound(0, 1, "in [0, 1]")
+_FOV = Bound(0, 170, "in (0, 170)")
+
+#: Where the config bounds a number (``__post_init__`` checks), by dotted parameter name.
+BOUNDS: dict[str, Bound] = {
+    "qos.depth": _at_least(1),
+    "sync.slop_s": _at_least(0),
+    "sync.queue_size": _at_least(1),
+    "estimator.min_pixels": _at_least(1),
+    "estimator.depth_min_m": Bound(0, math.inf, ">= 0 and < estimator.depth_max_m"),
+    "estimator.depth_max_m": Bound(0, math.inf, "> estimator.depth_min_m"),
+    "estimator.outlier_k": _POSITIVE,
+    "estimator.max_points": _at_least(10),
+    "estimator.vlm.samples": _at_least(1),
+    "estimator.vlm.temperature": _at_least(0),
+    "estimator.vlm.max_tokens": _at_least(1),
+    "estimator.vlm.timeout_s": _POSITIVE,
+    "estimator.vlm.retries": _at_least(0),
+    "estimator.vlm.retry_backoff_s": _at_least(0),
+    "estimator.vlm.max_concurrency": _at_least(1),
+    "estimator.models.detection_threshold": _PROBABILITY,
+    "estimator.models.nms_iou": _FRACTION,
+    "estimator.models.max_objects": _at_least(1),
+    "estimator.models.caption_max_new_tokens": _at_least(1),
+    "estimator.models.fallback_fovy_deg": _FOV,
+    "reward.scale_m": _POSITIVE,
+    "reward.gamma": _FRACTION,
+    "reward.success_threshold_m": _at_least(0),
+    "reward.ema_alpha": _FRACTION,
+    "reward.median_window": _at_least(1),
+    "diagnostics_period_s": _POSITIVE,
+    "sim.width": _at_least(16),
+    "sim.height": _at_least(16),
+    "sim.fovy_deg": _FOV,
+    "sim.n_frames": _at_least(2),
+    "sim.start_gap_m": _at_least(0),
+    "sim.end_gap_m": _at_least(0),
+    "sim.depth_noise.sigma_at_1m_m": _at_least(0),
+    "sim.depth_noise.edge_dropout": _PROBABILITY,
+    "sim.depth_noise.min_range_m": Bound(0, math.inf, ">= 0 and < sim.depth_noise.max_range_m"),
+    "sim.depth_noise.max_range_m": Bound(0, math.inf, "> sim.depth_noise.min_range_m"),
+    "rate_hz": _POSITIVE,
+    "start_delay_s": _at_least(0),
+    "min_subscribers": _at_least(0),
+}
+
+#: Constraints between parameters that no range expresses.
+_RELATIONS = {"reward.clip_min": "< reward.clip_max", "reward.clip_max": "> reward.clip_min"}
+
+#: Descriptions of the parameters whose config class documents its fields in comments, not in an
+#: ``Attributes:`` docstring section (from those comments).
+DESCRIPTIONS: dict[str, str] = {
+    "pairs": "pairs to measure, each 'GRIPPER -> OBJECT' (e.g. 'yellow gripper -> red can'); their rewards "
+             "are combined by reward.combine",
+    "topics.image": "colour image topic (sensor_msgs/Image rgb8, bgr8, rgba8, bgra8 or mono8); relative, so a "
+                    "namespace or remap moves it",
+    "topics.transport": "raw: Image on topics.image; compressed: CompressedImage on <topics.image>/compressed",
+    "topics.depth": "depth image topic registered to colour (16UC1 millimetres or 32FC1 metres); '' = monocular, "
+                    "no depth",
+    "topics.camera_info": "CameraInfo topic of the colour camera",
+    "qos.reliability": "image QoS reliability; sensor-data default best_effort (latest frame wins)",
+    "qos.depth": "image QoS history depth (keep last)",
+    "sync.slop_s": "colour and depth pair when their header stamps differ by at most this, seconds",
+    "sync.queue_size": "messages kept per stream while waiting for a stamp partner",
+    "estimator.backend": "registered distance estimator: 'geometric' (depth + masks) or 'vlm' (a spatial VLM, "
+                         "see estimator.vlm.*)",
+    "estimator.distance": "gap: between the closest surface points (use for rewards); centre: between the "
+                          "objects' centres",
+    "estimator.grounding": "text phrase -> pixel mask: colour_prompt (colour words), sim_segmentation (simulator "
+                           "labels), open_vocab (detector + segmenter of estimator.models)",
+    "estimator.min_pixels": "fewer mask pixels than this = not visible",
+    "estimator.depth_min_m": "sensor valid range, nearest reading kept, metres; readings outside are dropped",
+    "estimator.depth_max_m": "sensor valid range, farthest reading kept, metres",
+    "estimator.outlier_k": "drop points farther than k robust sigmas from the median",
+    "estimator.max_points": "points per object, subsampled before the KD-tree (speed)",
+    "estimator.seed": "seed of that subsampling",
+    "estimator.monocular_depth": "frames without depth: estimate it with estimator.models.depth instead of "
+                                 "reporting no depth",
+    "reward.shaping": "exp: r = exp(-d / scale_m); negative: r = -d / scale_m; progress: "
+                      "r = gamma * phi(d_t) - phi(d_{t-1}), phi = -d / scale_m",
+    "reward.scale_m": "distance scale of the shaping, metres",
+    "reward.gamma": "discount of the progress shaping",
+    "reward.success_threshold_m": "success when the filtered distance is under this, metres",
+    "reward.success_bonus": "added to the reward on success",
+    "reward.filter": "temporal filter of the distance: none, exponential moving average, or running median",
+    "reward.ema_alpha": "ema filter: weight of the newest estimate",
+    "reward.median_window": "median filter: estimates in the window",
+    "reward.clip_min": "lowest reward published",
+    "reward.clip_max": "highest reward published",
+    "reward.invalid_policy": "what a frame without a valid estimate gives: the last reward again, NaN, or no "
+                             "reward at all",
+    "reward.combine": "how the pairs' rewards combine into the reward topic",
+    "diagnostics_period_s": "period of /diagnostics, seconds",
+    "publish_markers": "publish the measured segments on markers (visualization_msgs/MarkerArray)",
+    "sim.seed": "seed of the scene and its randomisation",
+    "sim.width": "image width, pixels",
+    "sim.height": "image height, pixels",
+    "sim.fovy_deg": "vertical field of view, degrees (RealSense D435 colour: 58)",
+    "sim.gripper_colour": "colour word of the gripper",
+    "sim.target": "kind of the target object: can, box, ball or bowl",
+    "sim.target_colour": "colour word of the target object",
+    "sim.distractors": "other objects on the table, each '<colour> <kind>'",
+    "sim.randomise": "seeded layout / camera / lighting jitter",
+    "sim.n_frames": "frames of the approach trajectory",
+    "sim.start_gap_m": "gripper-to-target surface gap at the first frame, metres",
+    "sim.end_gap_m": "gripper-to-target surface gap at the last frame, metres",
+    "sim.depth_noise.enabled": "add structured-light / stereo depth noise (RealSense-like)",
+    "sim.depth_noise.sigma_at_1m_m": "axial depth sigma at 1 m, metres; sigma(z) = sigma_at_1m_m * z^2",
+    "sim.depth_noise.edge_dropout": "probability that a depth-discontinuity pixel reads 0",
+    "sim.depth_noise.edge_threshold_m": "neighbour depth jump that marks an edge, metres",
+    "sim.depth_noise.min_range_m": "readings nearer than this are 0 (no return), metres",
+    "sim.depth_noise.max_range_m": "readings farther than this are 0 (no return), metres",
+    "rate_hz": "publish rate, Hz; CPU rendering bounds what is reachable",
+    "depth_encoding": "16UC1 (millimetres, as a RealSense publishes) or 32FC1 (metres)",
+    "loop": "restart the trajectory when it ends (else stop publishing)",
+    "start_delay_s": "seconds to let subscribers match before the first frame",
+    "min_subscribers": "after the delay, wait until this many subscribe to the image topic",
+}
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """``name: text`` of a Google-style ``Attributes:`` docstring section, continuation lines joined.
+
+    Example:
+        >>> from spatialvlm_ros.vlm.base import VLMConfig
+        >>> _attribute_docs(VLMConfig)["timeout_s"]
+        'per-request socket timeout, seconds.'
+    """
+    docs: dict[str, str] = {}
+    lines = (inspect.getdoc(cls) or "").splitlines()
+    if "Attributes:" not in lines:
+        return docs
+    name = None
+    for line in lines[lines.index("Attributes:") + 1:]:
+        entry = re.match(r"    (\w+): (.*)", line)
+        if entry:
+            name = entry[1]
+            docs[name] = entry[2].replace("``", "")
+        elif name is not None and line.startswith("        "):
+            docs[name] += " " + line.strip().replace("``", "")
+        else:
+            break
+    return docs
+
+
+def _fields(cls: type, prefix: str = "") -> dict[str, tuple[Any, str | None]]:
+    """Dotted parameter name -> (its annotation, its docstring description if any)."""
+    out: dict[str, tuple[Any, str | None]] = {}
     hints = typing.get_type_hints(cls)
+    docs = _attribute_docs(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            out.update(_descriptions(tp, prefix=f"{prefix}{f.name}."))
+            out.update(_fields(tp, prefix=f"{prefix}{f.name}."))
         else:
-            choices = typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else ()
-            out[prefix + f.name] = f"one of {list(choices)}" if choices else getattr(tp, "__name__", str(tp))
+            out[prefix + f.name] = (tp, docs.get(f.name))
+    return out
+
+
+def descriptors(cls: type) -> dict[str, ParameterDescriptor]:
+    """The descriptor of each parameter of config class ``cls``: description, constraints, range."""
+    defaults = to_flat(cls())
+    out = {}
+    for name, (tp, doc) in _fields(cls).items():
+        choices = typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else ()
+        bound = BOUNDS.get(name)
+        constraints = [f"one of {list(choices)}"] if choices else []
+        constraints += [bound.text] if bound else []
+        constraints += [_RELATIONS[name]] if name in _RELATIONS else []
+        descriptor = ParameterDescriptor(
+            description=doc or DESCRIPTIONS.get(name) or getattr(tp, "__name__", str(tp)),
+            additional_constraints="; ".join(constraints))
+        default = defaults[name]
+        if bound is not None and isinstance(default, float):
+            descriptor.floating_point_range = [FloatingPointRange(
+                from_value=float(bound.low), to_value=float(bound.high), step=0.0)]
+        elif bound is not None and isinstance(default, int) and not isinstance(default, bool):
+            descriptor.integer_range = [IntegerRange(
+                from_value=int(bound.low), to_value=int(min(bound.high, _INT64_MAX)), step=0)]
+        out[name] = descriptor
     return out
 
 
 def declare_config_parameters(node: Node, cls: type) -> list[str]:
     """Declare one ROS parameter per config field; return parameter names the config does not know.
 
-    Values given in a parameter file override the dataclass defaults. An unknown name is undeclared
-    again (so a later ``set_parameters`` on it fails as usual) and returned for the caller to report.
+    Values given in a parameter file override the dataclass defaults; they are checked by the config
+    first (raises ConfigError naming the key). An unknown name is undeclared again (so a later
+    ``set_parameters`` on it fails as usual) and returned for the caller to report. A float parameter
+    also takes an integer (``reward.scale_m:=1``), at start and at runtime, as a float.
     """
     defaults = to_flat(cls())
-    descriptions = _descriptions(cls)
     declared = node.list_parameters([], 0).names  # depth 0: recursive
     unknown = sorted(n for n in declared if n not in defaults and n not in _ROS_OWNED)
     for name in unknown:
         node.undeclare_parameter(name)
+    values = {}
     for name, default in defaults.items():
         value = default
         if node.has_parameter(name):  # declared from the parameter file: adopt its value, our type
-            value = node.get_parameter(name).value
+            value = _as_float(default, _plain(node.get_parameter(name).value))
             node.undeclare_parameter(name)
-            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-        node.declare_parameter(name, value, ParameterDescriptor(description=descriptions[name]))
+        values[name] = value
+    from_flat(cls, values)   # a bad value is named by the config, before a ROS range refuses it
+    for name, descriptor in descriptors(cls).items():
+        # ignore_override: the value above is the override, with an integer for a float made a float.
+        node.declare_parameter(name, values[name], descriptor, ignore_override=True)
+    floats = {name for name, default in defaults.items() if isinstance(default, float)}
+    node.add_pre_set_parameters_callback(lambda changed: [
+        Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
+        if p.name in floats and p.type_ == Parameter.Type.INTEGER else p for p in changed])
     return unknown
+
+
+def _as_float(default: Any, value: Any) -> Any:
+    """``value`` as a float where the config wants one and an integer came."""
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def read_config(node: Node, cls: type[T]) -> T:

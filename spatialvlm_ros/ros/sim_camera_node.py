@@ -21,8 +21,8 @@ from std_msgs.msg import Float32, Header
 
 from spatialvlm_ros.config import SimCameraConfig
 from spatialvlm_ros.errors import ConfigError, SpatialVLMError
+from spatialvlm_ros.messages.conversions import camera_info_fields, depth_to_image_fields, rgb_to_image_fields
 from spatialvlm_ros.ros import params
-from spatialvlm_ros.ros.conversions import camera_info_fields, depth_to_image_fields, rgb_to_image_fields
 from spatialvlm_ros.sim import TabletopSim
 
 NODE_NAME = "sim_camera_node"

@@ -43,9 +43,9 @@ from spatialvlm_ros.estimation import (
 )
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
+from spatialvlm_ros.messages.conversions import frame_from_messages, stamp_to_ns
 from spatialvlm_ros.reward import CombinedReward, MultiPairReward, build_reward
 from spatialvlm_ros.ros import params
-from spatialvlm_ros.ros.conversions import frame_from_messages, stamp_to_ns
 from spatialvlm_ros.ros.sync import make_synchronizer
 
 NODE_NAME = "spatial_reward_node"

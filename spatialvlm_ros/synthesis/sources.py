@@ -41,14 +41,14 @@ from spatialvlm_ros.config import SimConfig, SyncConfig
 from spatialvlm_ros.errors import InputError, SimulationError
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
-from spatialvlm_ros.ros.conversions import frame_from_messages
+from spatialvlm_ros.messages.conversions import frame_from_messages
 from spatialvlm_ros.synthesis.config import SynthesisConfig
 from spatialvlm_ros.synthesis.registry import Sample
 
 if TYPE_CHECKING:
     from rosbags.highlevel import AnyReader
 
-    from spatialvlm_ros.bag.reader import BagTopics, CameraMessages
+    from spatialvlm_ros.messages.rosbag import CameraMessages, CameraTopics
     from spatialvlm_ros.sim.render import GLContext
 
 logger = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ class BagSource:
         path: the bag folder or its ``.mcap`` / ``.db3`` file.
         every_n: keep every ``every_n``-th paired frame, starting with the first.
         sync: colour-depth pairing by header stamp (as the reward node pairs them).
-        image_topic: colour topic; default detected (see :func:`~spatialvlm_ros.bag.reader.resolve_topics`).
+        image_topic: colour topic; default detected (see :func:`~spatialvlm_ros.messages.rosbag.resolve_topics`).
         depth_topic: registered depth topic; default detected, none when the bag has no depth image
             topic; ``""`` ignores depth.
         info_topic: camera_info topic; default detected.
@@ -295,15 +295,15 @@ class BagSource:
         if every_n < 1:
             raise InputError(f"{path}: every_n must be >= 1, got {every_n}")
         # The bag reader (rosbags, storage plugins) is imported only when a bag is read.
-        from spatialvlm_ros.bag.reader import IMAGE, open_bag, resolve_topics, topic_types
+        from spatialvlm_ros.messages.rosbag import IMAGE, open_bag, resolve_topics, topic_types
         self.path = Path(path)
         self.every_n = every_n
         self.sync = sync
         with open_bag(self.path) as reader:
             if depth_topic is None and not any(m == IMAGE and "depth" in t for t, m in topic_types(reader).items()):
                 depth_topic = ""
-            self.topics: BagTopics = resolve_topics(reader, image=image_topic, depth=depth_topic,
-                                                    camera_info=info_topic)
+            self.topics: CameraTopics = resolve_topics(reader, image=image_topic, depth=depth_topic,
+                                                       camera_info=info_topic)
             stamps = [(i, m.stamp_ns) for i, m in enumerate(self._camera_messages(reader)) if i % every_n == 0]
         if not stamps:
             raise InputError(f"{self.path}: no frames on {self.topics.image}"
@@ -351,13 +351,13 @@ class BagSource:
         return {**self.__dict__, "_cursor": None, "_next": 0}
 
     def _camera_messages(self, reader: AnyReader) -> Iterator[CameraMessages]:
-        from spatialvlm_ros.bag.reader import camera_messages
+        from spatialvlm_ros.messages.rosbag import camera_messages
         return camera_messages(reader, self.topics, slop_ns=int(self.sync.slop_s * 1e9),
                                queue_size=self.sync.queue_size)
 
     def _stream(self) -> Iterator[CameraMessages]:
         # The bag closes when the stream is exhausted or dropped (generator close).
-        from spatialvlm_ros.bag.reader import open_bag
+        from spatialvlm_ros.messages.rosbag import open_bag
         with open_bag(self.path) as reader:
             yield from self._camera_messages(reader)
 

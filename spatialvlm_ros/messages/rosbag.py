@@ -2,8 +2,9 @@
 
 No ROS install is needed: messages are deserialised by rosbags from the definitions stored in the
 bag (or, for bags without them, from rosbags' own type store). Every failure of the bag itself
-(missing, truncated, corrupt, wrong topics) is raised as :class:`BagError` naming the problem.
-Times are integer nanoseconds: ``stamp_ns`` from message headers, ``log_time_ns`` from the bag.
+(missing, truncated, corrupt, wrong topics) is raised as :class:`~spatialvlm_ros.errors.BagError`
+naming the problem. Times are integer nanoseconds: ``stamp_ns`` from message headers, ``log_time_ns``
+from the bag. The bag evaluator and the data engine's bag source both read bags through this module.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from rosbags.interfaces import Connection
 from rosbags.rosbag2 import ReaderError
 from rosbags.typesys import Stores, get_typestore
 
-from spatialvlm_ros.bag.errors import BagError
-from spatialvlm_ros.ros.conversions import stamp_to_ns
-from spatialvlm_ros.ros.sync import StampPairer
+from spatialvlm_ros.errors import BagError
+from spatialvlm_ros.messages.conversions import stamp_to_ns
+from spatialvlm_ros.messages.sync import StampPairer
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 IMAGE_TOPICS = ("camera/color/image_raw", "/camera/camera/color/image_raw",
                 "/camera/camera/color/image_raw/compressed")
 DEPTH_TOPICS = ("camera/aligned_depth_to_color/image_raw", "/camera/camera/aligned_depth_to_color/image_raw")
-TRUTH_TOPICS = ("ground_truth", "ground_truth/distance")   # what sim_camera_node publishes
 
 # What the storage libraries raise on a truncated or corrupt file, while opening or mid-read.
 _READ_ERRORS = (AnyReaderError, ReaderError, apsw.Error, sqlite3.Error, OSError, struct.error, EOFError,
@@ -46,22 +46,20 @@ _READ_ERRORS = (AnyReaderError, ReaderError, apsw.Error, sqlite3.Error, OSError,
 
 
 @dataclass(frozen=True)
-class BagTopics:
-    """The topics an evaluation reads.
+class CameraTopics:
+    """The camera topics of a bag.
 
     Attributes:
         image: colour topic (sensor_msgs/Image or CompressedImage), as named in the bag.
         compressed: ``image`` carries CompressedImage.
         depth: registered depth topic (sensor_msgs/Image 16UC1 or 32FC1); None for monocular.
         camera_info: sensor_msgs/CameraInfo topic of the colour camera.
-        truth: ground-truth topics: none, one (DiagnosticArray, Float32, Float64) or two (PoseStamped).
     """
 
     image: str
     compressed: bool
     depth: str | None
     camera_info: str
-    truth: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,7 +102,7 @@ def open_bag(path: str | Path) -> Iterator[AnyReader]:
         ...     pass
         Traceback (most recent call last):
         ...
-        spatialvlm_ros.bag.errors.BagError: no bag at /no/such/bag
+        spatialvlm_ros.errors.BagError: no bag at /no/such/bag
     """
     path = Path(path)
     if not path.exists():
@@ -153,11 +151,12 @@ def topic_types(reader: AnyReader) -> dict[str, str]:
     return {c.topic: c.msgtype for c in reader.connections}
 
 
-def _describe(types: Mapping[str, str]) -> str:
+def describe_topics(types: Mapping[str, str]) -> str:
+    """``topic [Type], ...`` of a bag's :func:`topic_types`, for error messages."""
     return ", ".join(f"{t} [{m.split('/')[-1]}]" for t, m in sorted(types.items())) or "no topics at all"
 
 
-def _lookup(types: Mapping[str, str], name: str) -> str | None:
+def lookup_topic(types: Mapping[str, str], name: str) -> str | None:
     """The bag's spelling of ``name``: recorders store topics with or without the leading slash."""
     for candidate in (name, "/" + name.lstrip("/"), name.lstrip("/")):
         if candidate in types:
@@ -169,54 +168,42 @@ def _pick(types: Mapping[str, str], what: str, flag: str, explicit: str | None, 
           accepted: tuple[str, ...], fallback: list[str]) -> str:
     """Resolve one topic: the explicit name, else the first preferred name present, else the only fallback."""
     if explicit is not None:
-        found = _lookup(types, explicit)
+        found = lookup_topic(types, explicit)
         if found is None:
-            raise BagError(f"{what} topic {explicit!r} ({flag}) is not in the bag; it has: {_describe(types)}")
+            raise BagError(f"{what} topic {explicit!r} ({flag}) is not in the bag; it has: {describe_topics(types)}")
         if types[found] not in accepted:
             raise BagError(f"{what} topic {found!r} carries {types[found]}, expected one of {list(accepted)}")
         return found
     for name in preferred:
-        found = _lookup(types, name)
+        found = lookup_topic(types, name)
         if found is not None and types[found] in accepted:
             return found
     if len(fallback) == 1:
         return fallback[0]
     found_text = f"several candidates {sorted(fallback)}" if fallback else "none"
     raise BagError(f"cannot tell which topic is the {what} ({found_text}); name it with {flag}. "
-                   f"The bag has: {_describe(types)}")
-
-
-def _truth_topics(types: Mapping[str, str], explicit: str | None) -> tuple[str, ...]:
-    if explicit is None:
-        found = [_lookup(types, name) for name in TRUTH_TOPICS]
-        return tuple(t for t in found if t is not None)[:1]
-    topics = []
-    for name in (n.strip() for n in explicit.split(",")):
-        found = _lookup(types, name)
-        if found is None:
-            raise BagError(f"truth topic {name!r} (--truth-topic) is not in the bag; it has: {_describe(types)}")
-        topics.append(found)
-    return tuple(topics)
+                   f"The bag has: {describe_topics(types)}")
 
 
 def resolve_topics(reader: AnyReader, *, image: str | None = None, depth: str | None = None,
-                   camera_info: str | None = None, truth: str | None = None) -> BagTopics:
-    """Choose the topics to evaluate: the ones named, else detected (see the module's name lists).
+                   camera_info: str | None = None) -> CameraTopics:
+    """Choose the camera topics: the ones named, else detected (see the module's name lists).
 
     Args:
         reader: an open bag.
         image: colour topic; a raw topic's name also finds its ``/compressed`` sibling.
         depth: registered depth topic; ``""`` for none (monocular).
         camera_info: CameraInfo topic; default the image's sibling ``camera_info``, else the only one.
-        truth: ground-truth topic, or two PoseStamped topics separated by a comma.
 
     Raises:
         BagError: a named topic is missing or of the wrong type, or detection is ambiguous. The
             message lists the topics the bag does have.
     """
     types = topic_types(reader)
-    if image is not None and _lookup(types, image) is None and _lookup(types, image.rstrip("/") + "/compressed"):
-        image = image.rstrip("/") + "/compressed"
+    if image is not None and lookup_topic(types, image) is None:
+        sibling = image.rstrip("/") + "/compressed"
+        if lookup_topic(types, sibling):
+            image = sibling
     colour = (IMAGE, COMPRESSED_IMAGE)
     image_topic = _pick(types, "colour image", "--image-topic", image, IMAGE_TOPICS, colour,
                         [t for t, m in types.items() if m in colour and "depth" not in t])
@@ -229,10 +216,9 @@ def resolve_topics(reader: AnyReader, *, image: str | None = None, depth: str | 
     sibling = posixpath.join(posixpath.dirname(base), "camera_info")
     info_topic = _pick(types, "camera_info", "--info-topic", camera_info, [sibling], (CAMERA_INFO,),
                        [t for t, m in types.items() if m == CAMERA_INFO])
-    topics = BagTopics(image=image_topic, compressed=compressed, depth=depth_topic, camera_info=info_topic,
-                       truth=_truth_topics(types, truth))
-    log.info("topics: colour %s, depth %s, camera_info %s, truth %s", topics.image, topics.depth or "(none)",
-             topics.camera_info, ", ".join(topics.truth) or "(none)")
+    topics = CameraTopics(image=image_topic, compressed=compressed, depth=depth_topic, camera_info=info_topic)
+    log.info("topics: colour %s, depth %s, camera_info %s", topics.image, topics.depth or "(none)",
+             topics.camera_info)
     return topics
 
 
@@ -242,7 +228,8 @@ def _first_message(reader: AnyReader, topic: str) -> Any:
     raise BagError(f"topic {topic!r} has no messages")
 
 
-def camera_messages(reader: AnyReader, topics: BagTopics, *, slop_ns: int, queue_size: int) -> Iterator[CameraMessages]:
+def camera_messages(reader: AnyReader, topics: CameraTopics, *, slop_ns: int,
+                    queue_size: int) -> Iterator[CameraMessages]:
     """Stream the bag's camera frames in bag order: colour paired with depth by header stamp.
 
     Colour and depth are paired by :class:`StampPairer` (closest stamps within ``slop_ns``), as in

@@ -1,7 +1,8 @@
 """sensor_msgs <-> numpy conversion.
 
 Duck-typed on purpose: it reads rclpy messages and rosbags messages alike (same field names) and
-imports neither rclpy nor a ROS ``cv_bridge``, so the bag evaluator reuses it without a ROS install.
+imports neither rclpy nor a ROS ``cv_bridge``, so the bag evaluator and the data engine use it without
+a ROS install, and the nodes build their messages from the field dicts it returns.
 A ROS 2 ``cv_bridge`` is not installable from the package index here (the one on PyPI is ROS 1
 code and breaks on numpy 2), so the few encodings robots use are decoded by hand below.
 """
