@@ -29,7 +29,7 @@ from stable_baselines3 import SAC
 from spatialvlm_ros.config import EstimatorConfig, RewardConfig
 from spatialvlm_ros.estimation import build_estimator
 from spatialvlm_ros.gym import REACH_ID, SpatialRewardWrapper
-from spatialvlm_ros.vlm.base import VLMConfig
+from spatialvlm_ros.config import VLMConfig
 
 logger = logging.getLogger("train_reach")
 REPO = Path(__file__).resolve().parent.parent

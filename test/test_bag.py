@@ -25,7 +25,7 @@ from spatialvlm_ros.bag.truth import load_truth
 from spatialvlm_ros.cli import main
 from spatialvlm_ros.config import SimConfig, SpatialRewardConfig
 from spatialvlm_ros.errors import BagError
-from spatialvlm_ros.estimation import DistanceKind, Pair
+from spatialvlm_ros.types import DistanceKind, Pair
 from spatialvlm_ros.messages.conversions import depth_to_image_fields, rgb_to_image_fields
 from spatialvlm_ros.messages.rosbag import open_bag
 from spatialvlm_ros.sim import TabletopSim

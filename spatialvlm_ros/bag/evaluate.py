@@ -26,7 +26,7 @@ from spatialvlm_ros.bag.report import summarise, write_annotated_bag, write_repo
 from spatialvlm_ros.bag.truth import load_truth, resolve_truth_topics
 from spatialvlm_ros.config import SpatialRewardConfig, config_path, load_config
 from spatialvlm_ros.errors import BagError
-from spatialvlm_ros.estimation import DistanceKind, Pair
+from spatialvlm_ros.types import DistanceKind, Pair
 from spatialvlm_ros.messages.rosbag import camera_messages, message_count, open_bag, resolve_topics
 
 log = logging.getLogger(__name__)
@@ -80,14 +80,13 @@ def select_pair(config: SpatialRewardConfig, gripper: str | None = None, target:
 
     Example:
         >>> cfg = select_pair(SpatialRewardConfig(), target="blue box", distance="centre")
-        >>> cfg.pairs, cfg.estimator.distance
-        (('yellow gripper -> blue box',), 'centre')
+        >>> [str(p) for p in cfg.pairs], str(cfg.estimator.distance)
+        (['yellow gripper -> blue box'], 'centre')
     """
-    first = Pair.parse(config.pairs[0])
+    first = config.pairs[0]
     pair = Pair(gripper or first.gripper, target or first.target)
-    kind = DistanceKind(distance or config.estimator.distance)
-    return dataclasses.replace(config, pairs=(str(pair),),
-                               estimator=dataclasses.replace(config.estimator, distance=kind.value))
+    kind = DistanceKind(distance) if distance else config.estimator.distance
+    return dataclasses.replace(config, pairs=(pair,), estimator=dataclasses.replace(config.estimator, distance=kind))
 
 
 def default_out(bag: Path) -> Path:
@@ -120,8 +119,7 @@ def evaluate_bag(bag: str | Path, config: SpatialRewardConfig, *, out: str | Pat
     out = Path(out) if out is not None else default_out(bag)
     if (out / "metrics.json").exists() or (out / "annotated_bag").exists():
         raise BagError(f"{out} already holds an evaluation; choose another --out")
-    pair = Pair.parse(config.pairs[0])
-    kind = DistanceKind(config.estimator.distance)
+    pair, kind = config.pairs[0], config.estimator.distance
     with open_bag(bag) as reader:
         topics = resolve_topics(reader, image=image_topic, depth=depth_topic, camera_info=info_topic)
         truth_topics = resolve_truth_topics(reader, truth_topic)

@@ -23,9 +23,8 @@ from spatialvlm_ros.bag.records import FrameRecord, RunResult
 from spatialvlm_ros.bag.truth import TruthTrace
 from spatialvlm_ros.config import SpatialRewardConfig
 from spatialvlm_ros.errors import InputError
-from spatialvlm_ros.estimation import (
-    DistanceEstimate, DistanceEstimator, DistanceKind, NoEstimateReason, Pair, build_estimator,
-)
+from spatialvlm_ros.types import DistanceEstimate, DistanceKind, NoEstimateReason, Pair
+from spatialvlm_ros.estimation import DistanceEstimator, build_estimator
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.messages.conversions import frame_from_messages
 from spatialvlm_ros.messages.rosbag import CameraMessages
@@ -90,8 +89,7 @@ def run_offline(frames: Iterable[CameraMessages], config: SpatialRewardConfig, *
         total: expected number of frames, for the progress bar.
         workers: estimator threads (default :func:`default_workers`).
     """
-    pair = Pair.parse(config.pairs[0])
-    kind = DistanceKind(config.estimator.distance)
+    pair, kind = config.pairs[0], config.estimator.distance
     reward = build_reward(config.reward, [pair])
     worker = _Worker(config, pair, kind)
     records = []

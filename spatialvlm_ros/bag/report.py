@@ -16,7 +16,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from spatialvlm_ros.bag.records import FrameRecord, RunResult, write_csv
 from spatialvlm_ros.errors import BagError
-from spatialvlm_ros.estimation import Pair
+from spatialvlm_ros.types import Pair
 from spatialvlm_ros.evaluation.metrics import distance_metrics, latency_metrics
 from spatialvlm_ros.evaluation.report import plot_trace, write_json
 from spatialvlm_ros.messages.rosbag import read_messages

@@ -25,7 +25,7 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 
 from spatialvlm_ros.errors import BagError
-from spatialvlm_ros.estimation import DistanceKind, Pair
+from spatialvlm_ros.types import DistanceKind, Pair
 from spatialvlm_ros.messages.conversions import stamp_to_ns
 from spatialvlm_ros.messages.rosbag import deserialize, describe_topics, lookup_topic, read_messages, topic_types
 

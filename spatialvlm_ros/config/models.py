@@ -46,7 +46,11 @@ class DetectorConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SegmenterConfig:
-    """Box-promptable segmenter, SAM (``models.segmenter.*``)."""
+    """Box-promptable segmenter, SAM (``models.segmenter.*``).
+
+    Attributes:
+        checkpoint: hub id or local folder of the segmenter.
+    """
 
     checkpoint: str = "facebook/sam-vit-base"
 
@@ -69,7 +73,11 @@ class CaptionerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ClipConfig:
-    """CLIP, for the image filter and the caption embeddings (``models.clip.*``)."""
+    """CLIP, for the image filter and the caption embeddings (``models.clip.*``).
+
+    Attributes:
+        checkpoint: hub id or local folder of the CLIP model.
+    """
 
     checkpoint: str = "openai/clip-vit-base-patch32"
 

@@ -24,7 +24,8 @@ import numpy.typing as npt
 
 from spatialvlm_ros.config import RewardConfig
 from spatialvlm_ros.errors import ConfigError
-from spatialvlm_ros.estimation.base import DistanceEstimate, DistanceEstimator, DistanceKind, Pair
+from spatialvlm_ros.types import DistanceEstimate, DistanceKind, Pair
+from spatialvlm_ros.estimation.base import DistanceEstimator
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.reward.tracker import CombinedReward, MultiPairReward

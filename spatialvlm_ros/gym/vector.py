@@ -11,7 +11,8 @@ from gymnasium.vector.vector_env import ArrayType
 
 from spatialvlm_ros.config import RewardConfig
 from spatialvlm_ros.errors import ConfigError
-from spatialvlm_ros.estimation.base import DistanceEstimator, DistanceKind, Pair
+from spatialvlm_ros.estimation.base import DistanceEstimator
+from spatialvlm_ros.types import DistanceKind, Pair
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.gym.spatial import (

@@ -8,7 +8,8 @@ import gymnasium as gym
 from gymnasium.core import ActType, ObsType
 
 from spatialvlm_ros.config import RewardConfig
-from spatialvlm_ros.estimation.base import DistanceEstimator, DistanceKind, Pair
+from spatialvlm_ros.estimation.base import DistanceEstimator
+from spatialvlm_ros.types import DistanceKind, Pair
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.gym.spatial import RENDER_RGBD, Mode, SpatialObservation, SpatialTerm, check_rgbd_env

@@ -39,7 +39,7 @@ from spatialvlm_ros.bag.records import FrameRecord, RunResult
 from spatialvlm_ros.bag.truth import TruthTrace
 from spatialvlm_ros.config import SpatialRewardConfig, to_flat, unflatten
 from spatialvlm_ros.errors import BagError
-from spatialvlm_ros.estimation import Pair
+from spatialvlm_ros.types import Pair
 from spatialvlm_ros.messages.conversions import stamp_to_ns
 from spatialvlm_ros.messages.rosbag import CameraTopics, deserialize, read_messages, topic_types
 from spatialvlm_ros.ros.transport import joined_domain, node_command, ros_environment, stop_process
@@ -201,7 +201,7 @@ def run_live(reader: AnyReader, topics: CameraTopics, config: SpatialRewardConfi
     Raises:
         BagError: the node did not start or exited, or the bag cannot be read.
     """
-    pair = Pair.parse(config.pairs[0])
+    pair = config.pairs[0]
     params_file = out_dir / f"{NODE}.yaml"
     params_file.write_text(yaml.safe_dump(node_parameters(config, topics), sort_keys=False))
     log_path = out_dir / f"{NODE}.log"

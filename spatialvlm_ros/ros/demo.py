@@ -31,7 +31,7 @@ from std_msgs.msg import Float32
 from visualization_msgs.msg import MarkerArray
 
 from spatialvlm_ros.config import SimCameraConfig, SpatialRewardConfig, config_path, load_config
-from spatialvlm_ros.estimation import Pair
+from spatialvlm_ros.types import Pair
 from spatialvlm_ros.evaluation.metrics import distance_metrics, latency_metrics
 from spatialvlm_ros.evaluation.report import plot_trace, write_json
 from spatialvlm_ros.messages.conversions import stamp_to_ns
@@ -160,7 +160,7 @@ def run_demo(config_file: Path | None = None, out_root: Path = Path("results"), 
     topics = {sim_cfg.topics.image: Image, sim_cfg.topics.depth: Image, sim_cfg.topics.camera_info: CameraInfo,
               "ground_truth": DiagnosticArray, "ground_truth/distance": Float32, "estimates": DiagnosticArray,
               "reward": Float32, "markers": MarkerArray, "/diagnostics": DiagnosticArray}
-    for pair in map(Pair.parse, reward_cfg.pairs):
+    for pair in reward_cfg.pairs:
         topics[f"reward/{pair.slug}"] = Float32
         topics[f"distance/{pair.slug}"] = Float32
 
@@ -248,7 +248,7 @@ def _summarise(trace: _Trace, out: Path, reward_cfg: SpatialRewardConfig, sim_cf
         "frames_published": len(rows), "frames_answered": len(answered),
         "dropped_rate": 1.0 - len(answered) / len(rows) if rows else float("nan"),
         "within_0.75_1.25x": metrics["within_0.75_1.25x"], "within_0.5_2x": metrics["within_0.5_2x"],
-        "pair": reward_cfg.pairs[0], "distance": reward_cfg.estimator.distance,
+        "pair": str(reward_cfg.pairs[0]), "distance": reward_cfg.estimator.distance.value,
         "grounding": reward_cfg.estimator.grounding, "depth_noise": sim_cfg.sim.depth_noise.enabled,
         "resolution": f"{sim_cfg.sim.width}x{sim_cfg.sim.height}", "rate_hz": sim_cfg.rate_hz,
         "ros_domain_id": int(env["ROS_DOMAIN_ID"]),

@@ -38,9 +38,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from spatialvlm_ros.config import SpatialRewardConfig
 from spatialvlm_ros.errors import ConfigError, InputError
-from spatialvlm_ros.estimation import (
-    DistanceEstimate, DistanceEstimator, DistanceKind, NoEstimateReason, Pair, build_estimator,
-)
+from spatialvlm_ros.types import DistanceEstimate, DistanceKind, NoEstimateReason, Pair
+from spatialvlm_ros.estimation import DistanceEstimator, build_estimator
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.messages.conversions import frame_from_messages, stamp_to_ns
@@ -65,9 +64,8 @@ class _Pipeline:
 
     @classmethod
     def build(cls, config: SpatialRewardConfig) -> "_Pipeline":
-        pairs = tuple(Pair.parse(p) for p in config.pairs)
-        return cls(config, pairs, DistanceKind(config.estimator.distance),
-                   build_estimator(config.estimator), build_reward(config.reward, pairs))
+        return cls(config, config.pairs, config.estimator.distance,
+                   build_estimator(config.estimator), build_reward(config.reward, config.pairs))
 
 
 class _Stats:
