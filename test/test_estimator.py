@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from spatialvlm_ros.config import EstimatorConfig
-from spatialvlm_ros.estimation.base import DistanceKind, NoEstimateReason, Pair, build_estimator
+from spatialvlm_ros.estimation import build_estimator
 from spatialvlm_ros.estimation.geometric import GeometricEstimator
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.perception.grounding import ColourPromptGrounder
+from spatialvlm_ros.types import DistanceKind, NoEstimateReason, Pair
 
 CAM = CameraIntrinsics.from_fov(640, 480, 58.0)
 TABLE_Y = 0.25          # table plane 0.25 m below the optical centre (optical y points down)

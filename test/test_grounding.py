@@ -3,13 +3,12 @@
 import numpy as np
 import pytest
 
-from spatialvlm_ros.config import EstimatorConfig
+from spatialvlm_ros.config import ModelsConfig
 from spatialvlm_ros.errors import ConfigError, GroundingError
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
-from spatialvlm_ros.perception.grounding import (
-    ColourPromptGrounder, SimSegmentationGrounder, build_grounder, parse_colour,
-)
+from spatialvlm_ros.perception.grounding import ColourPromptGrounder, SimSegmentationGrounder, parse_colour
+from spatialvlm_ros.perception.registry import GROUNDERS
 
 H, W = 120, 160
 CAM = CameraIntrinsics.from_fov(W, H, 58.0)
@@ -144,14 +143,15 @@ def test_sim_segmentation_needs_a_segmentation_image():
 
 @pytest.mark.parametrize("name, cls", [("colour_prompt", ColourPromptGrounder),
                                        ("sim_segmentation", SimSegmentationGrounder)])
-def test_build_grounder_by_config_name(name, cls):
-    grounder = build_grounder(EstimatorConfig(grounding=name))
+def test_grounders_are_built_by_config_name(name, cls):
+    grounder = GROUNDERS.create(name, ModelsConfig())
     assert isinstance(grounder, cls) and grounder.name == name
 
 
-def test_build_grounder_unknown_name():
-    with pytest.raises(ConfigError, match="estimator.grounding: unknown 'owl'"):
-        build_grounder(EstimatorConfig(grounding="owl"))
+def test_unknown_grounder_names_the_setting_and_the_choices():
+    with pytest.raises(ConfigError, match="estimator.grounding: unknown 'owl'; registered: colour_prompt, "
+                                          "sim_segmentation, open_vocab"):
+        GROUNDERS.create("owl", ModelsConfig())
 
 
 @pytest.mark.parametrize("kwargs, match", [({"min_saturation": 300}, "0..255"), ({"keep_ratio": 0.0}, "keep_ratio")])

@@ -1,4 +1,4 @@
-"""Tests of the transformers experts (spatialvlm_ros.perception.hf, spatialvlm_ros.synthesis.hf_experts).
+"""Tests of the transformers experts (spatialvlm_ros.perception.hf) and the experts built on them.
 
 The model hub is unreachable, so every model here is a TINY one with RANDOM weights, built from a config
 in the test, saved with ``save_pretrained`` to a temporary folder and reloaded through the experts' own
@@ -29,23 +29,23 @@ from transformers import (BlipConfig, BlipForConditionalGeneration, BlipImagePro
                           SamConfig, SamImageProcessorPil, SamModel, SamProcessor)
 
 from spatialvlm_ros.config import (  # noqa: E402
-    DEFAULT_FOVY_DEG, CaptionerConfig, ClipConfig, DepthModelConfig, DetectorConfig, EstimatorConfig, ModelsConfig, SegmenterConfig,
-    SimConfig,
+    DEFAULT_FOVY_DEG, CaptionerConfig, ClipConfig, DepthModelConfig, DetectorConfig, EstimatorConfig, ModelsConfig,
+    SegmenterConfig, SimConfig,
 )
 from spatialvlm_ros.errors import ConfigError, GroundingError, InputError  # noqa: E402
 from spatialvlm_ros.estimation.base import DistanceEstimate, DistanceKind, Pair  # noqa: E402
 from spatialvlm_ros.estimation.geometric import GeometricEstimator  # noqa: E402
 from spatialvlm_ros.frame import Frame  # noqa: E402
-from spatialvlm_ros.perception.grounding import build_grounder  # noqa: E402
+from spatialvlm_ros.perception.experts import Detections, FilterVerdict, Sample  # noqa: E402
 from spatialvlm_ros.perception.hf import (KEEP_LABELS, BoxSegmenter, ClipSceneFilter,  # noqa: E402
-                                          ClipTextEmbedder, MonocularDepth, OpenVocabDetector,
-                                          OpenVocabGrounder, RegionCaptioner, clean_caption, nms)
+                                          ClipTextEmbedder, MonocularDepth, OpenVocabDetector, RegionCaptioner,
+                                          clean_caption, nms)
+from spatialvlm_ros.perception.open_vocab import OpenVocabGrounder, OpenVocabObjects  # noqa: E402
+from spatialvlm_ros.perception.registry import (DEPTH_SOURCES, EMBEDDERS, FILTERS, GROUNDERS,  # noqa: E402
+                                                OBJECT_EXPERTS)
 from spatialvlm_ros.sim import TabletopSim  # noqa: E402
 from spatialvlm_ros.synthesis.config import ExpertsConfig, SynthesisConfig  # noqa: E402
 from spatialvlm_ros.synthesis.engine import run_local  # noqa: E402
-from spatialvlm_ros.synthesis.hf_experts import (ClipFilter, MonocularDepthSource, OpenVocabObjects)  # noqa: E402
-from spatialvlm_ros.synthesis.registry import (DEPTH_SOURCES, EMBEDDERS, FILTERS, OBJECT_EXPERTS,  # noqa: E402
-                                               Detections, FilterVerdict, Sample)
 from spatialvlm_ros.synthesis.sources import open_source  # noqa: E402
 
 WORDS = ("a photo of an iphone indoor outdoor scene the red can yellow gripper table top floor object thing on "
@@ -139,7 +139,8 @@ def frame() -> Frame:
 
 @pytest.fixture(scope="module")
 def detector(models_cfg: ModelsConfig) -> OpenVocabDetector:
-    return OpenVocabDetector.from_pretrained(models_cfg.detector.checkpoint, local_files_only=True, threshold=0.0, nms_iou=0.5)
+    return OpenVocabDetector.from_pretrained(models_cfg.detector.checkpoint, local_files_only=True, threshold=0.0,
+                                             nms_iou=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +272,8 @@ def test_clean_caption(raw: str, expected: str) -> None:
 
 
 def test_captioner_contract(models_cfg: ModelsConfig, frame: Frame) -> None:
-    captioner = RegionCaptioner.from_pretrained(models_cfg.captioner.checkpoint, local_files_only=True, max_new_tokens=4)
+    captioner = RegionCaptioner.from_pretrained(models_cfg.captioner.checkpoint, local_files_only=True,
+                                                max_new_tokens=4)
     out = captioner.caption(frame.rgb, np.array([[10, 10, 60, 80], [150, 110, 160, 120]], float))
     assert len(out.captions) == len(out.raw) == 2
     assert all(isinstance(c, str) and len(c.split()) <= 6 for c in out.captions)
@@ -285,8 +287,7 @@ def test_clip_filter_contract(clip_filter: ClipSceneFilter, frame: Frame) -> Non
     assert np.all(verdict.probs >= 0) and verdict.probs.sum() == pytest.approx(1.0, abs=1e-5)
     assert verdict.label == verdict.labels[int(verdict.probs.argmax())]
     assert verdict.keep == (verdict.label in KEEP_LABELS)
-    adapted = ClipFilter(clip_filter).keep(Sample(image_id="x", frame=frame))
-    assert isinstance(adapted, FilterVerdict) and adapted == FilterVerdict(keep=verdict.keep, label=verdict.label)
+    assert clip_filter.keep(frame) == FilterVerdict(keep=verdict.keep, label=verdict.label)
 
 
 def test_clip_text_embedder_contract(models_cfg: ModelsConfig) -> None:
@@ -306,10 +307,9 @@ def test_depth_contract(depth_model: MonocularDepth, frame: Frame) -> None:
     guessed = depth_model.estimate(frame.rgb)
     assert guessed.fov_assumed and guessed.intrinsics.width == 160 and guessed.intrinsics.height == 120
     assert guessed.intrinsics.fy == pytest.approx(60 / np.tan(np.deg2rad(DEFAULT_FOVY_DEG) / 2))
-    monocular = dataclasses.replace(frame, depth_m=None)
-    filled = depth_model.fill(monocular)
-    assert filled.depth_m is not None and filled.depth_m.shape == (120, 160) and filled.rgb is frame.rgb
-    assert depth_model.fill(frame) is frame
+    from_frame = depth_model.depth(frame)
+    np.testing.assert_array_equal(from_frame.depth_m, given.depth_m)
+    assert from_frame.intrinsics == frame.intrinsics and not from_frame.fov_assumed
     with pytest.raises(InputError, match="intrinsics are 160x120, image is 80x60"):
         depth_model.estimate(frame.rgb[:60, :80].copy(), frame.intrinsics)
 
@@ -329,17 +329,18 @@ def test_grounder_returns_a_frame_sized_bool_mask(detector: OpenVocabDetector, s
 
 
 def test_open_vocab_is_registered_for_the_estimator(models_cfg: ModelsConfig, frame: Frame) -> None:
-    grounder = build_grounder(EstimatorConfig(grounding="open_vocab", models=models_cfg))
+    grounder = GROUNDERS.create("open_vocab", models_cfg)
     assert isinstance(grounder, OpenVocabGrounder) and grounder.name == "open_vocab"
     assert grounder.ground(frame, "yellow gripper").shape == (120, 160)
 
 
 @pytest.mark.parametrize("with_depth", [True, False])
-def test_geometric_estimator_with_open_vocab_never_crashes(models_cfg: ModelsConfig, depth_model: MonocularDepth,
-                                                           frame: Frame, with_depth: bool) -> None:
-    est = GeometricEstimator(EstimatorConfig(grounding="open_vocab", models=models_cfg))
-    # The monocular path: what the estimator does when the frame has no depth and a depth model is set.
-    step = frame if with_depth else depth_model.fill(dataclasses.replace(frame, depth_m=None))
+def test_geometric_estimator_with_open_vocab_never_crashes(models_cfg: ModelsConfig, frame: Frame,
+                                                           with_depth: bool) -> None:
+    est = GeometricEstimator(EstimatorConfig(grounding="open_vocab", monocular_depth=True, models=models_cfg))
+    assert isinstance(est.grounder, OpenVocabGrounder) and isinstance(est.depth_source, MonocularDepth)
+    # Without depth, the estimator takes the monocular depth source's.
+    step = frame if with_depth else dataclasses.replace(frame, depth_m=None)
     pairs = [Pair.parse("yellow gripper -> red can")]
     [estimate] = est.estimate(step, pairs, DistanceKind.GAP)
     assert isinstance(estimate, DistanceEstimate)
@@ -351,7 +352,8 @@ def test_geometric_estimator_with_open_vocab_never_crashes(models_cfg: ModelsCon
 
 def test_objects_expert_contract(detector: OpenVocabDetector, segmenter: BoxSegmenter, models_cfg: ModelsConfig,
                                  frame: Frame) -> None:
-    captioner = RegionCaptioner.from_pretrained(models_cfg.captioner.checkpoint, local_files_only=True, max_new_tokens=4)
+    captioner = RegionCaptioner.from_pretrained(models_cfg.captioner.checkpoint, local_files_only=True,
+                                                max_new_tokens=4)
     expert = OpenVocabObjects(detector, segmenter, captioner, object_queries=("object", "toy"),
                               support_queries=("table top",), max_objects=3)
     out = expert.detect(Sample(image_id="sim0", frame=frame), np.random.default_rng(0))
@@ -364,19 +366,20 @@ def test_objects_expert_contract(detector: OpenVocabDetector, segmenter: BoxSegm
     assert out.support_mask is None or (out.support_mask.shape == (120, 160) and out.support_mask.dtype == bool)
 
 
-def test_synthesis_registries_build_the_transformers_experts(models_cfg: ModelsConfig, frame: Frame) -> None:
-    cfg = SynthesisConfig(models=models_cfg)
+def test_registries_build_the_transformers_experts(models_cfg: ModelsConfig, frame: Frame) -> None:
     sample = Sample(image_id="sim0", frame=frame)
-    assert isinstance(FILTERS.create("clip", cfg).keep(sample), FilterVerdict)
-    assert isinstance(OBJECT_EXPERTS.create("open_vocab", cfg).detect(sample, np.random.default_rng(0)), Detections)
-    source = DEPTH_SOURCES.create("monocular", cfg)
-    assert isinstance(source, MonocularDepthSource)
-    depth_m, intrinsics = source.depth(sample)
-    assert depth_m.shape == (120, 160) and intrinsics == frame.intrinsics
-    fov_cfg = SynthesisConfig(models=dataclasses.replace(models_cfg, depth=dataclasses.replace(models_cfg.depth, intrinsics="default_fov")))
-    _, assumed = DEPTH_SOURCES.create("monocular", fov_cfg).depth(sample)
-    assert assumed.fy == pytest.approx(60 / np.tan(np.deg2rad(DEFAULT_FOVY_DEG) / 2))
-    assert EMBEDDERS.create("clip_text", cfg).embed(["red can"]).shape == (1, 8)
+    assert isinstance(FILTERS.create("clip", models_cfg).keep(frame), FilterVerdict)
+    objects = OBJECT_EXPERTS.create("open_vocab", models_cfg)
+    assert isinstance(objects, OpenVocabObjects) and objects.max_objects == 4
+    assert isinstance(objects.detect(sample, np.random.default_rng(0)), Detections)
+    source = DEPTH_SOURCES.create("monocular", models_cfg)
+    assert isinstance(source, MonocularDepth)
+    depth = source.depth(frame)
+    assert depth.depth_m.shape == (120, 160) and depth.intrinsics == frame.intrinsics and not depth.fov_assumed
+    fov_models = dataclasses.replace(models_cfg, depth=dataclasses.replace(models_cfg.depth, intrinsics="default_fov"))
+    assumed = DEPTH_SOURCES.create("monocular", fov_models).depth(frame)
+    assert assumed.fov_assumed and assumed.intrinsics.fy == pytest.approx(60 / np.tan(np.deg2rad(DEFAULT_FOVY_DEG) / 2))
+    assert EMBEDDERS.create("clip_text", models_cfg).embed(["red can"]).shape == (1, 8)
 
 
 def test_whole_pipeline_runs_offline_through_the_tiny_models(models_cfg: ModelsConfig, tmp_path: Path) -> None:

@@ -8,13 +8,15 @@ import math
 import numpy as np
 import pytest
 
+from spatialvlm_ros.config import ModelsConfig
 from spatialvlm_ros.errors import ConfigError
-from spatialvlm_ros.synthesis.ambiguity import CharNgramEmbedder, disambiguate
+from spatialvlm_ros.perception.offline import CAPTION_WORDS, CharNgramEmbedder, sample_caption
+from spatialvlm_ros.perception.registry import OBJECT_EXPERTS
+from spatialvlm_ros.synthesis.ambiguity import disambiguate
 from spatialvlm_ros.synthesis.config import QuestionsConfig, SynthesisConfig, load_synthesis_config
 from spatialvlm_ros.synthesis.questions import (CLASSIFY_PAIRS, OPPOSITE, QUESTION_TYPES, TYPES_BY_NAME, make_qa,
                                                 synthesize_qa)
 from spatialvlm_ros.synthesis.records import Box3D, SceneObject, SceneRecord
-from spatialvlm_ros.synthesis.registry import OBJECT_EXPERTS
 from spatialvlm_ros.synthesis.rounding import parse_distance, say_distance
 from spatialvlm_ros.synthesis.templates import (ANSWER_FRAMES, CLASSIFY_WORDS, QUANTITY_ANSWERS, QUANTITY_QUESTIONS,
                                                 QUESTION_FRAMES, RELATION_WORDS)
@@ -209,8 +211,8 @@ def test_near_duplicate_captions_get_a_clause_and_triples_are_dropped() -> None:
 
 
 def test_unknown_expert_and_bad_config_are_reported_by_name() -> None:
-    with pytest.raises(ConfigError, match="experts.objects: unknown 'owlv2'; registered: sim_oracle"):
-        OBJECT_EXPERTS.create("owlv2", SynthesisConfig())
+    with pytest.raises(ConfigError, match="experts.objects: unknown 'owlv2'; registered: sim_oracle, open_vocab"):
+        OBJECT_EXPERTS.create("owlv2", ModelsConfig())
     with pytest.raises(ConfigError, match="questions.qualitative_fraction"):
         load_synthesis_config(overrides={"questions": {"qualitative_fraction": 2.0}})
 
@@ -220,7 +222,6 @@ def test_shipped_yaml_matches_the_dataclass_defaults() -> None:
 
 
 def test_captions_pairs_with_different_kinds_never_collide() -> None:
-    from spatialvlm_ros.synthesis.experts import CAPTION_WORDS, sample_caption
     kinds = list(CAPTION_WORDS)
     emb = CharNgramEmbedder()
     for (k1, k2), seed in itertools.product(itertools.combinations(kinds, 2), range(10)):

@@ -18,10 +18,11 @@ from spatialvlm_ros.errors import BagError, InputError
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.messages.conversions import camera_info_fields, depth_to_image_fields, rgb_to_image_fields
+from spatialvlm_ros.perception.experts import Detection, Detections, Sample
+from spatialvlm_ros.perception.registry import OBJECT_EXPERTS
 from spatialvlm_ros.sim import TabletopSim
 from spatialvlm_ros.synthesis.config import ExpertsConfig, SynthesisConfig
 from spatialvlm_ros.synthesis.engine import run_local
-from spatialvlm_ros.synthesis.registry import OBJECT_EXPERTS, Detection, Detections, Sample
 from spatialvlm_ros.synthesis.sources import BagSource, FolderSource, open_source
 
 TS = get_typestore(Stores.LATEST)
@@ -182,7 +183,7 @@ class _Halves:
 @pytest.mark.parametrize("kind", ["folder", "bag"])
 def test_sources_run_through_the_engine_and_resume(folder: Path, frames: list[Frame], tmp_path: Path,
                                                    monkeypatch: Any, kind: str) -> None:
-    monkeypatch.setitem(OBJECT_EXPERTS._items, "halves", lambda cfg: _Halves())
+    monkeypatch.setitem(OBJECT_EXPERTS._items, "halves", lambda models: _Halves())
     (folder / "sub" / "c.png").unlink()    # the sensor depth source needs depth on every image
     spec = folder if kind == "folder" else write_camera_bag(tmp_path / "run", frames[:2])
     ids = ["a", "b"] if kind == "folder" else [f"run-{T0_NS}", f"run-{T0_NS + PERIOD_NS}"]

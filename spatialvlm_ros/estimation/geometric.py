@@ -7,7 +7,7 @@ Needs depth registered to the colour image. Points and results are in the camera
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -18,8 +18,8 @@ from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.pointcloud import (
     ObjectCloud, backproject, centre_distance, object_cloud, surface_gap,
 )
-from spatialvlm_ros.perception.grounding import Grounder, build_grounder
-from spatialvlm_ros.perception.hf import MonocularDepth
+from spatialvlm_ros.perception.experts import DepthSource, Grounder
+from spatialvlm_ros.perception.registry import DEPTH_SOURCES, GROUNDERS
 from spatialvlm_ros.types import DistanceEstimate, DistanceKind, NoEstimateReason, Pair
 
 
@@ -38,8 +38,11 @@ class GeometricEstimator:
     draws from a generator seeded with ``config.seed`` at every call, so a frame always gives the same
     answer.
 
+    Frames without depth get the ``monocular`` depth source's depth (and the intrinsics it belongs to)
+    when ``config.monocular_depth`` is on; otherwise their estimates are NO_DEPTH.
+
     Args:
-        config: estimator settings (grounder name, depth range, outlier k, point budget).
+        config: estimator settings (grounder name, depth range, outlier k, point budget, ``models``).
         grounder: overrides the grounder ``config.grounding`` names (tests, custom experts).
 
     Example:
@@ -58,11 +61,9 @@ class GeometricEstimator:
 
     def __init__(self, config: EstimatorConfig, grounder: Grounder | None = None) -> None:
         self.config = config
-        self.grounder = build_grounder(config) if grounder is None else grounder
-        models = config.models
-        self.depth_model = MonocularDepth.from_pretrained(
-            models.depth.checkpoint, **models.load_options(), fallback_fovy_deg=models.depth.fallback_fovy_deg) \
-            if config.monocular_depth else None
+        self.grounder = GROUNDERS.create(config.grounding, config.models) if grounder is None else grounder
+        self.depth_source: DepthSource | None = \
+            DEPTH_SOURCES.create("monocular", config.models) if config.monocular_depth else None
 
     def estimate(self, frame: Frame, pairs: Sequence[Pair], kind: DistanceKind) -> list[DistanceEstimate]:
         """One estimate per pair; per-frame problems come back as invalid estimates, never raised.
@@ -72,8 +73,9 @@ class GeometricEstimator:
         """
         start = time.perf_counter()
         kind = DistanceKind(kind)
-        if self.depth_model is not None:
-            frame = self.depth_model.fill(frame)   # no-op when the frame has depth
+        if frame.depth_m is None and self.depth_source is not None:
+            depth = self.depth_source.depth(frame)
+            frame = replace(frame, depth_m=depth.depth_m, intrinsics=depth.intrinsics)
         rng = np.random.default_rng(self.config.seed)
         clouds: dict[str, ObjectCloud | _Unusable] = {}
         results = []

@@ -1,63 +1,22 @@
-"""Grounding: a text phrase ("the red can") -> a boolean pixel mask of that object.
+"""The offline grounders: a text phrase ("the red can") -> a boolean pixel mask of that object.
 
-Grounders are a :class:`Grounder` protocol plus a registry keyed by ``EstimatorConfig.grounding``.
-Two work offline: ``sim_segmentation`` (simulator object ids) and ``colour_prompt`` (HSV thresholds).
-
-Seam for learned grounding: an open-vocabulary detector + promptable segmenter backend (boxes from
-the phrase, then a mask per box) registers itself here with ``@register_grounder("<name>")`` on a
-factory taking :class:`EstimatorConfig`, and its name is added to ``EstimatorConfig.grounding``;
-nothing downstream changes.
+Both implement :class:`~spatialvlm_ros.perception.experts.Grounder` and are registered by name in
+:mod:`~spatialvlm_ros.perception.registry` (``estimator.grounding``): ``sim_segmentation`` (simulator
+object ids) and ``colour_prompt`` (HSV thresholds). The learned one, ``open_vocab``, is in
+:mod:`~spatialvlm_ros.perception.open_vocab`.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 import weakref
-from typing import TYPE_CHECKING, Callable, Mapping, Protocol
+from typing import Mapping
 
 import cv2
 import numpy as np
 
 from spatialvlm_ros.errors import ConfigError, GroundingError
-from spatialvlm_ros.registry import Registry
-
-if TYPE_CHECKING:
-    from spatialvlm_ros.config import EstimatorConfig
-    from spatialvlm_ros.frame import Frame
-
-logger = logging.getLogger(__name__)
-
-
-class Grounder(Protocol):
-    """Turns a phrase into the mask of the object it names."""
-
-    name: str
-
-    def ground(self, frame: "Frame", phrase: str) -> np.ndarray:
-        """(H, W) bool mask of ``phrase`` in ``frame``; all False when the object is not visible.
-
-        Raises:
-            GroundingError: this grounder cannot interpret ``phrase``.
-        """
-        ...
-
-
-GrounderFactory = Callable[["EstimatorConfig"], Grounder]
-GROUNDERS: Registry[GrounderFactory] = Registry("estimator.grounding")
-register_grounder = GROUNDERS.register
-
-
-def build_grounder(config: "EstimatorConfig") -> Grounder:
-    """Build the grounder named by ``config.grounding``.
-
-    Example:
-        >>> from spatialvlm_ros.config import EstimatorConfig
-        >>> build_grounder(EstimatorConfig(grounding="colour_prompt")).name
-        'colour_prompt'
-    """
-    return GROUNDERS.create(config.grounding, config)
-
+from spatialvlm_ros.frame import Frame
 
 _ARTICLES = ("the ", "a ", "an ")
 
@@ -70,7 +29,6 @@ def _normalise(text: str) -> str:
     return text
 
 
-@register_grounder("sim_segmentation")
 class SimSegmentationGrounder:
     """Masks from a simulator's segmentation image, looked up by object name in ``frame.labels``.
 
@@ -90,11 +48,8 @@ class SimSegmentationGrounder:
 
     name = "sim_segmentation"
 
-    def __init__(self, config: "EstimatorConfig | None" = None) -> None:
-        del config  # nothing to configure; the signature is the registry's factory signature
-
-    def ground(self, frame: "Frame", phrase: str) -> np.ndarray:
-        """See :meth:`Grounder.ground`."""
+    def ground(self, frame: Frame, phrase: str) -> np.ndarray:
+        """See :meth:`~spatialvlm_ros.perception.experts.Grounder.ground`."""
         if frame.segmentation is None:
             raise GroundingError(f"sim_segmentation cannot ground {phrase!r}: the frame has no segmentation "
                                  "image (not from a simulator); use grounding 'colour_prompt' on a robot")
@@ -168,7 +123,6 @@ def parse_colour(phrase: str) -> str:
     return colours[0]
 
 
-@register_grounder("colour_prompt")
 class ColourPromptGrounder:
     """Masks by colour: HSV threshold, morphological open, then the dominant connected component(s).
 
@@ -177,7 +131,6 @@ class ColourPromptGrounder:
     cannot be told apart: name a colour that is unique in the scene.
 
     Args:
-        config: unused; the registry's factory signature.
         min_saturation: pixels greyer than this (0..255) are never a colour.
         min_value: pixels darker than this (0..255) are never a colour (shadows).
         keep_ratio: keep components at least this fraction of the largest one.
@@ -194,9 +147,8 @@ class ColourPromptGrounder:
 
     name = "colour_prompt"
 
-    def __init__(self, config: "EstimatorConfig | None" = None, *, min_saturation: int = 80,
-                 min_value: int = 50, keep_ratio: float = 0.25, min_area_px: int = 10) -> None:
-        del config
+    def __init__(self, *, min_saturation: int = 80, min_value: int = 50, keep_ratio: float = 0.25,
+                 min_area_px: int = 10) -> None:
         if not (0 <= min_saturation <= 255 and 0 <= min_value <= 255):
             raise ConfigError("colour_prompt: min_saturation and min_value must be in 0..255")
         if not 0 < keep_ratio <= 1:
@@ -209,7 +161,7 @@ class ColourPromptGrounder:
         # Colour classes of the last frame: the estimator grounds two or more phrases per frame.
         self._class_cache: tuple[weakref.ref, np.ndarray] | None = None
 
-    def _colour_classes(self, frame: "Frame") -> np.ndarray:
+    def _colour_classes(self, frame: Frame) -> np.ndarray:
         """(H, W) uint8: 1 + index in ``_COLOURS`` per pixel, 0 where too grey or dark."""
         cache = self._class_cache
         if cache is not None and cache[0]() is frame:
@@ -220,8 +172,8 @@ class ColourPromptGrounder:
         self._class_cache = (weakref.ref(frame), classes)
         return classes
 
-    def ground(self, frame: "Frame", phrase: str) -> np.ndarray:
-        """See :meth:`Grounder.ground`."""
+    def ground(self, frame: Frame, phrase: str) -> np.ndarray:
+        """See :meth:`~spatialvlm_ros.perception.experts.Grounder.ground`."""
         colour_class = _COLOURS.index(parse_colour(phrase)) + 1
         binary = cv2.compare(self._colour_classes(frame), colour_class, cv2.CMP_EQ)
         binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, self._kernel)
@@ -236,8 +188,3 @@ class ColourPromptGrounder:
         keep[1:] = areas >= max(self.min_area_px, self.keep_ratio * areas.max())
         mask[y:y + h, x:x + w] = keep[labels]
         return mask
-
-
-# The transformers grounder ("open_vocab") registers itself on import; torch and transformers load only
-# when a model does.
-from spatialvlm_ros.perception import hf  # noqa: E402,F401

@@ -4,41 +4,40 @@ Each expert is one small class holding a model and its processor, built with ``f
 local folder or a hub id (offline when ``local_files_only`` is passed or ``HF_HUB_OFFLINE=1`` is set, on
 the device the caller names) and run as ``preprocess -> _forward -> postprocess``: only ``_forward``
 touches the model, under :func:`torch.inference_mode`; the other two stages are numpy / processor code
-and return the frozen dataclasses documented below (images are (H, W, 3) uint8 RGB, boxes are
-``x0, y0, x1, y1`` pixels of that image, depth is metres).
+and return frozen records (those of :mod:`~spatialvlm_ros.perception.experts`, and :class:`SceneLabel`).
 
-``torch`` and ``transformers`` are imported inside the methods that need them: importing this module
-(which :mod:`~spatialvlm_ros.perception.grounding` does to register ``open_vocab``) stays cheap for
-processes that never load a model. ``trust_remote_code`` is off unless the caller turns it on.
+``torch`` and ``transformers`` are imported inside the methods that need them, so importing this module
+stays cheap; :mod:`~spatialvlm_ros.perception.registry` imports it only inside the factories that load a
+model. ``trust_remote_code`` is off unless the caller turns it on.
 
-Registers the grounder ``open_vocab`` (detector + segmenter) with
-:func:`~spatialvlm_ros.perception.grounding.register_grounder`; it reads the checkpoints from
-``EstimatorConfig.models`` (a :class:`ModelsConfig`).
+The classes implement the protocols of :mod:`~spatialvlm_ros.perception.experts`: :class:`OpenVocabDetector`
+a ``Detector``, :class:`BoxSegmenter` a ``Segmenter``, :class:`RegionCaptioner` a ``Captioner``,
+:class:`ClipSceneFilter` an ``ImageFilter``, :class:`ClipTextEmbedder` a ``TextEmbedder`` and
+:class:`MonocularDepth` a ``DepthSource``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-from spatialvlm_ros.config import DEFAULT_FOVY_DEG, ModelsConfig
+from spatialvlm_ros.config import DEFAULT_FOVY_DEG
 from spatialvlm_ros.config.vlm import Dtype
-from spatialvlm_ros.errors import ConfigError, GroundingError, InputError
+from spatialvlm_ros.errors import ConfigError, InputError
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
-from spatialvlm_ros.perception.grounding import register_grounder
+from spatialvlm_ros.perception.experts import (
+    BoxDetections, BoxMasks, DepthPrediction, FilterVerdict, RegionCaptions,
+)
 
 if TYPE_CHECKING:
     import torch
-
-    from spatialvlm_ros.config import EstimatorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -49,47 +48,6 @@ DROP_LABELS: tuple[str, ...] = (
     "a close-up photo of a single object", "a product photo on a white background", "an artwork",
     "a painting", "a screenshot of a graphical user interface", "a photo of text", "a sketch",
 )
-
-# ---------------------------------------------------------------------------------------------
-# Outputs
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True, eq=False)
-class BoxDetections:
-    """Open-vocabulary detections of one image, best first.
-
-    Attributes:
-        boxes: (N, 4) float32 ``x0, y0, x1, y1`` pixels, clipped to the image.
-        scores: (N,) float32 in [0, 1] (sigmoid of the best query logit).
-        labels: (N,) int64 index into ``queries`` of the query each box matched best.
-        queries: the text queries, in the order the detector saw them.
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    queries: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    def subset(self, index: np.ndarray) -> "BoxDetections":
-        """The detections at ``index`` (an int index array or a boolean mask), in that order."""
-        return BoxDetections(boxes=self.boxes[index], scores=self.scores[index], labels=self.labels[index],
-                             queries=self.queries)
-
-
-@dataclass(frozen=True, eq=False)
-class BoxMasks:
-    """Masks of box prompts, one per box, in the order of the boxes.
-
-    Attributes:
-        masks: (N, H, W) bool at the image size.
-        scores: (N,) float32 the segmenter's predicted IoU of each mask.
-    """
-
-    masks: np.ndarray
-    scores: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,22 +65,6 @@ class SceneLabel:
     label: str
     labels: tuple[str, ...]
     probs: np.ndarray
-
-
-@dataclass(frozen=True, eq=False)
-class DepthPrediction:
-    """Metric depth registered to the input image.
-
-    Attributes:
-        depth_m: (H, W) float32 metres along the optical axis (z), at the image size.
-        intrinsics: the camera the depth belongs to.
-        fov_assumed: True when ``intrinsics`` come from :data:`DEFAULT_FOVY_DEG` (or the configured
-            fallback), not from the camera.
-    """
-
-    depth_m: np.ndarray
-    intrinsics: CameraIntrinsics
-    fov_assumed: bool
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,19 +121,24 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
     return np.asarray(keep, np.int64)
 
 
-def _check_boxes(boxes: Any, dtype: type, who: str) -> np.ndarray:
-    """``boxes`` as an (N, 4) ``x0, y0, x1, y1`` array of ``dtype``; InputError naming ``who`` otherwise."""
-    boxes = np.asarray(boxes, dtype)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise InputError(f"{who}: boxes must be (N, 4), got {boxes.shape}")
-    return boxes
-
-
 def _check_image(image: np.ndarray) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputError(f"expected an (H, W, 3) uint8 RGB image, got {getattr(image, 'shape', None)} "
                          f"{getattr(image, 'dtype', type(image).__name__)}")
     return image
+
+
+def _check_box_prompts(image: np.ndarray, boxes: Any, dtype: type, who: str) -> tuple[np.ndarray, np.ndarray]:
+    """The image, checked, and ``boxes`` as an (N, 4) ``x0, y0, x1, y1`` array of ``dtype``.
+
+    Raises:
+        InputError: a bad image, or boxes not (N, 4) (the message names ``who``).
+    """
+    image = _check_image(image)
+    boxes = np.asarray(boxes, dtype)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise InputError(f"{who}: boxes must be (N, 4), got {boxes.shape}")
+    return image, boxes
 
 
 def hub_offline() -> bool:
@@ -421,8 +368,7 @@ class BoxSegmenter(TransformersExpert):
         Raises:
             InputError: bad image or boxes not (N, 4).
         """
-        image = _check_image(image)
-        boxes = _check_boxes(boxes, np.float32, "segmenter")
+        image, boxes = _check_box_prompts(image, boxes, np.float32, "segmenter")
         if not len(boxes):
             return BoxMasks(masks=np.zeros((0, *image.shape[:2]), bool), scores=np.zeros(0, np.float32))
         inputs = self.preprocess(image, boxes)
@@ -480,19 +426,6 @@ def clean_caption(text: str, max_words: int = 6) -> str:
     return " ".join(words[:max_words])
 
 
-@dataclass(frozen=True)
-class RegionCaptions:
-    """Captions of box crops, in the order of the boxes.
-
-    Attributes:
-        captions: cleaned, 0-6 words each (empty when the model said nothing usable).
-        raw: what the model generated.
-    """
-
-    captions: tuple[str, ...]
-    raw: tuple[str, ...]
-
-
 class RegionCaptioner(TransformersExpert):
     """Box crops -> short captions with an image-to-text model (BLIP; ``AutoModelForImageTextToText``).
 
@@ -525,8 +458,7 @@ class RegionCaptioner(TransformersExpert):
         Raises:
             InputError: bad image or boxes not (N, 4).
         """
-        image = _check_image(image)
-        boxes = _check_boxes(boxes, np.float64, "captioner")
+        image, boxes = _check_box_prompts(image, boxes, np.float64, "captioner")
         if not len(boxes):
             return RegionCaptions(captions=(), raw=())
         return self.postprocess(self._forward(self.preprocess(image, boxes)))
@@ -585,6 +517,11 @@ class ClipSceneFilter(TransformersExpert):
             InputError: bad image.
         """
         return self.postprocess(self._forward(self.preprocess(image)))
+
+    def keep(self, frame: Frame) -> FilterVerdict:
+        """The verdict of :meth:`classify` on the frame's image, as an image filter gives it."""
+        verdict = self.classify(frame.rgb)
+        return FilterVerdict(keep=verdict.keep, label=verdict.label)
 
     def preprocess(self, image: np.ndarray) -> dict[str, Any]:
         """Pixels and tokenised labels."""
@@ -651,6 +588,8 @@ class MonocularDepth(TransformersExpert):
         processor: its image processor.
         name_or_path: where it came from.
         fallback_fovy_deg: vertical field of view assumed when no intrinsics are given.
+        use_frame_intrinsics: :meth:`depth` uses the frame's intrinsics; else it assumes ``fallback_fovy_deg``
+            (web photos whose source only guessed a camera).
 
     Raises:
         ConfigError: the model predicts relative depth.
@@ -661,7 +600,7 @@ class MonocularDepth(TransformersExpert):
     role = "depth"
 
     def __init__(self, model: Any, processor: Any, name_or_path: str = "", *,
-                 fallback_fovy_deg: float = DEFAULT_FOVY_DEG) -> None:
+                 fallback_fovy_deg: float = DEFAULT_FOVY_DEG, use_frame_intrinsics: bool = True) -> None:
         super().__init__(model, processor, name_or_path)
         if getattr(model.config, "depth_estimation_type", "metric") == "relative":
             raise ConfigError(f"depth: {name_or_path or 'the model'} predicts relative depth (disparity), not "
@@ -669,6 +608,7 @@ class MonocularDepth(TransformersExpert):
         if not 0 < fallback_fovy_deg < 170:
             raise ConfigError("depth: fallback_fovy_deg must be in (0, 170)")
         self.fallback_fovy_deg = fallback_fovy_deg
+        self.use_frame_intrinsics = use_frame_intrinsics
 
     def estimate(self, image: np.ndarray, intrinsics: CameraIntrinsics | None = None) -> DepthPrediction:
         """Depth of ``image`` in metres, with ``intrinsics`` or, when None, the fallback field of view.
@@ -686,14 +626,13 @@ class MonocularDepth(TransformersExpert):
                                    intrinsics=CameraIntrinsics.from_fov(w, h, self.fallback_fovy_deg))
         return DepthPrediction(depth_m=depth_m, intrinsics=intrinsics, fov_assumed=False)
 
-    def fill(self, frame: Frame) -> Frame:
-        """``frame`` itself when it has depth, else a copy with monocular depth at its intrinsics.
+    def depth(self, frame: Frame) -> DepthPrediction:
+        """:meth:`estimate` on the frame's image, at its intrinsics unless ``use_frame_intrinsics`` is off.
 
-        The geometric estimator calls this before lifting masks when the camera has no depth stream.
+        Raises:
+            InputError: bad image, or intrinsics of another image size.
         """
-        if frame.depth_m is not None:
-            return frame
-        return dataclasses.replace(frame, depth_m=self.estimate(frame.rgb, frame.intrinsics).depth_m)
+        return self.estimate(frame.rgb, frame.intrinsics if self.use_frame_intrinsics else None)
 
     def preprocess(self, image: np.ndarray) -> dict[str, Any]:
         """Resized, normalised pixels."""
@@ -704,58 +643,3 @@ class MonocularDepth(TransformersExpert):
         import cv2
         predicted = outputs.predicted_depth[0].float().cpu().numpy()
         return cv2.resize(predicted, (size[1], size[0]), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------------------
-# 6a. The open-vocabulary grounder
-# ---------------------------------------------------------------------------------------------
-
-class OpenVocabGrounder:
-    """Phrase -> mask: the detector's best box for the phrase (above its threshold), segmented by SAM.
-
-    The mask is cut to its box: a box prompt means "the object in this box", and a mask leaking past
-    it (onto the table, say) would drag the object's point cloud with it. No box above the threshold
-    gives an all-False mask (not visible), as :class:`~spatialvlm_ros.perception.grounding.Grounder`
-    asks.
-
-    Args:
-        detector: open-vocabulary detector (its threshold decides visibility).
-        segmenter: box-prompted segmenter.
-    """
-
-    name = "open_vocab"
-
-    def __init__(self, detector: OpenVocabDetector, segmenter: BoxSegmenter) -> None:
-        self.detector = detector
-        self.segmenter = segmenter
-
-    @classmethod
-    def from_config(cls, models: ModelsConfig) -> "OpenVocabGrounder":
-        """Load the detector and segmenter that ``models`` names.
-
-        Raises:
-            ConfigError: a checkpoint cannot be loaded.
-        """
-        return cls(OpenVocabDetector.from_pretrained(models.detector.checkpoint, **models.load_options(),
-                                                     threshold=models.detector.threshold,
-                                                     nms_iou=models.detector.nms_iou),
-                   BoxSegmenter.from_pretrained(models.segmenter.checkpoint, **models.load_options()))
-
-    def ground(self, frame: Frame, phrase: str) -> np.ndarray:
-        """See :meth:`Grounder.ground`."""
-        if not phrase.strip():
-            raise GroundingError("open_vocab cannot ground an empty phrase")
-        found = self.detector.detect(frame.rgb, [phrase])
-        mask = np.zeros(frame.rgb.shape[:2], bool)
-        if not len(found):
-            return mask
-        box = found.boxes[:1]
-        x0, y0 = np.floor(box[0, :2]).astype(int)
-        x1, y1 = np.ceil(box[0, 2:]).astype(int)
-        mask[y0:y1, x0:x1] = self.segmenter.segment(frame.rgb, box).masks[0, y0:y1, x0:x1]
-        return mask
-
-
-@register_grounder("open_vocab")
-def _open_vocab(config: "EstimatorConfig") -> OpenVocabGrounder:
-    return OpenVocabGrounder.from_config(config.models)

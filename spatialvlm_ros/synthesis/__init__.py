@@ -11,9 +11,10 @@ Flow, one image at a time (each stage one module):
 4. :mod:`~spatialvlm_ros.synthesis.writer`: the streaming, resumable dataset folder;
    :mod:`~spatialvlm_ros.synthesis.engine` drives it, :mod:`~spatialvlm_ros.synthesis.cli` is the door.
 
-Where the transformers experts plug in (a class implementing the Protocol, registered by name in
-:mod:`~spatialvlm_ros.synthesis.registry`, selected in ``config/synthesis.yaml`` under ``experts``):
-a CLIP zero-shot image filter in ``FILTERS``; OWLv2 / Grounding DINO + SAM + a region captioner (and
-the floor / table segmentation) in ``OBJECT_EXPERTS``; Depth Anything / ZoeDepth metric depth with a
-field-of-view estimate in ``DEPTH_SOURCES``; the CLIP text tower in ``EMBEDDERS``. Nothing else changes.
+The experts come from :mod:`spatialvlm_ros.perception` (protocols in
+:mod:`~spatialvlm_ros.perception.experts`, registered by name in :mod:`~spatialvlm_ros.perception.registry`,
+selected in ``config/synthesis.yaml`` under ``experts``): an image filter (``none``, CLIP ``clip``), an
+objects expert (``sim_oracle``; ``open_vocab``: OWLv2 + SAM + BLIP, with the floor / table mask), a depth
+source (``sensor``; ``monocular``: Depth Anything) and a caption embedder (``char_ngram``; ``clip_text``).
+A new expert implements the protocol and is registered there; nothing here changes.
 """

@@ -1,7 +1,7 @@
 """Ambiguity removal (paper step 5): background regions out, near-duplicate captions told apart or dropped.
 
-Captions are compared by the cosine of their text embeddings (:class:`CharNgramEmbedder` here, the
-offline stand-in for CLIP text embeddings behind the same :class:`TextEmbedder` interface). Captions
+Captions are compared by the cosine of their text embeddings, from the
+:class:`~spatialvlm_ros.perception.experts.TextEmbedder` that ``experts.embedder`` names. Captions
 whose similarity reaches the threshold form a group (transitively): a lone caption is used as is, a
 pair gets a clause saying where each lies in the image, larger groups are dropped entirely, since no
 short clause tells three look-alikes apart reliably.
@@ -9,65 +9,15 @@ short clause tells three look-alikes apart reliably.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
-from spatialvlm_ros.synthesis.config import SynthesisConfig
-from spatialvlm_ros.synthesis.registry import EMBEDDERS, TextEmbedder
+from spatialvlm_ros.perception.experts import TextEmbedder
 
 #: Clauses for the two members of a near-duplicate pair, by the image axis that separates them more.
 CLAUSES = {"u": ("that's more to the left of the image", "that's more to the right of the image"),
            "v": ("that's more to the top of the image", "that's more to the bottom of the image")}
-
-
-class CharNgramEmbedder:
-    """Hashed character n-gram count vectors: deterministic, offline, no model weights.
-
-    Each word of a caption (lower-cased, padded with one space each side) is cut into character
-    n-grams, hashed with CRC-32 into ``dim`` buckets and counted, the head noun (last word) with weight
-    ``head_weight``: two captions are confusable when they name the same kind of thing. Plain counts,
-    not TF-IDF: an IDF over one image's few captions would down-weight exactly that shared head noun.
-
-    With the defaults and the 0.75 threshold, captions with the same head noun collide ("can" /
-    "red can": 0.89, "box" / "white box": 0.84, "red can" / "blue can": 0.77) and different heads do
-    not ("small red can" / "small red ball": 0.47, "blue can" / "blue box": 0.25). Like CLIP's text
-    tower it is weak on colour; that errs on the safe side: a pair gets a position clause, a larger
-    group is dropped, and no answer becomes wrong.
-
-    Example:
-        >>> emb = CharNgramEmbedder().embed(["can", "red can", "small red ball"])
-        >>> round(float(emb[0] @ emb[1]), 2), round(float(emb[1] @ emb[2]), 2)
-        (0.89, 0.14)
-    """
-
-    def __init__(self, n: int = 3, dim: int = 4096, head_weight: float = 2.0) -> None:
-        self.n = n
-        self.dim = dim
-        self.head_weight = head_weight
-
-    def _counts(self, text: str) -> np.ndarray:
-        out = np.zeros(self.dim)
-        words = text.lower().split()
-        for k, word in enumerate(words):
-            padded = f" {word} "
-            buckets = [zlib.crc32(padded[i:i + self.n].encode()) % self.dim
-                       for i in range(max(1, len(padded) - self.n + 1))]
-            np.add.at(out, buckets, self.head_weight if k == len(words) - 1 else 1.0)
-        return out
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """Return (N, dim) L2-normalised n-gram count vectors of ``texts``."""
-        if not texts:
-            return np.zeros((0, self.dim))
-        vectors = np.stack([self._counts(t) for t in texts])
-        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-
-
-@EMBEDDERS.register("char_ngram")
-def _char_ngram(cfg: SynthesisConfig) -> TextEmbedder:
-    return CharNgramEmbedder()
 
 
 @dataclass(frozen=True)
@@ -109,6 +59,7 @@ def disambiguate(captions: list[str], pixel_centres: np.ndarray, embedder: TextE
         References and dropped indices.
 
     Example:
+        >>> from spatialvlm_ros.perception.offline import CharNgramEmbedder
         >>> d = disambiguate(["can", "can", "red ball", "sky"], np.array([[50, 9], [10, 11], [0, 0], [5, 5]]),
         ...                  CharNgramEmbedder(), 0.75, ("sky",))
         >>> d.references

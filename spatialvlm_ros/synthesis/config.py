@@ -1,7 +1,7 @@
 """Typed settings of the data engine, loaded from ``config/synthesis.yaml`` with the package's config mechanism.
 
 The YAML's top level is :class:`SynthesisConfig` itself (no ROS node owns these settings). Expert
-names are registry keys (see :mod:`spatialvlm_ros.synthesis.registry`); an unknown name is reported
+names are registry keys (see :mod:`spatialvlm_ros.perception.registry`); an unknown name is reported
 with the known ones when the pipeline is built.
 """
 

@@ -9,11 +9,13 @@ from typing import Mapping
 
 import numpy as np
 
+from spatialvlm_ros.errors import InputError
+from spatialvlm_ros.perception.experts import Sample
+from spatialvlm_ros.perception.registry import DEPTH_SOURCES, EMBEDDERS, FILTERS, OBJECT_EXPERTS
 from spatialvlm_ros.synthesis.ambiguity import disambiguate
 from spatialvlm_ros.synthesis.config import SynthesisConfig
 from spatialvlm_ros.synthesis.lifting import clean_object_points, scene_box, support_frame
 from spatialvlm_ros.synthesis.records import CAMERA_ALIGNED_ROTATION, SceneObject, SceneRecord
-from spatialvlm_ros.synthesis.registry import DEPTH_SOURCES, EMBEDDERS, FILTERS, OBJECT_EXPERTS, Sample
 
 logger = logging.getLogger(__name__)
 
@@ -50,31 +52,40 @@ class SceneExtractor:
     """Filter, detect, lift, canonicalise and disambiguate one image.
 
     Args:
-        cfg: the synthesis settings; ``cfg.experts`` names the registered experts to use.
+        cfg: the synthesis settings; ``cfg.experts`` names the experts of
+            :mod:`~spatialvlm_ros.perception.registry` to use, ``cfg.models`` configures the learned ones.
 
     Raises:
-        ConfigError: an expert name is not registered.
+        ConfigError: an expert name is not registered, or a learned expert's checkpoint cannot be loaded.
     """
 
     def __init__(self, cfg: SynthesisConfig) -> None:
         self.cfg = cfg
-        self.filter = FILTERS.create(cfg.experts.filter, cfg)
-        self.objects = OBJECT_EXPERTS.create(cfg.experts.objects, cfg)
-        self.depth = DEPTH_SOURCES.create(cfg.experts.depth, cfg)
-        self.embedder = EMBEDDERS.create(cfg.experts.embedder, cfg)
+        self.filter = FILTERS.create(cfg.experts.filter, cfg.models)
+        self.objects = OBJECT_EXPERTS.create(cfg.experts.objects, cfg.models)
+        self.depth = DEPTH_SOURCES.create(cfg.experts.depth, cfg.models)
+        self.embedder = EMBEDDERS.create(cfg.experts.embedder, cfg.models)
 
     def extract(self, sample: Sample, rng: np.random.Generator) -> ExtractedScene | None:
         """The scene record of ``sample`` (and its objects' clouds when saved), or None when the filter drops it.
 
         Raises:
-            InputError: the experts cannot use the sample (e.g. no depth for the sensor source).
+            InputError: the experts cannot use the sample (e.g. no depth for the sensor source); the
+                message starts with the image id.
         """
-        verdict = self.filter.keep(sample)
+        try:
+            return self._extract(sample, rng)
+        except InputError as err:
+            raise InputError(f"{sample.image_id}: {err}") from err
+
+    def _extract(self, sample: Sample, rng: np.random.Generator) -> ExtractedScene | None:
+        verdict = self.filter.keep(sample.frame)
         if not verdict.keep:
             logger.debug("%s dropped by the filter: %s", sample.image_id, verdict.label)
             return None
         detections = self.objects.detect(sample, rng)
-        depth_m, intrinsics = self.depth.depth(sample)
+        depth = self.depth.depth(sample.frame)
+        depth_m, intrinsics = depth.depth_m, depth.intrinsics
         lift = self.cfg.lifting
         frame = support_frame(depth_m, detections.support_mask, intrinsics, lift, rng)
         if frame is None:

@@ -25,11 +25,11 @@ from typing import Any, Iterator
 import numpy as np
 
 from spatialvlm_ros.errors import ConfigError, SpatialVLMError
+from spatialvlm_ros.perception.registry import DEPTH_SOURCES, EMBEDDERS, FILTERS, OBJECT_EXPERTS
 from spatialvlm_ros.synthesis.config import SynthesisConfig
 from spatialvlm_ros.synthesis.engine import (ImageResult, ProgressCallback, RunSummary, synthesize_image,
                                              write_result)
 from spatialvlm_ros.synthesis.extract import SceneExtractor
-from spatialvlm_ros.synthesis.registry import DEPTH_SOURCES, EMBEDDERS, FILTERS, OBJECT_EXPERTS
 from spatialvlm_ros.synthesis.sources import Source
 from spatialvlm_ros.synthesis.writer import DatasetWriter
 

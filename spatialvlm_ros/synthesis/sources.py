@@ -42,8 +42,8 @@ from spatialvlm_ros.errors import InputError, SimulationError
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.messages.conversions import frame_from_messages
+from spatialvlm_ros.perception.experts import Sample
 from spatialvlm_ros.synthesis.config import SynthesisConfig
-from spatialvlm_ros.synthesis.registry import Sample
 
 if TYPE_CHECKING:
     from rosbags.highlevel import AnyReader
