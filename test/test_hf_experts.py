@@ -33,7 +33,7 @@ from spatialvlm_ros.config import (  # noqa: E402
     SegmenterConfig, SimConfig,
 )
 from spatialvlm_ros.errors import ConfigError, GroundingError, InputError  # noqa: E402
-from spatialvlm_ros.estimation.base import DistanceEstimate, DistanceKind, Pair  # noqa: E402
+from spatialvlm_ros.types import DistanceEstimate, DistanceKind, Pair  # noqa: E402
 from spatialvlm_ros.estimation.geometric import GeometricEstimator  # noqa: E402
 from spatialvlm_ros.frame import Frame  # noqa: E402
 from spatialvlm_ros.perception.experts import Detections, FilterVerdict, Sample  # noqa: E402
