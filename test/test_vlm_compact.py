@@ -28,7 +28,7 @@ from spatialvlm_ros.vlm.compact import (EOS_ID, NUM_ID, REF_A_ID, REF_B_ID, REL_
                                         WordTokenizer,
                                         fill_numbers, fill_references, load_weights, mask_numbers,
                                         mask_references, prompt_ids, reference_spans, save_weights, spell_number)
-from spatialvlm_ros.synthesis.templates import ANSWER_FRAMES, QUESTION_FRAMES  # noqa: E402
+from spatialvlm_ros.vlm.templates import ANSWER_FRAMES, QUESTION_FRAMES  # noqa: E402
 from spatialvlm_ros.vlm.parsing import parse_answer  # noqa: E402
 from spatialvlm_ros.vlm.train import (TrainConfig, answer_text, batch_losses, learning_rate,  # noqa: E402
                                       load_training_set, read_rows, sample_batch, train, vocabulary_texts)

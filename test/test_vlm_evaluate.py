@@ -19,7 +19,7 @@ from chat_server import ChatCompletionsServer, completion
 
 from spatialvlm_ros.errors import ConfigError
 from spatialvlm_ros.synthesis.questions import CLASSIFY_PAIRS, TYPES_BY_NAME
-from spatialvlm_ros.synthesis.templates import RELATION_WORDS
+from spatialvlm_ros.vlm.templates import RELATION_WORDS
 from spatialvlm_ros.vlm import VLMAnswer, VLMConfig, VLMError, build_vlm, distance_question, parse_answer
 from spatialvlm_ros.vlm.evaluate import (
     EVAL_SEED_OFFSET, MIN_BAND_TRUTH_M, EvalQuestion, add_evaluate_arguments, approach_trajectories, ask_questions,

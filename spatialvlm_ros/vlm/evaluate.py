@@ -54,7 +54,7 @@ from spatialvlm_ros.config import SimConfig
 from spatialvlm_ros.errors import ConfigError, InputError
 from spatialvlm_ros.estimation.base import DistanceKind, Pair
 from spatialvlm_ros.synthesis.questions import CLASSIFY_PAIRS, OPPOSITE, TYPES_BY_NAME
-from spatialvlm_ros.synthesis.templates import RELATION_WORDS
+from spatialvlm_ros.vlm.templates import RELATION_WORDS
 from spatialvlm_ros.vlm.base import SpatialVLM, VLMAnswer, VLMError, build_vlm
 # The same VLM flags as `spatialvlm ask`, and the parser's rule for where the answer is (so labels and numbers
 # are read from the same span).
@@ -157,7 +157,7 @@ _DETERMINER = re.compile(r"^(?:the|a|an)\s+")
 #: Words that tell two object references apart no better than chance.
 _FILLER = frozenset({"the", "a", "an", "that", "that's", "is", "more", "to", "of", "image", "in", "on", "one", "and"})
 #: One-word forms a model may use beside the templates' phrases (the data engine's own phrasings come from
-#: :data:`~spatialvlm_ros.synthesis.templates.RELATION_WORDS`).
+#: :data:`~spatialvlm_ros.vlm.templates.RELATION_WORDS`).
 _EXTRA_WORDS = {"left": ("left",), "right": ("right",), "above": ("above", "higher", "over", "on top of"),
                 "below": ("below", "lower", "under", "beneath", "underneath"), "behind": ("behind", "back", "farther"),
                 "front": ("front", "closer", "nearer"), "tall": ("taller",), "short": ("shorter",),
