@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     from spatialvlm_ros.vlm.train import add_train_arguments  # light: torch is imported only to train
     train = sub.add_parser(
         "train", help="train the compact in-house spatial VLM on a synthesized dataset",
-        description="Train the compact VLM (vlm/compact.py, RGB only) from scratch on data.jsonl from "
+        description="Train the compact VLM (vlm/compact/, RGB only) from scratch on data.jsonl from "
                     "'spatialvlm synthesize'; resumable; prints a JSON summary on the last line.")
     add_train_arguments(train)
     train.set_defaults(func=_lazy("spatialvlm_ros.vlm.train:train_cli"))

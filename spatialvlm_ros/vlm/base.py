@@ -184,7 +184,7 @@ def build_vlm(config: VLMConfig) -> SpatialVLM:
     # Importing the backends registers them; kept here so a plain import of base stays light.
     from spatialvlm_ros.vlm import server, transformers_backend  # noqa: F401
     if config.backend == "compact":
-        from spatialvlm_ros.vlm import compact  # noqa: F401  (imports torch: only when asked for)
+        from spatialvlm_ros.vlm.compact import backend  # noqa: F401  (imports torch: only when asked for)
     return VLM_BACKENDS.create(config.backend, config)
 
 

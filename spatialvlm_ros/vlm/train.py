@@ -18,7 +18,7 @@ clipping.
 
 Output folder::
 
-    model.safetensors, model_config.json, tokenizer.json   the weights (compact.load_weights reads them)
+    model.safetensors, model_config.json, tokenizer.json   the weights (network.load_weights reads them)
     training_config.json                                   TrainConfig + data seed + held-out seed + counts
     checkpoint/                                            latest model, optimizer and RNG state (resumable)
     log.jsonl                                              per logged step: step, losses, lr, seconds
@@ -43,6 +43,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from spatialvlm_ros.errors import ConfigError, InputError
+from spatialvlm_ros.vlm.compact.tokenizer import (EOS_ID, NUM_ID, REF_A_ID, SPECIALS, WordTokenizer, mask_numbers,
+                                                  mask_references, prompt_ids, reference_spans)
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +120,7 @@ class Example:
         ids: ``[BOS] question [SEP] <a> <b> <r> answer [EOS]`` token ids (the answer's number is ``<num>``).
         answer_start: index in ``ids`` of the first answer token.
         attributes: (2, len(ATTRIBUTES)) the scene record of the first and second object the question
-            names (:data:`~spatialvlm_ros.vlm.compact.ATTRIBUTES`); NaN rows where there is none.
+            names (:data:`~spatialvlm_ros.vlm.compact.network.ATTRIBUTES`); NaN rows where there is none.
         patches: (2,) the image patch holding each object's pixel centre, -1 where there is none.
         log_value: log of the quantity's magnitude in metres (floored at 5 mm) for a quantitative row, else NaN.
         spans: (2, 2) the first and last position in ``ids`` of each object's reference in the question, -1
@@ -244,8 +246,6 @@ def answer_text(row: dict[str, Any]) -> str:
 
 def _answer_and_spans(row: dict[str, Any]) -> tuple[str, list[tuple[int, int] | None]]:
     """:func:`answer_text` and where each object's reference is in the question's pieces (one search for both)."""
-    from spatialvlm_ros.vlm.compact import WordTokenizer, mask_numbers, mask_references, reference_spans
-
     references = row.get("object_references") or []
     spans = reference_spans(WordTokenizer.pieces(row["question"]), references)
     # A reference the question does not hold cannot be copied from it: the decoder spells that one out.
@@ -280,7 +280,7 @@ def object_records(scene: dict[str, Any], grid: tuple[int, int]) -> dict[int, tu
 
 def make_example(row: dict[str, Any], tokenizer: Any, records: dict[int, tuple[np.ndarray, int]]) -> Example:
     """The :class:`Example` of a dataset row, given its image's :func:`object_records` (may be empty)."""
-    from spatialvlm_ros.vlm.compact import ATTRIBUTES, EOS_ID, prompt_ids
+    from spatialvlm_ros.vlm.compact.network import ATTRIBUTES
 
     prompt = prompt_ids(tokenizer, row["question"])
     attributes = np.full((2, len(ATTRIBUTES)), np.nan, np.float32)
@@ -314,7 +314,7 @@ def load_training_set(data: Path, tokenizer: Any, width: int, height: int, max_l
     """
     from PIL import Image
 
-    from spatialvlm_ros.vlm.compact import resize_image
+    from spatialvlm_ros.vlm.compact.network import resize_image
 
     data = Path(data)
     by_image: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -355,8 +355,6 @@ def load_training_set(data: Path, tokenizer: Any, width: int, height: int, max_l
 
 def sample_batch(data: TrainingSet, rng: np.random.Generator, batch_images: int, questions_per_image: int) -> Batch:
     """A step's batch: ``batch_images`` images and up to ``questions_per_image`` of each one's rows."""
-    from spatialvlm_ros.vlm.compact import NUM_ID, REF_A_ID
-
     picked = rng.choice(len(data.examples), size=min(batch_images, len(data.examples)), replace=False)
     chosen: list[Example] = []
     index = []
@@ -387,15 +385,15 @@ def batch_losses(model: Any, batch: Batch) -> dict[str, Any]:
 
     ``answer``: cross-entropy of the answer tokens; ``value``: L1 of the log-metres at ``<num>``;
     ``attributes``: smooth L1 of the slots' object records, in units of
-    :data:`~spatialvlm_ros.vlm.compact.ATTRIBUTE_SCALE`; ``pointer``: cross-entropy of the slots' pointer over
+    :data:`~spatialvlm_ros.vlm.compact.network.ATTRIBUTE_SCALE`; ``pointer``: cross-entropy of the slots' pointer over
     the patches; ``span``: cross-entropy of the slots' reference start and end over the positions;
-    ``holds``: binary cross-entropy of the relation slot's :attr:`~spatialvlm_ros.vlm.compact.ModelOutput.holds`
+    ``holds``: binary cross-entropy of the relation slot's :attr:`~spatialvlm_ros.vlm.compact.network.ModelOutput.holds`
     against whether the asked relation holds; ``total``: their sum. A loss with no target in the batch is 0.
     """
     import torch
     from torch.nn import functional as F
 
-    from spatialvlm_ros.vlm.compact import ATTRIBUTE_SCALE
+    from spatialvlm_ros.vlm.compact.network import ATTRIBUTE_SCALE
 
     out = model(torch.from_numpy(batch.images), torch.from_numpy(batch.ids), torch.from_numpy(batch.image_index))
     answer = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), torch.from_numpy(batch.targets).reshape(-1),
@@ -436,8 +434,6 @@ def final_tokens(data: TrainingSet) -> tuple[int, ...]:
 
     Decoding may stop after one of them: in this training set, ``<eos>`` always came next.
     """
-    from spatialvlm_ros.vlm.compact import SPECIALS
-
     last: set[int] = set()
     inner: set[int] = set()
     for examples in data.examples:
@@ -511,8 +507,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     """
     import torch
 
-    from spatialvlm_ros.vlm.compact import (
-        TOKENIZER_FILE, CompactModelConfig, CompactSpatialModel, WordTokenizer, count_parameters, save_weights,
+    from spatialvlm_ros.vlm.compact.network import (
+        TOKENIZER_FILE, CompactModelConfig, CompactSpatialModel, count_parameters, save_weights,
     )
 
     start = time.perf_counter()
