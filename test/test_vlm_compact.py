@@ -1,4 +1,4 @@
-"""Tests of the compact in-house spatial VLM (spatialvlm_ros.vlm.compact) and its training (.train).
+"""Tests of the compact in-house spatial VLM (vlm.compact) and its training (training.compact).
 
 Every model here is TINY (width 16, one decoder layer) and built in the test. The backend tests train one
 for a few seconds, through the real training losses, on a synthetic dataset in the data engine's layout
@@ -21,6 +21,8 @@ pytest.importorskip("safetensors")
 from PIL import Image  # noqa: E402
 
 from spatialvlm_ros.errors import ConfigError, InputError  # noqa: E402
+from spatialvlm_ros.training.compact import (TrainConfig, answer_text, batch_losses, learning_rate,  # noqa: E402
+                                             load_training_set, read_rows, sample_batch, train, vocabulary_texts)
 from spatialvlm_ros.vlm.base import VLMConfig, build_vlm  # noqa: E402
 from spatialvlm_ros.vlm.compact import backend  # noqa: E402
 from spatialvlm_ros.vlm.compact.backend import CompactVLM, CompactVLMOptions  # noqa: E402
@@ -29,10 +31,8 @@ from spatialvlm_ros.vlm.compact.network import (CompactModelConfig, CompactSpati
 from spatialvlm_ros.vlm.compact.tokenizer import (EOS_ID, NUM_ID, REF_A_ID, REF_B_ID, REL_ID, SPECIALS,  # noqa: E402
                                                   WordTokenizer, fill_numbers, fill_references, mask_numbers,
                                                   mask_references, prompt_ids, reference_spans, spell_number)
-from spatialvlm_ros.vlm.templates import ANSWER_FRAMES, QUESTION_FRAMES  # noqa: E402
 from spatialvlm_ros.vlm.parsing import parse_answer  # noqa: E402
-from spatialvlm_ros.vlm.train import (TrainConfig, answer_text, batch_losses, learning_rate,  # noqa: E402
-                                      load_training_set, read_rows, sample_batch, train, vocabulary_texts)
+from spatialvlm_ros.vlm.templates import ANSWER_FRAMES, QUESTION_FRAMES  # noqa: E402
 
 QUESTION = "How far is the red can from the yellow gripper?"
 YES_NO = "Is the red can left of the bowl?"

@@ -93,13 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_vlm_arguments(ask)
     ask.set_defaults(func=_lazy("spatialvlm_ros.vlm.cli:ask_cli"))
 
-    from spatialvlm_ros.vlm.finetune import add_finetune_arguments  # light: torch is imported only to train
+    from spatialvlm_ros.training.lora import add_finetune_arguments  # light: torch is imported only to train
     finetune = sub.add_parser(
         "finetune", help="LoRA-fine-tune a transformers VLM on a synthesized spatial VQA dataset",
         description="Train a LoRA adapter (peft) on data.jsonl from 'spatialvlm synthesize'; checkpoints are "
                     "resumable; prints a JSON summary on the last line.")
     add_finetune_arguments(finetune)
-    finetune.set_defaults(func=_lazy("spatialvlm_ros.vlm.finetune:finetune_cli"))
+    finetune.set_defaults(func=_lazy("spatialvlm_ros.training.lora:finetune_cli"))
 
     from spatialvlm_ros.vlm.evaluate import add_evaluate_arguments  # light: the simulator is imported only to run
     evaluate = sub.add_parser(
@@ -110,13 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(func=_lazy("spatialvlm_ros.vlm.evaluate:evaluate_cli"))
 
-    from spatialvlm_ros.vlm.train import add_train_arguments  # light: torch is imported only to train
+    from spatialvlm_ros.training.compact import add_train_arguments  # light: torch is imported only to train
     train = sub.add_parser(
         "train", help="train the compact in-house spatial VLM on a synthesized dataset",
         description="Train the compact VLM (vlm/compact/, RGB only) from scratch on data.jsonl from "
                     "'spatialvlm synthesize'; resumable; prints a JSON summary on the last line.")
     add_train_arguments(train)
-    train.set_defaults(func=_lazy("spatialvlm_ros.vlm.train:train_cli"))
+    train.set_defaults(func=_lazy("spatialvlm_ros.training.compact:train_cli"))
     return parser
 
 
