@@ -101,14 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_finetune_arguments(finetune)
     finetune.set_defaults(func=_lazy("spatialvlm_ros.training.lora:finetune_cli"))
 
-    from spatialvlm_ros.vlm.evaluate import add_evaluate_arguments  # light: the simulator is imported only to run
+    from spatialvlm_ros.evaluation.vlm_benchmark import add_evaluate_arguments  # light: sim imported to run
     evaluate = sub.add_parser(
         "evaluate", help="score a spatial VLM with the paper's metrics on held-out spatial VQA",
         description="Ask the VLM of estimator.vlm every question of a synthesized dataset (default: a fresh "
                     "held-out simulated set) and along approach trajectories; print qualitative accuracy, number "
                     "rate, ratio bands and Spearman beside the paper's numbers, the JSON summary on the last line.")
     add_evaluate_arguments(evaluate)
-    evaluate.set_defaults(func=_lazy("spatialvlm_ros.vlm.evaluate:evaluate_cli"))
+    evaluate.set_defaults(func=_lazy("spatialvlm_ros.evaluation.vlm_benchmark:evaluate_cli"))
 
     from spatialvlm_ros.training.compact import add_train_arguments  # light: torch is imported only to train
     train = sub.add_parser(
