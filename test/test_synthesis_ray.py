@@ -10,8 +10,8 @@ from typing import Any, Iterator
 import pytest
 
 from spatialvlm_ros.cli import build_parser, main
+from spatialvlm_ros.cli.synthesize import synthesize_cli
 from spatialvlm_ros.errors import ConfigError, InputError
-from spatialvlm_ros.synthesis.cli import synthesize_cli
 from spatialvlm_ros.synthesis.config import SynthesisConfig
 from spatialvlm_ros.synthesis.engine import run_local
 from spatialvlm_ros.synthesis.registry import Sample

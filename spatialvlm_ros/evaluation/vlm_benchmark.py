@@ -1,10 +1,11 @@
-r"""``spatialvlm evaluate``: score a spatial VLM with the paper's metrics on held-out spatial VQA.
+r"""Score a spatial VLM with the paper's metrics on held-out spatial VQA (run by ``spatialvlm evaluate``).
 
-The VLM (``estimator.vlm`` of the spatial_reward config, with ``spatialvlm ask``'s overrides) is asked
-every question of a dataset folder written by ``spatialvlm synthesize`` (``data.jsonl`` + ``images/``),
-in batches of :meth:`~spatialvlm_ros.vlm.base.SpatialVLM.ask_batch`, each ``samples`` times; every
-answer is scored on its own. Without ``--data`` a fresh held-out set of simulated scenes is synthesised
-first.
+The VLM (``spatialvlm evaluate`` builds it from ``estimator.vlm`` of the spatial_reward config, with
+``spatialvlm ask``'s overrides) is asked every question of a dataset folder written by ``spatialvlm
+synthesize`` (``data.jsonl`` + ``images/``), in batches of
+:meth:`~spatialvlm_ros.vlm.base.SpatialVLM.ask_batch`, each ``samples`` times; every answer is scored on
+its own (:func:`evaluate_vlm`). Without ``--data`` the command first synthesises a fresh held-out set of
+simulated scenes with the data engine.
 
 Metrics (the paper's, Table 1 / Table 4, plus a robot-style rank check):
 
@@ -28,19 +29,17 @@ Metrics (the paper's, Table 1 / Table 4, plus a robot-style rank check):
 Held-out seeds: the data engine draws every simulated scene from ``(seed, index)`` alone. Seeds at or
 above :data:`EVAL_SEED_OFFSET` are reserved for evaluation, training data uses seeds below it;
 :func:`held_out_seed` maps ``--seed`` into the reserved range and :func:`check_held_out` refuses any
-other seed for a set this module synthesises or simulates. A ``--data`` folder made with a training
+other seed for a set synthesised or simulated for evaluation. A ``--data`` folder made with a training
 seed is evaluated with a warning (it may be real images, which have no such convention).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
 import math
 import re
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,9 +52,7 @@ from spatialvlm_ros.config import SimConfig
 from spatialvlm_ros.errors import ConfigError, InputError
 from spatialvlm_ros.estimation.base import DistanceKind, Pair
 from spatialvlm_ros.synthesis.questions import CLASSIFY_PAIRS, OPPOSITE, TYPES_BY_NAME
-from spatialvlm_ros.vlm.base import SpatialVLM, VLMAnswer, VLMError, build_vlm
-# The same VLM flags as `spatialvlm ask`.
-from spatialvlm_ros.vlm.cli import add_vlm_arguments, estimator_config_from_args
+from spatialvlm_ros.vlm.base import SpatialVLM, VLMAnswer, VLMError
 from spatialvlm_ros.vlm.labels import hedges, which_object, which_relation, yes_no
 from spatialvlm_ros.vlm.parsing import ParsedDistance, parse_answer
 from spatialvlm_ros.vlm.prompts import distance_question
@@ -115,29 +112,14 @@ def held_out_seed(seed: int) -> int:
     return EVAL_SEED_OFFSET + seed
 
 
-def synthesize_held_out(out: Path, scenes: int, seed: int, synthesis_config: Path | None = None) -> Path:
-    """Synthesise ``scenes`` simulated scenes with the held-out ``seed`` into the dataset folder ``out``.
-
-    Args:
-        out: dataset folder (created; an existing one made with the same settings is resumed).
-        scenes: number of ``sim:N`` scenes.
-        seed: synthesis seed, already mapped by :func:`held_out_seed`.
-        synthesis_config: data engine YAML (default: the shipped ``config/synthesis.yaml``).
-
-    Returns:
-        ``out``.
-
-    Raises:
-        ConfigError: ``seed`` is a training seed, or bad settings.
-    """
-    from spatialvlm_ros.synthesis.config import load_synthesis_config
-    from spatialvlm_ros.synthesis.engine import run_local
-    from spatialvlm_ros.synthesis.sources import open_source
-    check_held_out(seed)
-    cfg = load_synthesis_config(synthesis_config, {"seed": seed})
-    summary = run_local(open_source(f"sim:{scenes}", cfg), out, cfg)
-    logger.info("held-out set: %d scenes, %d questions, seed %d, in %s", summary.images, summary.rows, seed, out)
-    return out
+def warn_if_training_data(data: Path) -> None:
+    """Warn when the dataset folder ``data`` was synthesised with a training seed (it may not be held out)."""
+    stored = data / "synthesis_config.json"
+    if stored.is_file():
+        seed = json.loads(stored.read_text()).get("seed", 0)
+        if seed < EVAL_SEED_OFFSET:
+            logger.warning("%s was synthesised with seed %d, a training seed (< %d): it may not be held out",
+                           data, seed, EVAL_SEED_OFFSET)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,110 +558,7 @@ def evaluate_vlm(vlm: SpatialVLM, data: Path, *, model: str = "", samples: int =
     return EvaluationReport(model, str(data), tuple(records), tuple(scored), metrics)
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``spatialvlm evaluate``'s arguments (the VLM flags are ``spatialvlm ask``'s)."""
-    parser.add_argument("--data", type=Path, default=None,
-                        help="dataset folder from 'spatialvlm synthesize' (default: synthesise a held-out sim set)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="results folder: metrics.json, answers.csv, trajectories.csv (and dataset/ "
-                             "without --data)")
-    parser.add_argument("--config", type=Path, default=None,
-                        help="spatial_reward_node parameter file with estimator.vlm (default: "
-                             "config/spatial_reward.yaml)")
-    parser.add_argument("--synthesis-config", type=Path, default=None,
-                        help="data engine YAML for the held-out set (default: config/synthesis.yaml)")
-    parser.add_argument("--scenes", type=int, default=20, help="held-out simulated scenes without --data")
-    parser.add_argument("--seed", type=int, default=0,
-                        help=f"held-out seed index: scenes and trajectories use {EVAL_SEED_OFFSET} + SEED")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
-    parser.add_argument("--batch-size", type=int, default=32, help="questions per ask_batch")
-    parser.add_argument("--trajectories", type=int, default=2, help="approach trajectories for Spearman (0: skip)")
-    parser.add_argument("--frames", type=int, default=20, help="frames per trajectory")
-    add_vlm_arguments(parser, samples_default=1)
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
-
-
-def print_report(summary: dict[str, Any]) -> None:
-    """Print the metrics beside the paper's Table 1, and the per-type breakdown, as rich tables."""
-    from rich.console import Console
-    from rich.table import Table
-    console = Console()
-    table = Table(title=f"{summary['model']} on {summary['data']}",
-                  caption="Paper: 331 / 215 human-written questions on real images; here: templated questions "
-                          "on held-out synthetic scenes. Not the same benchmark.")
-    table.add_column("metric")
-    table.add_column("this model", justify="right", style="bold")
-    for name in PAPER_RESULTS:
-        table.add_column(name, justify="right")
-    rows = (("qualitative accuracy", "qualitative_accuracy"), ("answers with a number", "number_rate"),
-            ("within [0.5x, 2x]", "within_0.5_2x"), ("within [0.75x, 1.25x]", "within_0.75_1.25x"))
-    for label, key in rows:
-        table.add_row(label, _fmt(summary[key]), *(_fmt(p.get(key)) for p in PAPER_RESULTS.values()))
-    rho = summary["spearman"]
-    table.add_row("Spearman along approaches", "-" if rho is None else f"{rho:.3f}", *("-" for _ in PAPER_RESULTS))
-    console.print(table)
-    per_type = Table(title="per question type")
-    for column in ("type", "n", "accuracy", "number", "[0.5x, 2x]", "[0.75x, 1.25x]"):
-        per_type.add_column(column, justify="left" if column == "type" else "right")
-    for name, m in summary["per_type"].items():
-        per_type.add_row(name, str(m["n"]), _fmt(m.get("accuracy")), _fmt(m.get("number_rate")),
-                         _fmt(m.get("within_0.5_2x")), _fmt(m.get("within_0.75_1.25x")))
-    console.print(per_type)
-
-
-def evaluate_cli(args: argparse.Namespace) -> int:
-    """Run ``spatialvlm evaluate``: print the tables, then the summary as JSON on the last line; 0 on success.
-
-    Raises:
-        ConfigError: bad settings or seeds.
-        InputError: an unreadable dataset.
-        VLMError: the model did not answer the first batch.
-    """
-    estimator = estimator_config_from_args(args)
-    seed = held_out_seed(args.seed)
-    if not getattr(args, "verbose", False):
-        # One simulator per scene would log a line each.
-        logging.getLogger("spatialvlm_ros.sim").setLevel(logging.WARNING)
-    vlm = build_vlm(estimator.vlm)
-    with tempfile.TemporaryDirectory(prefix="spatialvlm-eval-") as tmp:
-        data = args.data
-        if data is None:
-            data = synthesize_held_out((args.out or Path(tmp)) / "dataset", args.scenes, seed, args.synthesis_config)
-        else:
-            _warn_if_training_data(data)
-        # The compact backend has no model name: it is named by its weights folder.
-        model = (f"compact:{estimator.vlm.weights or 'packaged'}" if estimator.vlm.backend == "compact"
-                 else estimator.vlm.model)
-        report = evaluate_vlm(vlm, data, model=model, samples=estimator.vlm.samples,
-                              batch_size=args.batch_size, limit=args.limit,
-                              default_unit=estimator.vlm.default_unit or None, trajectories=args.trajectories,
-                              frames=args.frames, seed=seed, kind=estimator.distance)
-    summary = report.summary()
-    if args.out is not None:
-        report.write(args.out)
-    print_report(summary)
-    print(json.dumps(summary))
-    return 0
-
-
-def _warn_if_training_data(data: Path) -> None:
-    stored = data / "synthesis_config.json"
-    if stored.is_file():
-        seed = json.loads(stored.read_text()).get("seed", 0)
-        if seed < EVAL_SEED_OFFSET:
-            logger.warning("%s was synthesised with seed %d, a training seed (< %d): it may not be held out",
-                           data, seed, EVAL_SEED_OFFSET)
-
-
 __all__ = ["BANDS", "EVAL_SEED_OFFSET", "MIN_BAND_TRUTH_M", "PAPER_RESULTS", "AnswerRecord", "EvalQuestion",
-           "EvaluationReport", "TrajectoryFrames", "TrajectoryResult", "add_evaluate_arguments", "answer_metrics",
-           "approach_trajectories", "ask_questions", "check_held_out", "decide_label", "evaluate_cli",
-           "evaluate_vlm", "held_out_seed", "load_questions", "print_report", "score_answer", "score_trajectory",
-           "synthesize_held_out"]
+           "EvaluationReport", "TrajectoryFrames", "TrajectoryResult", "answer_metrics", "approach_trajectories",
+           "ask_questions", "check_held_out", "decide_label", "evaluate_vlm", "held_out_seed", "load_questions",
+           "score_answer", "score_trajectory", "warn_if_training_data"]

@@ -9,7 +9,7 @@ Flow, one image at a time (each stage one module):
 3. :mod:`~spatialvlm_ros.synthesis.questions`: the 43 question types, phrased from
    :mod:`~spatialvlm_ros.vlm.templates`, rounded by :mod:`~spatialvlm_ros.synthesis.rounding`;
 4. :mod:`~spatialvlm_ros.synthesis.writer`: the streaming, resumable dataset folder;
-   :mod:`~spatialvlm_ros.synthesis.engine` drives it, :mod:`~spatialvlm_ros.synthesis.cli` is the door.
+   :mod:`~spatialvlm_ros.synthesis.engine` drives it, :mod:`~spatialvlm_ros.cli.synthesize` is the door.
 
 Where the transformers experts plug in (a class implementing the Protocol, registered by name in
 :mod:`~spatialvlm_ros.synthesis.registry`, selected in ``config/synthesis.yaml`` under ``experts``):

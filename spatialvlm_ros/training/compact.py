@@ -29,7 +29,6 @@ stay the same); a finished run is not retrained.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -587,32 +586,3 @@ def train(cfg: TrainConfig) -> TrainResult:
     (out / TRAINING_CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
     logger.info("wrote %s (step %d, loss %.4f)", out, step, last_loss)
     return TrainResult(out=str(out), steps=step, final_loss=last_loss, seconds=seconds, parameters=n_params)
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``spatialvlm train`` (defaults from :class:`TrainConfig`)."""
-    d = TrainConfig(data="", out="")
-    parser.add_argument("data", type=Path, help="dataset folder from 'spatialvlm synthesize'")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (resumed when it holds a checkpoint)")
-    parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
-    parser.add_argument("--max-minutes", type=float, default=d.max_minutes, help="wall-time limit (0 = none)")
-    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    parser.add_argument("--batch-images", type=int, default=d.batch_images, help="images per step")
-    parser.add_argument("--questions-per-image", type=int, default=d.questions_per_image,
-                        help="questions per image and step")
-    parser.add_argument("--seed", type=int, default=d.seed, help="initialisation and sampling seed")
-    parser.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
-    parser.add_argument("--held-out-seed", type=int, default=None, help="seed of the evaluation set (recorded)")
-    parser.add_argument("--d-model", type=int, default=d.d_model, help="model width")
-    parser.add_argument("--text-layers", type=int, default=d.text_layers, help="decoder layers")
-
-
-def train_cli(args: argparse.Namespace) -> int:
-    """Run ``spatialvlm train``; prints the :class:`TrainResult` as JSON on the last line."""
-    cfg = TrainConfig(data=str(args.data), out=str(args.out), steps=args.steps, max_minutes=args.max_minutes,
-                      lr=args.lr, batch_images=args.batch_images, questions_per_image=args.questions_per_image,
-                      seed=args.seed, threads=args.threads, held_out_seed=args.held_out_seed, d_model=args.d_model,
-                      text_layers=args.text_layers)
-    result = train(cfg)
-    print(json.dumps(dataclasses.asdict(result)))
-    return 0
