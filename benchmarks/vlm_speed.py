@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from spatialvlm_ros.estimation import DistanceKind
-from spatialvlm_ros.vlm.compact import PACKAGED_WEIGHTS, CompactVLM, CompactVLMOptions, count_parameters
-from spatialvlm_ros.vlm.evaluate import EVAL_SEED_OFFSET, approach_trajectories
+from spatialvlm_ros.evaluation.vlm_benchmark import EVAL_SEED_OFFSET, approach_trajectories
+from spatialvlm_ros.vlm.compact.backend import PACKAGED_WEIGHTS, CompactVLM, CompactVLMOptions
+from spatialvlm_ros.vlm.compact.network import count_parameters
 from spatialvlm_ros.vlm.prompts import distance_question
 
 from _common import BenchmarkParser, emit, percentile

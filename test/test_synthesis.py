@@ -18,8 +18,8 @@ from spatialvlm_ros.synthesis.questions import (CLASSIFY_PAIRS, OPPOSITE, QUESTI
                                                 synthesize_qa)
 from spatialvlm_ros.synthesis.records import Box3D, SceneObject, SceneRecord
 from spatialvlm_ros.synthesis.rounding import parse_distance, say_distance
-from spatialvlm_ros.synthesis.templates import (ANSWER_FRAMES, CLASSIFY_WORDS, QUANTITY_ANSWERS, QUANTITY_QUESTIONS,
-                                                QUESTION_FRAMES, RELATION_WORDS)
+from spatialvlm_ros.vlm.templates import (ANSWER_FRAMES, CLASSIFY_WORDS, QUANTITY_ANSWERS, QUANTITY_QUESTIONS,
+                                          QUESTION_FRAMES, RELATION_WORDS)
 
 # A is left of, above, in front of, taller, wider and bigger than B (scene frame: x forward, y left, z up).
 BOX_A = Box3D(centre_m=(1.0, 0.3, 0.30), depth_m=0.1, width_m=0.2, height_m=0.3)

@@ -10,9 +10,9 @@ from typing import Any, Iterator
 import pytest
 
 from spatialvlm_ros.cli import build_parser, main
+from spatialvlm_ros.cli.synthesize import synthesize_cli
 from spatialvlm_ros.errors import ConfigError, InputError
 from spatialvlm_ros.perception.experts import Sample
-from spatialvlm_ros.synthesis.cli import synthesize_cli
 from spatialvlm_ros.synthesis.config import SynthesisConfig
 from spatialvlm_ros.synthesis.engine import run_local
 from spatialvlm_ros.synthesis.sources import SimSource, open_source

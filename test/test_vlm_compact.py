@@ -1,4 +1,4 @@
-"""Tests of the compact in-house spatial VLM (spatialvlm_ros.vlm.compact) and its training (.train).
+"""Tests of the compact in-house spatial VLM (vlm.compact) and its training (training.compact).
 
 Every model here is TINY (width 16, one decoder layer) and built in the test. The backend tests train one
 for a few seconds, through the real training losses, on a synthetic dataset in the data engine's layout
@@ -21,17 +21,18 @@ pytest.importorskip("safetensors")
 from PIL import Image  # noqa: E402
 
 from spatialvlm_ros.errors import ConfigError, InputError  # noqa: E402
-from spatialvlm_ros.vlm import compact  # noqa: E402
+from spatialvlm_ros.training.compact import (TrainConfig, answer_text, batch_losses, learning_rate,  # noqa: E402
+                                             load_training_set, read_rows, sample_batch, train, vocabulary_texts)
 from spatialvlm_ros.vlm.base import VLMConfig, build_vlm  # noqa: E402
-from spatialvlm_ros.vlm.compact import (EOS_ID, NUM_ID, REF_A_ID, REF_B_ID, REL_ID, SPECIALS,  # noqa: E402
-                                        CompactModelConfig, CompactSpatialModel, CompactVLM, CompactVLMOptions,
-                                        WordTokenizer,
-                                        fill_numbers, fill_references, load_weights, mask_numbers,
-                                        mask_references, prompt_ids, reference_spans, save_weights, spell_number)
-from spatialvlm_ros.synthesis.templates import ANSWER_FRAMES, QUESTION_FRAMES  # noqa: E402
+from spatialvlm_ros.vlm.compact import backend  # noqa: E402
+from spatialvlm_ros.vlm.compact.backend import CompactVLM, CompactVLMOptions  # noqa: E402
+from spatialvlm_ros.vlm.compact.network import (CompactModelConfig, CompactSpatialModel, load_weights,  # noqa: E402
+                                                save_weights)
+from spatialvlm_ros.vlm.compact.tokenizer import (EOS_ID, NUM_ID, REF_A_ID, REF_B_ID, REL_ID, SPECIALS,  # noqa: E402
+                                                  WordTokenizer, fill_numbers, fill_references, mask_numbers,
+                                                  mask_references, prompt_ids, reference_spans, spell_number)
 from spatialvlm_ros.vlm.parsing import parse_answer  # noqa: E402
-from spatialvlm_ros.vlm.train import (TrainConfig, answer_text, batch_losses, learning_rate,  # noqa: E402
-                                      load_training_set, read_rows, sample_batch, train, vocabulary_texts)
+from spatialvlm_ros.vlm.templates import ANSWER_FRAMES, QUESTION_FRAMES  # noqa: E402
 
 QUESTION = "How far is the red can from the yellow gripper?"
 YES_NO = "Is the red can left of the bowl?"
@@ -322,7 +323,7 @@ def test_backend_answers_through_the_protocol(trained: Path) -> None:
 
 def test_backend_is_registered_and_names_a_missing_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     missing = tmp_path / "no_weights"
-    monkeypatch.setattr(compact, "PACKAGED_WEIGHTS", missing)
+    monkeypatch.setattr(backend, "PACKAGED_WEIGHTS", missing)
     with pytest.raises(ConfigError, match="no_weights.*does not exist"):
         build_vlm(VLMConfig(backend="compact"))
     (missing).mkdir()

@@ -17,15 +17,16 @@ import numpy as np
 import pytest
 from chat_server import ChatCompletionsServer, completion
 
+from spatialvlm_ros.cli.vlm import add_evaluate_arguments, evaluate_cli, synthesize_held_out
 from spatialvlm_ros.errors import ConfigError
-from spatialvlm_ros.synthesis.questions import CLASSIFY_PAIRS, TYPES_BY_NAME
-from spatialvlm_ros.synthesis.templates import RELATION_WORDS
-from spatialvlm_ros.vlm import VLMAnswer, VLMConfig, VLMError, build_vlm, distance_question, parse_answer
-from spatialvlm_ros.vlm.evaluate import (
-    EVAL_SEED_OFFSET, MIN_BAND_TRUTH_M, EvalQuestion, add_evaluate_arguments, approach_trajectories, ask_questions,
-    check_held_out, decide_label, evaluate_cli, evaluate_vlm, held_out_seed, load_questions, synthesize_held_out,
-    which_object, which_relation, yes_no,
+from spatialvlm_ros.evaluation.vlm_benchmark import (
+    EVAL_SEED_OFFSET, MIN_BAND_TRUTH_M, EvalQuestion, approach_trajectories, ask_questions, check_held_out,
+    decide_label, evaluate_vlm, held_out_seed, load_questions,
 )
+from spatialvlm_ros.synthesis.questions import CLASSIFY_PAIRS, TYPES_BY_NAME
+from spatialvlm_ros.vlm import VLMAnswer, VLMConfig, VLMError, build_vlm, distance_question, parse_answer
+from spatialvlm_ros.vlm.labels import which_object, which_relation, yes_no
+from spatialvlm_ros.vlm.templates import RELATION_WORDS
 
 FRAMES = 5
 

@@ -9,7 +9,7 @@ import pytest
 
 from spatialvlm_ros.errors import ConfigError
 from spatialvlm_ros.synthesis import rounding
-from spatialvlm_ros.synthesis.templates import ANSWER_FRAMES, QUANTITY_ANSWERS, RELATION_WORDS
+from spatialvlm_ros.vlm.templates import ANSWER_FRAMES, QUANTITY_ANSWERS, RELATION_WORDS
 from spatialvlm_ros.vlm.parsing import METRES_PER_UNIT, UNIT_ALIASES, parse_answer
 
 FT, IN, YD = 0.3048, 0.0254, 0.9144

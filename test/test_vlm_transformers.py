@@ -35,14 +35,14 @@ from transformers import (AutoProcessor, CLIPImageProcessorPil, LlavaConfig,  # 
                           Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLConfig,
                           Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil, Qwen2VLProcessor)
 
+from spatialvlm_ros.cli.vlm import add_finetune_arguments, finetune_cli  # noqa: E402
 from spatialvlm_ros.errors import ConfigError, InputError  # noqa: E402
 from spatialvlm_ros.estimation.base import DistanceKind, Pair  # noqa: E402
 from spatialvlm_ros.frame import Frame  # noqa: E402
 from spatialvlm_ros.geometry.camera import CameraIntrinsics  # noqa: E402
+from spatialvlm_ros.training.lora import (ChatCollator, ChatRowsDataset, FinetuneResult, finetune,  # noqa: E402
+                                          latest_checkpoint, sample_indices)
 from spatialvlm_ros.vlm.base import VLMAnswer, VLMConfig, VLMDistanceEstimator, build_vlm  # noqa: E402
-from spatialvlm_ros.vlm.finetune import (ChatCollator, ChatRowsDataset, FinetuneResult,  # noqa: E402
-                                         add_finetune_arguments, finetune, finetune_cli, latest_checkpoint,
-                                         sample_indices)
 from spatialvlm_ros.vlm.parsing import ParsedDistance  # noqa: E402
 from spatialvlm_ros.vlm.transformers_backend import TransformersVLM, TransformersVLMOptions  # noqa: E402
 

@@ -7,9 +7,9 @@ Flow, one image at a time (each stage one module):
    :mod:`~spatialvlm_ros.synthesis.lifting` (clouds, DBSCAN, canonical frame from support pixels, 3D
    boxes) and :mod:`~spatialvlm_ros.synthesis.ambiguity` (background out, near-duplicates told apart);
 3. :mod:`~spatialvlm_ros.synthesis.questions`: the 43 question types, phrased from
-   :mod:`~spatialvlm_ros.synthesis.templates`, rounded by :mod:`~spatialvlm_ros.synthesis.rounding`;
+   :mod:`~spatialvlm_ros.vlm.templates`, rounded by :mod:`~spatialvlm_ros.synthesis.rounding`;
 4. :mod:`~spatialvlm_ros.synthesis.writer`: the streaming, resumable dataset folder;
-   :mod:`~spatialvlm_ros.synthesis.engine` drives it, :mod:`~spatialvlm_ros.synthesis.cli` is the door.
+   :mod:`~spatialvlm_ros.synthesis.engine` drives it, :mod:`~spatialvlm_ros.cli.synthesize` is the door.
 
 The experts come from :mod:`spatialvlm_ros.perception` (protocols in
 :mod:`~spatialvlm_ros.perception.experts`, registered by name in :mod:`~spatialvlm_ros.perception.registry`,

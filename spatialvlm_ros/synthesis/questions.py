@@ -36,8 +36,8 @@ import numpy as np
 from spatialvlm_ros.synthesis.config import QuestionsConfig
 from spatialvlm_ros.synthesis.records import Box3D, SceneObject, SceneRecord
 from spatialvlm_ros.synthesis.rounding import say_distance
-from spatialvlm_ros.synthesis.templates import (ANSWER_FRAMES, CLASSIFY_WORDS, QUANTITY_ANSWERS, QUANTITY_QUESTIONS,
-                                                QUESTION_FRAMES, RELATION_WORDS)
+from spatialvlm_ros.vlm.templates import (ANSWER_FRAMES, CLASSIFY_WORDS, QUANTITY_ANSWERS, QUANTITY_QUESTIONS,
+                                          QUESTION_FRAMES, RELATION_WORDS)
 
 Family = Literal["predicate", "choice", "classify", "quantity", "difference"]
 

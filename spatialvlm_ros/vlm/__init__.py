@@ -1,10 +1,16 @@
 """Spatial VLMs: ask an image "how far is A from B?" in free text and read the metres back.
 
+Models and backends only; their training is :mod:`spatialvlm_ros.training`, their evaluation
+:mod:`spatialvlm_ros.evaluation.vlm_benchmark`, their commands :mod:`spatialvlm_ros.cli.vlm`, and the
+estimator that turns any of them into distances :mod:`spatialvlm_ros.estimation.vlm`.
+
 * :mod:`~spatialvlm_ros.vlm.base`: the :class:`SpatialVLM` protocol, :class:`VLMAnswer` and errors;
-* :mod:`~spatialvlm_ros.vlm.registry`: the backends by name (compact, openai, transformers), :func:`build_vlm`;
-* :mod:`~spatialvlm_ros.vlm.parsing`: answer text -> :class:`ParsedDistance` (metres);
-* :mod:`~spatialvlm_ros.vlm.prompts`: the distance questions, as data;
-* :mod:`~spatialvlm_ros.vlm.server`: the OpenAI-compatible chat-completions backend.
+* :mod:`~spatialvlm_ros.vlm.registry`: the backends by name, :func:`build_vlm`;
+* :mod:`~spatialvlm_ros.vlm.parsing`, :mod:`~spatialvlm_ros.vlm.labels`: answer text -> metres, yes/no and choices;
+* :mod:`~spatialvlm_ros.vlm.prompts`, :mod:`~spatialvlm_ros.vlm.templates`: the questions and answers, as data;
+* :mod:`~spatialvlm_ros.vlm.server`: an OpenAI-compatible chat-completions server, backend ``"openai"``;
+* :mod:`~spatialvlm_ros.vlm.transformers_backend`: a local transformers checkpoint, backend ``"transformers"``;
+* :mod:`~spatialvlm_ros.vlm.compact`: the compact in-house model, backend ``"compact"``.
 """
 
 from spatialvlm_ros.vlm.base import SpatialVLM, VLMAnswer, VLMError, VLMTimeoutError

@@ -1,9 +1,9 @@
 """Distance questions put to a spatial VLM: templates as data, drawn with a seeded generator.
 
 The templates are the data engine's own distance and gap questions
-(:data:`spatialvlm_ros.synthesis.templates.QUANTITY_QUESTIONS`): a model fine-tuned on this
-package's synthetic data is asked in the phrasings it was trained on, and there is one list to
-maintain. The first template of each kind is the paper's robot question (Fig. 5: "What is the
+(:data:`spatialvlm_ros.vlm.templates.QUANTITY_QUESTIONS`, which the data engine phrases with too): a
+model fine-tuned on this package's synthetic data is asked in the phrasings it was trained on, and
+there is one list to maintain. The first template of each kind is the paper's robot question (Fig. 5: "What is the
 distance between the yellow gripper and the coke can?") for centres, "What is the gap between A and
 B?" for surfaces; it is the one asked when no generator is given.
 """
@@ -15,7 +15,7 @@ import re
 import numpy as np
 
 from spatialvlm_ros.types import DistanceKind, Pair
-from spatialvlm_ros.synthesis.templates import QUANTITY_QUESTIONS
+from spatialvlm_ros.vlm.templates import QUANTITY_QUESTIONS
 
 #: Question templates per distance kind; ``{A}`` is the gripper's reference, ``{B}`` the target's.
 DISTANCE_QUESTIONS: dict[DistanceKind, tuple[str, ...]] = {

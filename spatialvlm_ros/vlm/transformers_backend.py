@@ -2,7 +2,7 @@
 
 Registered as the VLM backend ``"transformers"``: ``AutoModelForImageTextToText`` + ``AutoProcessor``
 from a local folder or a hub id (Qwen2-VL, Qwen2.5-VL and SpaceQwen2.5-VL, LLaVA, ...), optionally with
-a LoRA adapter written by :mod:`~spatialvlm_ros.vlm.finetune`. Loading is the project's
+a LoRA adapter written by :mod:`~spatialvlm_ros.training.lora`. Loading is the project's
 (:meth:`~spatialvlm_ros.perception.hf.TransformersExpert.from_pretrained`): offline with
 ``local_files_only`` or ``HF_HUB_OFFLINE=1``, on the configured device and dtype, ``trust_remote_code``
 only when asked for, and a :class:`~spatialvlm_ros.errors.ConfigError` naming the path when it fails.

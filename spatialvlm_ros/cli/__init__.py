@@ -1,11 +1,14 @@
-"""``spatialvlm``: the one command-line entry point, with subcommands."""
+"""``spatialvlm``: the one command-line entry point, with subcommands.
+
+The parser is built here; a subcommand runs ``module:function`` (imported only then). The VLM subcommands
+live in :mod:`~spatialvlm_ros.cli.vlm`, ``synthesize`` in :mod:`~spatialvlm_ros.cli.synthesize`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -81,14 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
     synth.add_argument("--ray-workers", type=int, default=None, help="Ray workers (default: the cluster's CPUs)")
     synth.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
-    synth.set_defaults(func=_lazy("spatialvlm_ros.synthesis.cli:synthesize_cli"))
+    synth.set_defaults(func=_lazy("spatialvlm_ros.cli.synthesize:synthesize_cli"))
 
-    from spatialvlm_ros.vlm.cli import add_vlm_arguments
+    from spatialvlm_ros.cli.vlm import (add_evaluate_arguments, add_finetune_arguments, add_train_arguments,
+                                        add_vlm_arguments)  # light: torch is imported only to train or ask
     ask = sub.add_parser(
         "ask", help="ask a spatial VLM how far apart two objects are in an image",
-        description="Send an image and a question to the spatial VLM of estimator.vlm (an OpenAI-compatible "
-                    "server such as vLLM, Ollama or llama.cpp); print the answers and the metres parsed from them "
-                    "as JSON.")
+        description="Send an image and a question to the spatial VLM of estimator.vlm (the compact in-house "
+                    "model by default, an OpenAI-compatible server such as vLLM, Ollama or llama.cpp, or a "
+                    "transformers checkpoint); print the answers and the metres parsed from them as JSON.")
     ask.add_argument("image", help="image file (PNG, JPEG), or 'sim' for a simulated tabletop frame")
     ask.add_argument("question", nargs="?", default=None,
                      help="free-text question, e.g. 'How far is the yellow gripper from the red can?'")
@@ -98,32 +102,29 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--config", type=Path, default=None,
                      help="spatial_reward_node parameter file (default: config/spatial_reward.yaml)")
     add_vlm_arguments(ask)
-    ask.set_defaults(func=_lazy("spatialvlm_ros.vlm.cli:ask_cli"))
+    ask.set_defaults(func=_lazy("spatialvlm_ros.cli.vlm:ask_cli"))
 
-    from spatialvlm_ros.vlm.finetune import add_finetune_arguments  # light: torch is imported only to train
     finetune = sub.add_parser(
         "finetune", help="LoRA-fine-tune a transformers VLM on a synthesized spatial VQA dataset",
         description="Train a LoRA adapter (peft) on data.jsonl from 'spatialvlm synthesize'; checkpoints are "
                     "resumable; prints a JSON summary on the last line.")
     add_finetune_arguments(finetune)
-    finetune.set_defaults(func=_lazy("spatialvlm_ros.vlm.finetune:finetune_cli"))
+    finetune.set_defaults(func=_lazy("spatialvlm_ros.cli.vlm:finetune_cli"))
 
-    from spatialvlm_ros.vlm.evaluate import add_evaluate_arguments  # light: the simulator is imported only to run
     evaluate = sub.add_parser(
         "evaluate", help="score a spatial VLM with the paper's metrics on held-out spatial VQA",
         description="Ask the VLM of estimator.vlm every question of a synthesized dataset (default: a fresh "
                     "held-out simulated set) and along approach trajectories; print qualitative accuracy, number "
                     "rate, ratio bands and Spearman beside the paper's numbers, the JSON summary on the last line.")
     add_evaluate_arguments(evaluate)
-    evaluate.set_defaults(func=_lazy("spatialvlm_ros.vlm.evaluate:evaluate_cli"))
+    evaluate.set_defaults(func=_lazy("spatialvlm_ros.cli.vlm:evaluate_cli"))
 
-    from spatialvlm_ros.vlm.train import add_train_arguments  # light: torch is imported only to train
     train = sub.add_parser(
         "train", help="train the compact in-house spatial VLM on a synthesized dataset",
-        description="Train the compact VLM (vlm/compact.py, RGB only) from scratch on data.jsonl from "
+        description="Train the compact VLM (vlm/compact/, RGB only) from scratch on data.jsonl from "
                     "'spatialvlm synthesize'; resumable; prints a JSON summary on the last line.")
     add_train_arguments(train)
-    train.set_defaults(func=_lazy("spatialvlm_ros.vlm.train:train_cli"))
+    train.set_defaults(func=_lazy("spatialvlm_ros.cli.vlm:train_cli"))
     return parser
 
 
@@ -137,7 +138,3 @@ def main(argv: list[str] | None = None) -> int:
     except SpatialVLMError as err:
         logging.getLogger("spatialvlm").error("%s", err)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

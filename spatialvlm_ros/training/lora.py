@@ -40,7 +40,6 @@ plus about 30% with gradient checkpointing.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -474,58 +473,3 @@ def _to_device(batch: dict[str, "torch.Tensor"], device: "torch.device",
                dtype: "torch.dtype") -> dict[str, "torch.Tensor"]:
     """Tensors on ``device``; floating ones (pixels) also in the model's dtype."""
     return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in batch.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``spatialvlm finetune`` arguments to ``parser`` (defaults: :class:`FinetuneConfig`'s)."""
-    d = FinetuneConfig()
-    parser.add_argument("--dataset", type=Path, required=True, help="dataset folder from spatialvlm synthesize")
-    parser.add_argument("--model", required=True,
-                        help="base model: local folder or hub id, e.g. Qwen/Qwen2.5-VL-3B-Instruct")
-    parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, adapter); resumable")
-    for name, kind, what in (("steps", int, "optimizer steps in total"), ("lr", float, "learning rate"),
-                             ("lora_r", int, "LoRA rank"), ("lora_alpha", int, "LoRA alpha"),
-                             ("lora_dropout", float, "LoRA dropout"), ("batch_size", int, "rows per micro-batch"),
-                             ("grad_accum", int, "micro-batches per optimizer step"),
-                             ("weight_decay", float, "AdamW weight decay"),
-                             ("max_grad_norm", float, "gradient clip norm (0 = none)"),
-                             ("save_every", int, "steps between checkpoints"),
-                             ("keep_checkpoints", int, "checkpoints kept"),
-                             ("log_every", int, "steps between loss log lines"), ("seed", int, "random seed"),
-                             ("max_rows", int, "use the first N rows only (0 = all)"),
-                             ("device", str, "torch device")):
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
-                            help=f"{what} (default: {getattr(d, name)})")
-    parser.add_argument("--target-modules", default=None,
-                        help=f"comma-separated layer names that get adapters (default: {','.join(d.target_modules)})")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                        help=f"weight dtype (default: {d.dtype}; bfloat16 on a GPU)")
-    for flag, what in (("gradient_checkpointing", "recompute activations: less memory, slower"),
-                       ("local_files_only", "never contact the model hub"),
-                       ("trust_remote_code", "run code shipped with the checkpoint")):
-        parser.add_argument("--" + flag.replace("_", "-"), action="store_true", default=None, help=what)
-
-
-def finetune_cli(args: argparse.Namespace) -> int:
-    """Run ``spatialvlm finetune`` (arguments from :func:`add_finetune_arguments`); prints a JSON summary.
-
-    Raises:
-        ConfigError: see :func:`finetune`.
-        InputError: see :func:`finetune`.
-        FinetuneError: see :func:`finetune`.
-    """
-    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)
-               if getattr(args, f.name, None) is not None}
-    if "target_modules" in options:
-        options["target_modules"] = tuple(m.strip() for m in options["target_modules"].split(",") if m.strip())
-    result = finetune(args.dataset, args.model, args.out, **options)
-    print(json.dumps({"out": str(result.out_dir), "adapter": str(result.adapter_dir), "rows": result.rows,
-                      "start_step": result.start_step, "steps": result.steps,
-                      "first_loss": result.losses[0] if result.losses else None,
-                      "last_loss": result.losses[-1] if result.losses else None,
-                      "seconds": round(result.seconds, 3)}))
-    return 0

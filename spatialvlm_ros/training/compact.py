@@ -18,7 +18,7 @@ clipping.
 
 Output folder::
 
-    model.safetensors, model_config.json, tokenizer.json   the weights (compact.load_weights reads them)
+    model.safetensors, model_config.json, tokenizer.json   the weights (network.load_weights reads them)
     training_config.json                                   TrainConfig + data seed + held-out seed + counts
     checkpoint/                                            latest model, optimizer and RNG state (resumable)
     log.jsonl                                              per logged step: step, losses, lr, seconds
@@ -29,7 +29,6 @@ stay the same); a finished run is not retrained.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -43,6 +42,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from spatialvlm_ros.errors import ConfigError, InputError
+from spatialvlm_ros.vlm.compact.tokenizer import (EOS_ID, NUM_ID, REF_A_ID, SPECIALS, WordTokenizer, mask_numbers,
+                                                  mask_references, prompt_ids, reference_spans)
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class Example:
         ids: ``[BOS] question [SEP] <a> <b> <r> answer [EOS]`` token ids (the answer's number is ``<num>``).
         answer_start: index in ``ids`` of the first answer token.
         attributes: (2, len(ATTRIBUTES)) the scene record of the first and second object the question
-            names (:data:`~spatialvlm_ros.vlm.compact.ATTRIBUTES`); NaN rows where there is none.
+            names (:data:`~spatialvlm_ros.vlm.compact.network.ATTRIBUTES`); NaN rows where there is none.
         patches: (2,) the image patch holding each object's pixel centre, -1 where there is none.
         log_value: log of the quantity's magnitude in metres (floored at 5 mm) for a quantitative row, else NaN.
         spans: (2, 2) the first and last position in ``ids`` of each object's reference in the question, -1
@@ -244,8 +245,6 @@ def answer_text(row: dict[str, Any]) -> str:
 
 def _answer_and_spans(row: dict[str, Any]) -> tuple[str, list[tuple[int, int] | None]]:
     """:func:`answer_text` and where each object's reference is in the question's pieces (one search for both)."""
-    from spatialvlm_ros.vlm.compact import WordTokenizer, mask_numbers, mask_references, reference_spans
-
     references = row.get("object_references") or []
     spans = reference_spans(WordTokenizer.pieces(row["question"]), references)
     # A reference the question does not hold cannot be copied from it: the decoder spells that one out.
@@ -280,7 +279,7 @@ def object_records(scene: dict[str, Any], grid: tuple[int, int]) -> dict[int, tu
 
 def make_example(row: dict[str, Any], tokenizer: Any, records: dict[int, tuple[np.ndarray, int]]) -> Example:
     """The :class:`Example` of a dataset row, given its image's :func:`object_records` (may be empty)."""
-    from spatialvlm_ros.vlm.compact import ATTRIBUTES, EOS_ID, prompt_ids
+    from spatialvlm_ros.vlm.compact.network import ATTRIBUTES
 
     prompt = prompt_ids(tokenizer, row["question"])
     attributes = np.full((2, len(ATTRIBUTES)), np.nan, np.float32)
@@ -314,7 +313,7 @@ def load_training_set(data: Path, tokenizer: Any, width: int, height: int, max_l
     """
     from PIL import Image
 
-    from spatialvlm_ros.vlm.compact import resize_image
+    from spatialvlm_ros.vlm.compact.network import resize_image
 
     data = Path(data)
     by_image: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -355,8 +354,6 @@ def load_training_set(data: Path, tokenizer: Any, width: int, height: int, max_l
 
 def sample_batch(data: TrainingSet, rng: np.random.Generator, batch_images: int, questions_per_image: int) -> Batch:
     """A step's batch: ``batch_images`` images and up to ``questions_per_image`` of each one's rows."""
-    from spatialvlm_ros.vlm.compact import NUM_ID, REF_A_ID
-
     picked = rng.choice(len(data.examples), size=min(batch_images, len(data.examples)), replace=False)
     chosen: list[Example] = []
     index = []
@@ -387,15 +384,15 @@ def batch_losses(model: Any, batch: Batch) -> dict[str, Any]:
 
     ``answer``: cross-entropy of the answer tokens; ``value``: L1 of the log-metres at ``<num>``;
     ``attributes``: smooth L1 of the slots' object records, in units of
-    :data:`~spatialvlm_ros.vlm.compact.ATTRIBUTE_SCALE`; ``pointer``: cross-entropy of the slots' pointer over
+    :data:`~spatialvlm_ros.vlm.compact.network.ATTRIBUTE_SCALE`; ``pointer``: cross-entropy of the slots' pointer over
     the patches; ``span``: cross-entropy of the slots' reference start and end over the positions;
-    ``holds``: binary cross-entropy of the relation slot's :attr:`~spatialvlm_ros.vlm.compact.ModelOutput.holds`
+    ``holds``: binary cross-entropy of the relation slot's :attr:`~spatialvlm_ros.vlm.compact.network.ModelOutput.holds`
     against whether the asked relation holds; ``total``: their sum. A loss with no target in the batch is 0.
     """
     import torch
     from torch.nn import functional as F
 
-    from spatialvlm_ros.vlm.compact import ATTRIBUTE_SCALE
+    from spatialvlm_ros.vlm.compact.network import ATTRIBUTE_SCALE
 
     out = model(torch.from_numpy(batch.images), torch.from_numpy(batch.ids), torch.from_numpy(batch.image_index))
     answer = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), torch.from_numpy(batch.targets).reshape(-1),
@@ -436,8 +433,6 @@ def final_tokens(data: TrainingSet) -> tuple[int, ...]:
 
     Decoding may stop after one of them: in this training set, ``<eos>`` always came next.
     """
-    from spatialvlm_ros.vlm.compact import SPECIALS
-
     last: set[int] = set()
     inner: set[int] = set()
     for examples in data.examples:
@@ -511,8 +506,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     """
     import torch
 
-    from spatialvlm_ros.vlm.compact import (
-        TOKENIZER_FILE, CompactModelConfig, CompactSpatialModel, WordTokenizer, count_parameters, save_weights,
+    from spatialvlm_ros.vlm.compact.network import (
+        TOKENIZER_FILE, CompactModelConfig, CompactSpatialModel, count_parameters, save_weights,
     )
 
     start = time.perf_counter()
@@ -591,32 +586,3 @@ def train(cfg: TrainConfig) -> TrainResult:
     (out / TRAINING_CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
     logger.info("wrote %s (step %d, loss %.4f)", out, step, last_loss)
     return TrainResult(out=str(out), steps=step, final_loss=last_loss, seconds=seconds, parameters=n_params)
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``spatialvlm train`` (defaults from :class:`TrainConfig`)."""
-    d = TrainConfig(data="", out="")
-    parser.add_argument("data", type=Path, help="dataset folder from 'spatialvlm synthesize'")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (resumed when it holds a checkpoint)")
-    parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
-    parser.add_argument("--max-minutes", type=float, default=d.max_minutes, help="wall-time limit (0 = none)")
-    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    parser.add_argument("--batch-images", type=int, default=d.batch_images, help="images per step")
-    parser.add_argument("--questions-per-image", type=int, default=d.questions_per_image,
-                        help="questions per image and step")
-    parser.add_argument("--seed", type=int, default=d.seed, help="initialisation and sampling seed")
-    parser.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
-    parser.add_argument("--held-out-seed", type=int, default=None, help="seed of the evaluation set (recorded)")
-    parser.add_argument("--d-model", type=int, default=d.d_model, help="model width")
-    parser.add_argument("--text-layers", type=int, default=d.text_layers, help="decoder layers")
-
-
-def train_cli(args: argparse.Namespace) -> int:
-    """Run ``spatialvlm train``; prints the :class:`TrainResult` as JSON on the last line."""
-    cfg = TrainConfig(data=str(args.data), out=str(args.out), steps=args.steps, max_minutes=args.max_minutes,
-                      lr=args.lr, batch_images=args.batch_images, questions_per_image=args.questions_per_image,
-                      seed=args.seed, threads=args.threads, held_out_seed=args.held_out_seed, d_model=args.d_model,
-                      text_layers=args.text_layers)
-    result = train(cfg)
-    print(json.dumps(dataclasses.asdict(result)))
-    return 0

@@ -1,8 +1,4 @@
-"""A compact in-house spatial VLM: a few million parameters, trained on the data engine's VQA, run on a CPU.
-
-Registered as the VLM backend ``"compact"``. It answers the data engine's questions in the data engine's
-words, so :func:`~spatialvlm_ros.vlm.parsing.parse_answer` reads its quantitative answers like the
-engine's own.
+"""The compact VLM's network: a few million parameters, trained on the data engine's VQA, run on a CPU.
 
 Architecture (:class:`CompactSpatialModel`, sizes in :class:`CompactModelConfig`):
 
@@ -41,30 +37,22 @@ Architecture (:class:`CompactSpatialModel`, sizes in :class:`CompactModelConfig`
   that ended every training answer (``final_tokens``: the full stop), which saves a step. The image's
   keys and values are computed once per image however many questions ask about it.
 
-Tokenizer (:class:`WordTokenizer`): deterministic and word-level. A text is split into pieces of the
-form ``" ?word"``, ``" ?number"``, ``" ?<special>"`` or ``" ?symbol"`` (the leading space belongs to the
-piece, as in GPT-2), so ``decode(encode(text)) == text`` for any text made of known pieces separated by
-single spaces. The vocabulary is every piece of the training questions and answers (numbers in answers
-become ``<num>``) plus the distance questions of :mod:`~spatialvlm_ros.vlm.prompts`; unknown pieces become
-``<unk>``.
+:func:`mask_references`, :func:`reference_spans`, :func:`fill_references` and :func:`spell_number` are
+the tokenizer's (:mod:`~spatialvlm_ros.vlm.compact.tokenizer`).
 
 A weights folder holds ``model.safetensors`` (float32 tensors), ``model_config.json``
 (:class:`CompactModelConfig`), ``tokenizer.json`` (the vocabulary, in id order) and, when written by
-training, ``training_config.json``. Without a folder named, the packaged one
-(:data:`PACKAGED_WEIGHTS`) is used.
+training, ``training_config.json``; :func:`save_weights` writes one, :func:`load_weights` reads one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
-import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -72,20 +60,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from spatialvlm_ros.errors import ConfigError, InputError
-from spatialvlm_ros.vlm.base import VLMAnswer, VLMConfig, VLMError, ask_in_batches, register_vlm
-from spatialvlm_ros.vlm.parsing import METRES_PER_UNIT, UNIT_ALIASES, parse_answer
+from spatialvlm_ros.vlm.compact.tokenizer import EOS_ID, NUM_ID, PAD_ID, REL_ID, SPECIALS, WordTokenizer
 
-logger = logging.getLogger(__name__)
-
-#: The weights shipped with the package (present only when a trained model was good enough to ship).
-PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 #: File names inside a weights folder.
 WEIGHTS_FILE, MODEL_CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "model_config.json", "tokenizer.json"
-#: Special tokens, always the first ids in this order: padding, unknown, the prompt's frame, the number
-#: placeholder, the two referent slots and the relation slot.
-SPECIALS = PAD, UNK, BOS, SEP, EOS, NUM, REF_A, REF_B, REL = (
-    "<pad>", "<unk>", "<bos>", "<sep>", "<eos>", "<num>", "<a>", "<b>", "<r>")
-PAD_ID, UNK_ID, BOS_ID, SEP_ID, EOS_ID, NUM_ID, REF_A_ID, REF_B_ID, REL_ID = range(len(SPECIALS))
 #: Attributes the slots are trained to read per object: scene-frame box centre x, y, z, the box's width,
 #: height and depth (metres), and the pixel centre u, v (fractions of the image width and height).
 ATTRIBUTES = ("x_m", "y_m", "z_m", "width_m", "height_m", "depth_m", "u", "v")
@@ -97,212 +75,6 @@ COMPARABLES = ("dx", "dy", "dz", "log_width", "log_height", "log_depth", "log_vo
 #: Question-weighted comparison scores the relation slot receives.
 COMPARISONS = 8
 
-_PIECE = re.compile(r" ?(?:<[a-z]+>|[A-Za-z]+|\d+(?:\.\d+)?|[^\sA-Za-z\d])")
-_SPACES = re.compile(r"\s+")
-_ANSWER_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.]*\d)")
-_UNIT_OF_WORD = {alias: unit for unit, aliases in UNIT_ALIASES.items() for alias in aliases}
-
-
-# ---------------------------------------------------------------------------------------------
-# Tokenizer
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class WordTokenizer:
-    """Word-level tokenizer with a fixed vocabulary (see the module docstring for the rules).
-
-    Attributes:
-        tokens: the vocabulary in id order; the first five are :data:`SPECIALS`.
-
-    Example:
-        >>> tok = WordTokenizer.build(["How far is the red can?", "About 20 centimeters."])
-        >>> ids = tok.encode("About 20 centimeters.")
-        >>> tok.decode(ids)
-        'About 20 centimeters.'
-        >>> tok.decode(tok.encode("How far is the blue can?"))
-        'How far is the<unk> can?'
-        >>> tok.decode(tok.encode(mask_numbers("About 20 centimeters.")))
-        'About <num> centimeters.'
-    """
-
-    tokens: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        if self.tokens[:len(SPECIALS)] != SPECIALS or len(set(self.tokens)) != len(self.tokens):
-            raise ConfigError(f"tokenizer: the vocabulary must start with {list(SPECIALS)} and have no duplicates")
-        # A frozen dataclass: the lookup table is derived, not a field.
-        object.__setattr__(self, "_ids", {t: i for i, t in enumerate(self.tokens)})
-
-    @staticmethod
-    def pieces(text: str) -> list[str]:
-        """Split ``text`` (whitespace runs collapsed to one space, ends stripped) into pieces."""
-        return _PIECE.findall(_SPACES.sub(" ", text.strip()))
-
-    @classmethod
-    def build(cls, texts: Iterable[str]) -> "WordTokenizer":
-        """The vocabulary of every piece in ``texts``, sorted, after the special tokens."""
-        found = {p for text in texts for p in cls.pieces(text) if p.strip() not in SPECIALS}
-        return cls(SPECIALS + tuple(sorted(found)))
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def id(self, token: str) -> int:
-        """Id of ``token`` (``<unk>``'s when unknown)."""
-        return self._ids.get(token, UNK_ID)  # type: ignore[attr-defined]
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``, without special tokens."""
-        # A special token is one id with or without the space before it.
-        return [self.id(p.strip() if p.strip() in SPECIALS else p) for p in self.pieces(text)]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids``; special tokens are dropped except ``<unk>`` and the placeholders ``<num> <a> <b>``."""
-        skip = set(range(len(SPECIALS))) - {UNK_ID, NUM_ID, REF_A_ID, REF_B_ID}
-        text = "".join(self.tokens[i] for i in ids if i not in skip)
-        # A placeholder is written as a word of its own (a number or a reference replaces it).
-        return re.sub(r"(?<=\S)(<num>|<a>|<b>)", r" \1", text).strip()
-
-    def save(self, path: Path) -> None:
-        """Write the vocabulary as JSON (``{"tokens": [...]}``, id order)."""
-        Path(path).write_text(json.dumps({"tokens": list(self.tokens)}, ensure_ascii=False, indent=0) + "\n")
-
-    @classmethod
-    def load(cls, path: Path) -> "WordTokenizer":
-        """Read a vocabulary written by :meth:`save`.
-
-        Raises:
-            ConfigError: unreadable or malformed file.
-        """
-        try:
-            return cls(tuple(json.loads(Path(path).read_text())["tokens"]))
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ConfigError(f"compact VLM tokenizer {str(path)!r}: {err}") from err
-
-
-def mask_numbers(answer: str) -> str:
-    """The answer with each number replaced by ``<num>`` (how the decoder writes numbers).
-
-    Example:
-        >>> mask_numbers("The red can is 1.5 meters tall.")
-        'The red can is <num> meters tall.'
-    """
-    return _ANSWER_NUMBER.sub(NUM, answer)
-
-
-def spell_number(value_m: float, unit_word: str | None) -> str:
-    """``value_m`` written as a number in the unit ``unit_word`` names (metres when it names none).
-
-    Two significant figures from 1 up to 10 units, whole units above, two decimals below 1 unit.
-
-    Example:
-        >>> spell_number(0.234, "centimeters"), spell_number(0.234, "meters"), spell_number(0.9144, "feet")
-        ('23', '0.23', '3.0')
-    """
-    unit = _UNIT_OF_WORD.get((unit_word or "").lower(), "m")
-    x = value_m / METRES_PER_UNIT[unit]
-    return f"{x:.0f}" if x >= 10 else f"{x:.1f}" if x >= 1 else f"{x:.2f}"
-
-
-def fill_numbers(text: str, values_m: Sequence[float]) -> str:
-    """Replace the ``<num>`` placeholders of a decoded answer by ``values_m``, each in the unit after it.
-
-    A placeholder without a value (none predicted) stays, so the answer parses as "no estimate".
-
-    Example:
-        >>> fill_numbers("About <num> centimeters.", [0.2])
-        'About 20 centimeters.'
-    """
-    values = iter(values_m)
-
-    def spell(match: re.Match[str]) -> str:
-        value, word = next(values, None), match.group(1)
-        if value is None:
-            return match.group(0)
-        if word and word.lower() in _UNIT_OF_WORD:
-            return f"{spell_number(value, word)} {word}"
-        return f"{spell_number(value, None)} meters" + (f" {word}" if word else "")
-
-    return re.sub(r"<num>(?: ([A-Za-z]+))?", spell, text)
-
-
-def mask_references(answer: str, references: Sequence[str], copyable: Sequence[bool] = (True, True)) -> str:
-    """The answer with the question's first and second object reference replaced by ``<a>`` and ``<b>``.
-
-    The decoder writes a reference as one placeholder token and decoding copies the words from the
-    question (:func:`fill_references`): "which of the two" then costs one token choice instead of copying a
-    reference of up to a dozen words token by token. The longer reference is replaced first, so one that
-    contains the other is not cut; the first letter matches in either case (a sentence may start with it).
-    A reference that is not ``copyable`` (the question lacks it) stays spelled out, whole.
-
-    Example:
-        >>> mask_references("The red can is closer than the can on the left.", ["the can on the left", "the red can"])
-        '<b> is closer than <a>.'
-        >>> mask_references("The can on the left is closer than the can.", ["the can", "the can on the left"],
-        ...                 copyable=(True, False))
-        'The can on the left is closer than <a>.'
-    """
-    kept: list[str] = []
-
-    def keep(match: re.Match[str]) -> str:   # protected from the shorter reference, restored at the end
-        kept.append(match.group(0))
-        return f"\0{len(kept) - 1}\0"
-
-    for i in sorted(range(min(2, len(references))), key=lambda j: -len(references[j])):
-        ref = references[i].strip()
-        if ref:
-            pattern = rf"(?<![\w<])[{re.escape(ref[0].upper())}{re.escape(ref[0].lower())}]{re.escape(ref[1:])}(?!\w)"
-            answer = re.sub(pattern, (REF_A, REF_B)[i] if copyable[i] else keep, answer)
-    return re.sub(r"\0(\d+)\0", lambda m: kept[int(m.group(1))], answer)
-
-
-def reference_spans(pieces: Sequence[str], references: Sequence[str]) -> list[tuple[int, int] | None]:
-    """Where each reference occurs in a question's :meth:`WordTokenizer.pieces`: (first, last) piece index.
-
-    Pieces compare without their space and case. Each reference takes its first occurrence that does not
-    overlap one the other reference took (the longer reference picks first); None where it does not occur.
-
-    Example:
-        >>> q = WordTokenizer.pieces("Which is closer, the can or the red can?")
-        >>> reference_spans(q, ["the red can", "the can"])
-        [(7, 9), (4, 5)]
-    """
-    words = [p.strip().lower() for p in pieces]
-    spans: list[tuple[int, int] | None] = [None] * len(references)
-    taken: set[int] = set()
-    for i in sorted(range(len(references)), key=lambda j: -len(references[j])):
-        ref = [p.strip().lower() for p in WordTokenizer.pieces(references[i])]
-        for start in range(len(words) - len(ref) + 1) if ref else ():
-            span = range(start, start + len(ref))
-            if words[start:start + len(ref)] == ref and not taken.intersection(span):
-                spans[i] = (start, start + len(ref) - 1)
-                taken.update(span)
-                break
-    return spans
-
-
-def fill_references(text: str, pieces: Sequence[str], spans: Sequence[tuple[int, int] | None]) -> str:
-    """Replace the ``<a>``/``<b>`` placeholders of a decoded answer by the question's words at ``spans``.
-
-    ``pieces`` are the question's :meth:`WordTokenizer.pieces` (so words the vocabulary lacks are copied
-    too); the answer's first letter is capitalised. A placeholder without a span stays as it is.
-
-    Example:
-        >>> q = WordTokenizer.pieces("Which is closer, the can or the red can?")
-        >>> fill_references("<b> is closer than <a>.", q, [(4, 5), (7, 9)])
-        'The red can is closer than the can.'
-    """
-    def copy(match: re.Match[str]) -> str:
-        span = spans[0 if match.group(0) == REF_A else 1] if len(spans) >= 2 else None
-        return "".join(pieces[span[0]:span[1] + 1]).strip() if span else match.group(0)
-
-    text = re.sub(r"<a>|<b>", copy, text)
-    return text[:1].upper() + text[1:]
-
-
-# ---------------------------------------------------------------------------------------------
-# Model
-# ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class CompactModelConfig:
@@ -722,21 +494,6 @@ def resize_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((width, height), Image.BOX))
 
 
-def prompt_ids(tokenizer: WordTokenizer, question: str) -> list[int]:
-    """``[BOS] question [SEP] <a> <b> <r>``: what the decoder reads before the answer.
-
-    A special token typed into the question ("<r>") is read as ``<unk>``: only the frame places specials.
-
-    Example:
-        >>> tok = WordTokenizer.build(["How far?"])
-        >>> prompt_ids(tok, "How far <r>?") == [BOS_ID, tok.id("How"), tok.id(" far"), UNK_ID, tok.id("?"),
-        ...                                     SEP_ID, REF_A_ID, REF_B_ID, REL_ID]
-        True
-    """
-    question_ids = [i if i >= len(SPECIALS) else UNK_ID for i in tokenizer.encode(question)]
-    return [BOS_ID, *question_ids, SEP_ID, REF_A_ID, REF_B_ID, REL_ID]
-
-
 def save_weights(model: CompactSpatialModel, tokenizer: WordTokenizer, folder: Path) -> None:
     """Write ``model.safetensors``, ``model_config.json`` and ``tokenizer.json`` into ``folder`` (created)."""
     from safetensors.torch import save_file
@@ -778,186 +535,3 @@ def load_weights(folder: Path) -> tuple[CompactSpatialModel, WordTokenizer]:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-# ---------------------------------------------------------------------------------------------
-# Backend
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class CompactVLMOptions:
-    """How the compact backend loads and decodes.
-
-    Attributes:
-        weights: weights folder ("" = :data:`PACKAGED_WEIGHTS`).
-        batch_size: questions decoded together (``VLMConfig.max_concurrency``).
-        max_new_tokens: answer length limit, tokens (``VLMConfig.max_tokens``; the model's ``max_len`` caps it).
-        temperature: 0 = greedy, else the sampling temperature (``VLMConfig.temperature``).
-        seed: seeds sampling.
-        threads: torch CPU threads (0 = leave torch's setting alone).
-        default_unit: unit of a bare number in an answer ("" = such answers are unparseable).
-    """
-
-    weights: str = ""
-    batch_size: int = 4
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    seed: int = 0
-    threads: int = 0
-    default_unit: str = ""
-
-    def __post_init__(self) -> None:
-        checks = (("batch_size", self.batch_size >= 1), ("max_new_tokens", self.max_new_tokens >= 1),
-                  ("temperature", self.temperature >= 0), ("threads", self.threads >= 0),
-                  ("default_unit", self.default_unit in ("", *METRES_PER_UNIT)))
-        for key, ok in checks:
-            if not ok:
-                raise ConfigError(f"compact VLM {key}: bad value {getattr(self, key)!r}")
-
-    @classmethod
-    def from_config(cls, config: VLMConfig) -> "CompactVLMOptions":
-        """The options ``config`` sets (``weights`` from ``estimator.vlm.weights``, "" when the field is absent).
-
-        Example:
-            >>> CompactVLMOptions.from_config(VLMConfig(backend="compact", temperature=0.0)).temperature
-            0.0
-        """
-        return cls(weights=config.weights, batch_size=config.max_concurrency,
-                   max_new_tokens=config.max_tokens, temperature=config.temperature,
-                   default_unit=config.default_unit)
-
-
-@dataclass(frozen=True, eq=False)
-class _Batch:
-    """Model inputs of one batch: the distinct resized images, which one each prompt asks about, prompt ids."""
-
-    images: torch.Tensor
-    image_index: torch.Tensor
-    prompts: list[list[int]]
-
-
-class CompactVLM:
-    """The compact model as a :class:`~spatialvlm_ros.vlm.base.SpatialVLM` (backend ``"compact"``).
-
-    Args:
-        model: a trained :class:`CompactSpatialModel`.
-        tokenizer: its tokenizer.
-        options: decoding settings.
-
-    Example:
-        >>> CompactVLM.from_options(CompactVLMOptions(weights="/no/such/folder"))
-        Traceback (most recent call last):
-        ...
-        spatialvlm_ros.errors.ConfigError: compact VLM weights folder '/no/such/folder' does not exist ...
-    """
-
-    name = "compact"
-
-    def __init__(self, model: CompactSpatialModel, tokenizer: WordTokenizer,
-                 options: CompactVLMOptions | None = None) -> None:
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.options = options or CompactVLMOptions()
-        self._generator = torch.Generator().manual_seed(self.options.seed)
-        if self.options.threads:
-            torch.set_num_threads(self.options.threads)
-
-    @classmethod
-    def from_options(cls, options: CompactVLMOptions) -> "CompactVLM":
-        """Load ``options.weights`` (the packaged weights when empty).
-
-        Raises:
-            ConfigError: the folder is missing or unusable (the message names it).
-        """
-        model, tokenizer = load_weights(Path(options.weights) if options.weights else PACKAGED_WEIGHTS)
-        logger.info("compact VLM: %d parameters, %d tokens, from %s", count_parameters(model), len(tokenizer),
-                    options.weights or PACKAGED_WEIGHTS)
-        return cls(model, tokenizer, options)
-
-    @classmethod
-    def from_config(cls, config: VLMConfig) -> "CompactVLM":
-        """The backend ``estimator.vlm.backend: compact`` builds (see :meth:`CompactVLMOptions.from_config`)."""
-        return cls.from_options(CompactVLMOptions.from_config(config))
-
-    def preprocess(self, images: Sequence[np.ndarray], questions: Sequence[str]) -> _Batch:
-        """Resize the images to the model's input size and tokenize ``[BOS] question [SEP]``.
-
-        The same array object passed for several questions (the estimator asks every pair and sample about
-        one frame) is resized and encoded once.
-
-        Raises:
-            InputError: an image that is not (H, W, 3) uint8, or a question longer than the model reads.
-        """
-        cfg = self.model.config
-        arrays: list[np.ndarray] = []
-        slots: dict[int, int] = {}
-        index = []
-        for image in images:
-            if id(image) in slots:
-                index.append(slots[id(image)])
-                continue
-            if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise InputError(f"image must be (H, W, 3) uint8 RGB, got {getattr(image, 'shape', None)} "
-                                 f"{getattr(image, 'dtype', type(image).__name__)}")
-            slots[id(image)] = len(arrays)
-            index.append(len(arrays))
-            arrays.append(resize_image(image, cfg.image_width, cfg.image_height))
-        prompts = [prompt_ids(self.tokenizer, q) for q in questions]
-        longest = max(map(len, prompts), default=0)
-        if longest >= cfg.max_len:
-            raise InputError(f"compact VLM: a question of {longest} tokens; this model reads at most "
-                             f"{cfg.max_len - 1}")
-        return _Batch(images=torch.from_numpy(np.stack(arrays)), image_index=torch.as_tensor(index), prompts=prompts)
-
-    def _forward(self, batch: _Batch) -> list[Generation]:
-        """Decode the answers' token ids, number values and reference spans (greedy or sampled)."""
-        try:
-            return self.model.generate(batch.images, batch.prompts, self.options.max_new_tokens,
-                                       self.options.temperature, self._generator, batch.image_index)
-        except RuntimeError as err:  # out of memory, a shape mismatch in a damaged checkpoint
-            raise VLMError(f"compact VLM: generation failed: {err}") from err
-
-    def postprocess(self, answers: Sequence[Generation], questions: Sequence[str],
-                    latency_ms: float) -> list[VLMAnswer]:
-        """Detokenize the answers, write their numbers and references in and parse the distance each states."""
-        unit = self.options.default_unit or None
-        texts = [fill_references(fill_numbers(self.tokenizer.decode(g.ids), g.values), WordTokenizer.pieces(q),
-                                 g.spans) for g, q in zip(answers, questions)]
-        return [VLMAnswer(text=t, parsed=parse_answer(t, unit), latency_ms=latency_ms) for t in texts]
-
-    def ask(self, image: np.ndarray, question: str, depth: np.ndarray | None = None) -> VLMAnswer:
-        """Answer ``question`` about ``image`` ((H, W, 3) uint8 RGB); ``depth`` is not used (RGB-only model).
-
-        Raises:
-            VLMError: generation failed.
-            InputError: a bad image.
-        """
-        return self.ask_batch([image], [question])[0]
-
-    def ask_batch(self, images: Sequence[np.ndarray], questions: Sequence[str],
-                  depths: Sequence[np.ndarray | None] | None = None) -> list[VLMAnswer]:
-        """Answer ``questions[i]`` about ``images[i]``, ``options.batch_size`` at a time; depths are not used.
-
-        Each answer's ``latency_ms`` is the wall time of its batch.
-
-        Raises:
-            VLMError: generation failed.
-            InputError: a bad image, or not as many images as questions.
-        """
-        return ask_in_batches(images, questions, self.options.batch_size, self._answer_batch)
-
-    def _answer_batch(self, images: Sequence[np.ndarray], questions: Sequence[str], start: float) -> list[VLMAnswer]:
-        generated = self._forward(self.preprocess(images, questions))
-        return self.postprocess(generated, questions, 1e3 * (time.perf_counter() - start))
-
-
-@register_vlm("compact")
-def _compact_vlm(config: VLMConfig) -> CompactVLM:
-    return CompactVLM.from_config(config)
-
-
-def parameter_summary(model: CompactSpatialModel) -> dict[str, Any]:
-    """Parameter counts of the image encoder, the text decoder and the whole model."""
-    image = sum(p.numel() for name, p in model.named_parameters() if name.startswith(("stem", "image_")))
-    total = count_parameters(model)
-    return {"image_encoder": image, "text_decoder": total - image, "total": total}

@@ -1,16 +1,17 @@
-r"""``spatialvlm evaluate``: score a spatial VLM with the paper's metrics on held-out spatial VQA.
+r"""Score a spatial VLM with the paper's metrics on held-out spatial VQA (run by ``spatialvlm evaluate``).
 
-The VLM (``estimator.vlm`` of the spatial_reward config, with ``spatialvlm ask``'s overrides) is asked
-every question of a dataset folder written by ``spatialvlm synthesize`` (``data.jsonl`` + ``images/``),
-in batches of :meth:`~spatialvlm_ros.vlm.base.SpatialVLM.ask_batch`, each ``samples`` times; every
-answer is scored on its own. Without ``--data`` a fresh held-out set of simulated scenes is synthesised
-first.
+The VLM (``spatialvlm evaluate`` builds it from ``estimator.vlm`` of the spatial_reward config, with
+``spatialvlm ask``'s overrides) is asked every question of a dataset folder written by ``spatialvlm
+synthesize`` (``data.jsonl`` + ``images/``), in batches of
+:meth:`~spatialvlm_ros.vlm.base.SpatialVLM.ask_batch`, each ``samples`` times; every answer is scored on
+its own (:func:`evaluate_vlm`). Without ``--data`` the command first synthesises a fresh held-out set of
+simulated scenes with the data engine.
 
 Metrics (the paper's, Table 1 / Table 4, plus a robot-style rank check):
 
 * **qualitative accuracy**: share of answers to predicate / choice / classify questions whose decided
-  label (:func:`decide_label`) equals the row's ``truth_label``; an answer no label can be read from
-  counts as wrong.
+  label (:func:`decide_label`, with the readers of :mod:`~spatialvlm_ros.vlm.labels`) equals the row's
+  ``truth_label``; an answer no label can be read from counts as wrong.
 * **number rate**: share of answers to quantity / difference questions that state a distance
   (:func:`~spatialvlm_ros.vlm.parsing.parse_answer` valid).
 * **within [0.5x, 2x]** and **within [0.75x, 1.25x]**: share of those answers whose ``|value| / |truth_m|``
@@ -28,22 +29,19 @@ Metrics (the paper's, Table 1 / Table 4, plus a robot-style rank check):
 Held-out seeds: the data engine draws every simulated scene from ``(seed, index)`` alone. Seeds at or
 above :data:`EVAL_SEED_OFFSET` are reserved for evaluation, training data uses seeds below it;
 :func:`held_out_seed` maps ``--seed`` into the reserved range and :func:`check_held_out` refuses any
-other seed for a set this module synthesises or simulates. A ``--data`` folder made with a training
+other seed for a set synthesised or simulated for evaluation. A ``--data`` folder made with a training
 seed is evaluated with a warning (it may be real images, which have no such convention).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
 import math
 import re
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -54,12 +52,9 @@ from spatialvlm_ros.config import SimConfig
 from spatialvlm_ros.errors import ConfigError, InputError
 from spatialvlm_ros.estimation.base import DistanceKind, Pair
 from spatialvlm_ros.synthesis.questions import CLASSIFY_PAIRS, OPPOSITE, TYPES_BY_NAME
-from spatialvlm_ros.synthesis.templates import RELATION_WORDS
-from spatialvlm_ros.vlm.base import SpatialVLM, VLMAnswer, VLMError, build_vlm
-# The same VLM flags as `spatialvlm ask`, and the parser's rule for where the answer is (so labels and numbers
-# are read from the same span).
-from spatialvlm_ros.vlm.cli import add_vlm_arguments, estimator_config_from_args
-from spatialvlm_ros.vlm.parsing import ParsedDistance, answer_span, parse_answer
+from spatialvlm_ros.vlm.base import SpatialVLM, VLMAnswer, VLMError
+from spatialvlm_ros.vlm.labels import hedges, which_object, which_relation, yes_no
+from spatialvlm_ros.vlm.parsing import ParsedDistance, parse_answer
 from spatialvlm_ros.vlm.prompts import distance_question
 
 logger = logging.getLogger(__name__)
@@ -117,169 +112,14 @@ def held_out_seed(seed: int) -> int:
     return EVAL_SEED_OFFSET + seed
 
 
-def synthesize_held_out(out: Path, scenes: int, seed: int, synthesis_config: Path | None = None) -> Path:
-    """Synthesise ``scenes`` simulated scenes with the held-out ``seed`` into the dataset folder ``out``.
-
-    Args:
-        out: dataset folder (created; an existing one made with the same settings is resumed).
-        scenes: number of ``sim:N`` scenes.
-        seed: synthesis seed, already mapped by :func:`held_out_seed`.
-        synthesis_config: data engine YAML (default: the shipped ``config/synthesis.yaml``).
-
-    Returns:
-        ``out``.
-
-    Raises:
-        ConfigError: ``seed`` is a training seed, or bad settings.
-    """
-    from spatialvlm_ros.synthesis.config import load_synthesis_config
-    from spatialvlm_ros.synthesis.engine import run_local
-    from spatialvlm_ros.synthesis.sources import open_source
-    check_held_out(seed)
-    cfg = load_synthesis_config(synthesis_config, {"seed": seed})
-    summary = run_local(open_source(f"sim:{scenes}", cfg), out, cfg)
-    logger.info("held-out set: %d scenes, %d questions, seed %d, in %s", summary.images, summary.rows, seed, out)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading labels from answers
-# ---------------------------------------------------------------------------------------------
-
-_YES = r"yes|yeah|yep|correct|indeed|true|affirmative|that'?s right|that is right"
-_NO = r"no|nope|not|incorrect|false|wrong|\w+n't"
-_YES_NO = re.compile(rf"\b(?:(?P<yes>{_YES})|(?P<no>{_NO}))\b")
-_NEGATED = re.compile(r"(?:\bnot|n't)\s+$")
-#: Hedges: an answer that says it cannot tell gives no label, whatever else it says ("I don't know" is no "no").
-_UNSURE = re.compile(r"\b(?:(?:do|does|did)n'?t know|not sure|unsure|unclear|can(?:no|')t (?:tell|say|determine)|"
-                     r"impossible to (?:tell|say))\b")
-_DETERMINER = re.compile(r"^(?:the|a|an)\s+")
-#: Words that tell two object references apart no better than chance.
-_FILLER = frozenset({"the", "a", "an", "that", "that's", "is", "more", "to", "of", "image", "in", "on", "one", "and"})
-#: One-word forms a model may use beside the templates' phrases (the data engine's own phrasings come from
-#: :data:`~spatialvlm_ros.synthesis.templates.RELATION_WORDS`).
-_EXTRA_WORDS = {"left": ("left",), "right": ("right",), "above": ("above", "higher", "over", "on top of"),
-                "below": ("below", "lower", "under", "beneath", "underneath"), "behind": ("behind", "back", "farther"),
-                "front": ("front", "closer", "nearer"), "tall": ("taller",), "short": ("shorter",),
-                "wide": ("wider", "broader"), "thin": ("thinner", "narrower"), "big": ("bigger", "larger"),
-                "small": ("smaller",)}
-
-
-def _normalise(text: str) -> str:
-    text = text.replace("\u2019", "'").replace("\u2018", "'").lower()
-    return " ".join(re.sub(r"[*_`]", "", text).split())
-
-
-def final_answer(text: str) -> str:
-    """The part of ``text`` that is the answer (parse_answer's rule 1), normalised; "" when reasoning was cut off.
-
-    Example:
-        >>> final_answer("<think>Left? No, it is right.</think> **Yes**, it is.")
-        'yes, it is.'
-    """
-    span = answer_span(text)
-    return "" if span is None else _normalise(text[span[0]:span[1]])
-
-
-def _core(reference: str) -> str:
-    return _DETERMINER.sub("", _normalise(reference))
-
-
-def _blank_references(text: str, references: Sequence[str]) -> str:
-    """``text`` with the object references blanked out: their words ("the small ball") are not answers."""
-    for core in sorted({_core(r) for r in references if _core(r)}, key=len, reverse=True):
-        text = re.sub(rf"\b{re.escape(core)}\b", " ", text)
-    return text
-
-
-def yes_no(text: str, references: Sequence[str] = ()) -> str | None:
-    """``"yes"`` or ``"no"``: the earlier of an affirmation and a negation in the answer; None if neither.
-
-    Args:
-        text: the model's answer.
-        references: the objects' references, blanked out first.
-
-    Example:
-        >>> [yes_no(t) for t in ("Yes.", "No, it is not.", "Incorrect.", "That's right: it is.", "Maybe.")]
-        ['yes', 'no', 'no', 'yes', None]
-    """
-    m = _YES_NO.search(_blank_references(final_answer(text), references))
-    if m is None:
-        return None
-    return "yes" if m["yes"] else "no"
-
-
-@lru_cache(maxsize=None)
-def _relation_pattern(relations: tuple[str, ...]) -> tuple[re.Pattern[str], dict[str, str]]:
-    phrase_to_relation = {}
-    for relation in relations:
-        words = RELATION_WORDS[relation]
-        template_phrases = [p for key in ("rel", "cmp", "short", "more") for p in words.get(key, ())]
-        for phrase in (*_EXTRA_WORDS[relation], *template_phrases):
-            phrase_to_relation[phrase] = relation
-    # Longest first: at one position the alternation takes the first alternative that matches.
-    alternatives = sorted(phrase_to_relation, key=len, reverse=True)
-    return re.compile(r"\b(" + "|".join(re.escape(p) for p in alternatives) + r")\b"), phrase_to_relation
-
-
-def which_relation(text: str, relations: tuple[str, str], references: Sequence[str] = ()) -> str | None:
-    """Which of two opposite relations the answer states: the first relation phrase after the references are blanked.
-
-    A phrase right after "not" / "n't" states the other relation ("not taller" = shorter).
-
-    Args:
-        text: the model's answer.
-        relations: the two candidates, e.g. ``("left", "right")``.
-        references: the objects' references (their words, like "the left cup", are not answers).
-
-    Example:
-        >>> which_relation("In front.", ("behind", "front"))
-        'front'
-        >>> which_relation("The can on the left is not taller than the cup.", ("tall", "short"),
-        ...                ["the can on the left", "the cup"])
-        'short'
-    """
-    pattern, phrase_to_relation = _relation_pattern(tuple(relations))
-    answer = _blank_references(final_answer(text), references)
-    m = pattern.search(answer)
-    if m is None:
-        return None
-    relation = phrase_to_relation[m[1]]
-    if _NEGATED.search(answer[:m.start()]):
-        return relations[1] if relation == relations[0] else relations[0]
-    return relation
-
-
-def which_object(text: str, references: Sequence[str]) -> int | None:
-    """Index of the reference the answer names first; None when it names none or they cannot be told apart.
-
-    References are matched without their article, longest first (so "the red can" is not also a
-    mention of "the can"). Failing that, the first word that occurs in only one reference decides
-    ("the ball" for "the red ball" vs "the blue box").
-
-    Example:
-        >>> refs = ["the tin can that's more to the left of the image", "the little red tin can"]
-        >>> which_object("It is the little red tin can.", refs), which_object("The tin can on the left.", refs)
-        (1, 0)
-    """
-    answer = final_answer(text)
-    cores = [_core(r) for r in references]
-    if len(set(cores)) < len(cores):
-        return None
-    claimed: list[tuple[int, int, int]] = []
-    for i in sorted(range(len(cores)), key=lambda j: len(cores[j]), reverse=True):
-        for m in re.finditer(rf"\b{re.escape(cores[i])}\b", answer):
-            if all(m.end() <= s or m.start() >= e for s, e, _ in claimed):
-                claimed.append((m.start(), m.end(), i))
-    if claimed:
-        return min(claimed)[2]
-    word_sets = [set(c.split()) - _FILLER for c in cores]
-    unique = {w: i for i, words in enumerate(word_sets) for w in words
-              if not any(w in other for j, other in enumerate(word_sets) if j != i)}
-    if not unique:
-        return None
-    m = re.search(r"\b(" + "|".join(re.escape(w) for w in sorted(unique, key=len, reverse=True)) + r")\b", answer)
-    return unique[m[1]] if m else None
+def warn_if_training_data(data: Path) -> None:
+    """Warn when the dataset folder ``data`` was synthesised with a training seed (it may not be held out)."""
+    stored = data / "synthesis_config.json"
+    if stored.is_file():
+        seed = json.loads(stored.read_text()).get("seed", 0)
+        if seed < EVAL_SEED_OFFSET:
+            logger.warning("%s was synthesised with seed %d, a training seed (< %d): it may not be held out",
+                           data, seed, EVAL_SEED_OFFSET)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,7 +191,8 @@ def load_questions(root: Path, limit: int | None = None) -> list[EvalQuestion]:
 def decide_label(question: EvalQuestion, text: str) -> str | None:
     """The qualitative label an answer gives, comparable to ``question.truth_label``; None when undecidable.
 
-    An answer that hedges ("I don't know", "can't tell") gives no label. Otherwise:
+    An answer that hedges ("I don't know", "can't tell"; :func:`~spatialvlm_ros.vlm.labels.hedges`) gives no
+    label. Otherwise, with the readers of :mod:`~spatialvlm_ros.vlm.labels`:
 
     * predicate: :func:`yes_no`; if the answer says neither, whether it states the asked relation or its
       opposite (:func:`which_relation`);
@@ -359,7 +200,7 @@ def decide_label(question: EvalQuestion, text: str) -> str | None:
     * classify: the relation :func:`which_relation` finds.
     """
     refs = question.object_references
-    if _UNSURE.search(final_answer(text)):
+    if hedges(text):
         return None
     if question.family == "predicate":
         label = yes_no(text, refs)
@@ -717,110 +558,7 @@ def evaluate_vlm(vlm: SpatialVLM, data: Path, *, model: str = "", samples: int =
     return EvaluationReport(model, str(data), tuple(records), tuple(scored), metrics)
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``spatialvlm evaluate``'s arguments (the VLM flags are ``spatialvlm ask``'s)."""
-    parser.add_argument("--data", type=Path, default=None,
-                        help="dataset folder from 'spatialvlm synthesize' (default: synthesise a held-out sim set)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="results folder: metrics.json, answers.csv, trajectories.csv (and dataset/ "
-                             "without --data)")
-    parser.add_argument("--config", type=Path, default=None,
-                        help="spatial_reward_node parameter file with estimator.vlm (default: "
-                             "config/spatial_reward.yaml)")
-    parser.add_argument("--synthesis-config", type=Path, default=None,
-                        help="data engine YAML for the held-out set (default: config/synthesis.yaml)")
-    parser.add_argument("--scenes", type=int, default=20, help="held-out simulated scenes without --data")
-    parser.add_argument("--seed", type=int, default=0,
-                        help=f"held-out seed index: scenes and trajectories use {EVAL_SEED_OFFSET} + SEED")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
-    parser.add_argument("--batch-size", type=int, default=32, help="questions per ask_batch")
-    parser.add_argument("--trajectories", type=int, default=2, help="approach trajectories for Spearman (0: skip)")
-    parser.add_argument("--frames", type=int, default=20, help="frames per trajectory")
-    add_vlm_arguments(parser, samples_default=1)
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
-
-
-def print_report(summary: dict[str, Any]) -> None:
-    """Print the metrics beside the paper's Table 1, and the per-type breakdown, as rich tables."""
-    from rich.console import Console
-    from rich.table import Table
-    console = Console()
-    table = Table(title=f"{summary['model']} on {summary['data']}",
-                  caption="Paper: 331 / 215 human-written questions on real images; here: templated questions "
-                          "on held-out synthetic scenes. Not the same benchmark.")
-    table.add_column("metric")
-    table.add_column("this model", justify="right", style="bold")
-    for name in PAPER_RESULTS:
-        table.add_column(name, justify="right")
-    rows = (("qualitative accuracy", "qualitative_accuracy"), ("answers with a number", "number_rate"),
-            ("within [0.5x, 2x]", "within_0.5_2x"), ("within [0.75x, 1.25x]", "within_0.75_1.25x"))
-    for label, key in rows:
-        table.add_row(label, _fmt(summary[key]), *(_fmt(p.get(key)) for p in PAPER_RESULTS.values()))
-    rho = summary["spearman"]
-    table.add_row("Spearman along approaches", "-" if rho is None else f"{rho:.3f}", *("-" for _ in PAPER_RESULTS))
-    console.print(table)
-    per_type = Table(title="per question type")
-    for column in ("type", "n", "accuracy", "number", "[0.5x, 2x]", "[0.75x, 1.25x]"):
-        per_type.add_column(column, justify="left" if column == "type" else "right")
-    for name, m in summary["per_type"].items():
-        per_type.add_row(name, str(m["n"]), _fmt(m.get("accuracy")), _fmt(m.get("number_rate")),
-                         _fmt(m.get("within_0.5_2x")), _fmt(m.get("within_0.75_1.25x")))
-    console.print(per_type)
-
-
-def evaluate_cli(args: argparse.Namespace) -> int:
-    """Run ``spatialvlm evaluate``: print the tables, then the summary as JSON on the last line; 0 on success.
-
-    Raises:
-        ConfigError: bad settings or seeds.
-        InputError: an unreadable dataset.
-        VLMError: the model did not answer the first batch.
-    """
-    estimator = estimator_config_from_args(args)
-    seed = held_out_seed(args.seed)
-    if not getattr(args, "verbose", False):
-        # One simulator per scene would log a line each.
-        logging.getLogger("spatialvlm_ros.sim").setLevel(logging.WARNING)
-    vlm = build_vlm(estimator.vlm)
-    with tempfile.TemporaryDirectory(prefix="spatialvlm-eval-") as tmp:
-        data = args.data
-        if data is None:
-            data = synthesize_held_out((args.out or Path(tmp)) / "dataset", args.scenes, seed, args.synthesis_config)
-        else:
-            _warn_if_training_data(data)
-        # The compact backend has no model name: it is named by its weights folder.
-        model = (f"compact:{estimator.vlm.weights or 'packaged'}" if estimator.vlm.backend == "compact"
-                 else estimator.vlm.model)
-        report = evaluate_vlm(vlm, data, model=model, samples=estimator.vlm.samples,
-                              batch_size=args.batch_size, limit=args.limit,
-                              default_unit=estimator.vlm.default_unit or None, trajectories=args.trajectories,
-                              frames=args.frames, seed=seed, kind=estimator.distance)
-    summary = report.summary()
-    if args.out is not None:
-        report.write(args.out)
-    print_report(summary)
-    print(json.dumps(summary))
-    return 0
-
-
-def _warn_if_training_data(data: Path) -> None:
-    stored = data / "synthesis_config.json"
-    if stored.is_file():
-        seed = json.loads(stored.read_text()).get("seed", 0)
-        if seed < EVAL_SEED_OFFSET:
-            logger.warning("%s was synthesised with seed %d, a training seed (< %d): it may not be held out",
-                           data, seed, EVAL_SEED_OFFSET)
-
-
 __all__ = ["BANDS", "EVAL_SEED_OFFSET", "MIN_BAND_TRUTH_M", "PAPER_RESULTS", "AnswerRecord", "EvalQuestion",
-           "EvaluationReport", "TrajectoryFrames", "TrajectoryResult", "add_evaluate_arguments", "answer_metrics",
-           "approach_trajectories", "ask_questions", "check_held_out", "decide_label", "evaluate_cli",
-           "evaluate_vlm", "final_answer", "held_out_seed", "load_questions", "print_report", "score_answer",
-           "score_trajectory", "synthesize_held_out", "which_object", "which_relation", "yes_no"]
+           "EvaluationReport", "TrajectoryFrames", "TrajectoryResult", "answer_metrics", "approach_trajectories",
+           "ask_questions", "check_held_out", "decide_label", "evaluate_vlm", "held_out_seed", "load_questions",
+           "score_answer", "score_trajectory", "warn_if_training_data"]

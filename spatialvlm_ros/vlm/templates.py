@@ -1,5 +1,9 @@
 """Question and answer phrasings of the 43 question types: data only, no logic.
 
+The data engine (:mod:`spatialvlm_ros.synthesis.questions`) writes its questions and answers with
+them; the VLM side asks in them (:mod:`~spatialvlm_ros.vlm.prompts`) and reads labels back with
+their relation phrases. They live here, on the models floor, so that both import them downwards.
+
 Placeholders: ``{A}`` / ``{B}`` the objects' references, ``{X}`` / ``{Y}`` the chosen and the other
 object (choices), ``{rel}`` a relation phrase, ``{rels}`` an either-or phrase, ``{cmp}`` a comparative,
 ``{short}`` a one-word relation, ``{more}`` / ``{less}`` how much-more phrases, ``{value}`` a rounded

@@ -1,0 +1,314 @@
+"""The VLM subcommands ``ask``, ``evaluate``, ``train`` and ``finetune``: their flags and what runs them.
+
+``ask`` and ``evaluate`` share the flags that override ``estimator.vlm.*`` (:func:`add_vlm_arguments`).
+The work is done below the door: :mod:`spatialvlm_ros.evaluation.vlm_benchmark` scores a VLM (on a
+held-out set the data engine synthesises first, :func:`synthesize_held_out`),
+:mod:`spatialvlm_ros.training.compact` trains the compact model, :mod:`spatialvlm_ros.training.lora`
+fine-tunes a transformers VLM (both import torch only to train).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spatialvlm_ros.config import EstimatorConfig, SpatialRewardConfig, config_path, load_config
+from spatialvlm_ros.errors import ConfigError, InputError
+from spatialvlm_ros.estimation.base import Pair
+from spatialvlm_ros.evaluation.vlm_benchmark import (EVAL_SEED_OFFSET, PAPER_RESULTS, check_held_out, evaluate_vlm,
+                                                     held_out_seed, warn_if_training_data)
+from spatialvlm_ros.frame import Frame
+from spatialvlm_ros.geometry.camera import CameraIntrinsics
+from spatialvlm_ros.training.compact import TrainConfig, train
+from spatialvlm_ros.training.lora import FinetuneConfig, finetune
+from spatialvlm_ros.vlm.base import VLMDistanceEstimator, build_vlm
+
+logger = logging.getLogger(__name__)
+
+#: ``--flag`` -> ``estimator.vlm.<key>`` override.
+_OVERRIDES = {"backend": "backend", "weights": "weights", "url": "url", "model": "model", "samples": "samples",
+              "api_key_env": "api_key_env", "default_unit": "default_unit", "timeout": "timeout_s"}
+
+
+# ---------------------------------------------------------------------------------------------
+# ask
+# ---------------------------------------------------------------------------------------------
+
+def _frame(image: str) -> Frame:
+    """The frame to ask about: ``sim`` renders the simulated tabletop, anything else is an image file."""
+    if image == "sim":
+        from spatialvlm_ros.config import SimConfig
+        from spatialvlm_ros.sim import TabletopSim
+        with TabletopSim(SimConfig(n_frames=2)) as sim:
+            return sim.render(0).frame
+    import cv2
+    bgr = cv2.imread(str(Path(image)), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InputError(f"cannot read an image from {image}")
+    h, w = bgr.shape[:2]
+    # VLMs look at pixels only; these nominal intrinsics just make a valid Frame.
+    intrinsics = CameraIntrinsics(fx=float(w), fy=float(w), cx=(w - 1) / 2, cy=(h - 1) / 2, width=w, height=h)
+    return Frame(rgb=np.ascontiguousarray(bgr[..., ::-1]), intrinsics=intrinsics)
+
+
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else value  # JSON has no NaN
+
+
+def add_vlm_arguments(parser: argparse.ArgumentParser, samples_default: int | None = None) -> None:
+    """The flags that override ``estimator.vlm.*`` (see :data:`_OVERRIDES`), shared by ``ask`` and ``evaluate``."""
+    parser.add_argument("--backend", default=None,
+                        help="VLM backend: compact (the config's default), openai (chat-completions) or transformers")
+    parser.add_argument("--weights", default=None, help="compact backend: weights folder from 'spatialvlm train'")
+    parser.add_argument("--url", default=None, help="API base URL, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--model", default=None, help="model name the server knows, or a checkpoint")
+    parser.add_argument("--samples", type=int, default=samples_default,
+                        help="answers per question" + ("" if samples_default is None else " (each scored)"))
+    parser.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
+    parser.add_argument("--default-unit", default=None, help="unit of a bare number in an answer (m, cm, ...)")
+    parser.add_argument("--timeout", type=float, default=None, help="per-request timeout, seconds")
+
+
+def estimator_config_from_args(args: argparse.Namespace) -> EstimatorConfig:
+    """The estimator settings of ``--config`` (default: the shipped file) with :func:`add_vlm_arguments` on top."""
+    overrides = {f"estimator.vlm.{key}": getattr(args, flag) for flag, key in _OVERRIDES.items()
+                 if getattr(args, flag) is not None}
+    return load_config(SpatialRewardConfig, "spatial_reward_node",
+                       args.config or config_path("spatial_reward.yaml"), overrides).estimator
+
+
+def ask_cli(args: argparse.Namespace) -> int:
+    """Ask, print one JSON line per answer (a QUESTION) or the estimate (``--pair``); 0 when one parsed."""
+    cfg = estimator_config_from_args(args)
+    if (args.question is None) == (args.pair is None):
+        raise ConfigError("give either a QUESTION or --pair 'GRIPPER -> OBJECT'")
+    frame = _frame(args.image)
+    if args.question is not None:
+        n = cfg.vlm.samples
+        answers = build_vlm(cfg.vlm).ask_batch([frame.rgb] * n, [args.question] * n)
+        for a in answers:
+            print(json.dumps({"answer": a.text, "distance_m": _number(a.parsed.value_m),
+                              "spread_m": _number(a.parsed.spread_m), "valid": a.parsed.valid,
+                              "reason": a.parsed.reason, "latency_ms": round(a.latency_ms, 1)}))
+        return 0 if any(a.parsed.valid for a in answers) else 1
+    [est] = VLMDistanceEstimator(cfg.vlm, seed=cfg.seed).estimate(frame, [Pair.parse(args.pair)],
+                                                                  args.distance or cfg.distance)
+    print(json.dumps({"pair": str(est.pair), "kind": est.kind.value, "distance_m": _number(est.distance_m),
+                      "uncertainty_m": _number(est.uncertainty_m), "valid": est.valid,
+                      "reason": est.reason.value if est.reason else None, "detail": est.detail,
+                      "answers": est.answer_text, "latency_ms": round(est.latency_ms, 1)}))
+    return 0 if est.valid else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate
+# ---------------------------------------------------------------------------------------------
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``spatialvlm evaluate``'s arguments (the VLM flags are ``spatialvlm ask``'s)."""
+    parser.add_argument("--data", type=Path, default=None,
+                        help="dataset folder from 'spatialvlm synthesize' (default: synthesise a held-out sim set)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder: metrics.json, answers.csv, trajectories.csv (and dataset/ "
+                             "without --data)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="spatial_reward_node parameter file with estimator.vlm (default: "
+                             "config/spatial_reward.yaml)")
+    parser.add_argument("--synthesis-config", type=Path, default=None,
+                        help="data engine YAML for the held-out set (default: config/synthesis.yaml)")
+    parser.add_argument("--scenes", type=int, default=20, help="held-out simulated scenes without --data")
+    parser.add_argument("--seed", type=int, default=0,
+                        help=f"held-out seed index: scenes and trajectories use {EVAL_SEED_OFFSET} + SEED")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
+    parser.add_argument("--batch-size", type=int, default=32, help="questions per ask_batch")
+    parser.add_argument("--trajectories", type=int, default=2, help="approach trajectories for Spearman (0: skip)")
+    parser.add_argument("--frames", type=int, default=20, help="frames per trajectory")
+    add_vlm_arguments(parser, samples_default=1)
+
+
+def synthesize_held_out(out: Path, scenes: int, seed: int, synthesis_config: Path | None = None) -> Path:
+    """Synthesise ``scenes`` simulated scenes with the held-out ``seed`` into the dataset folder ``out``.
+
+    Args:
+        out: dataset folder (created; an existing one made with the same settings is resumed).
+        scenes: number of ``sim:N`` scenes.
+        seed: synthesis seed, already mapped by :func:`held_out_seed`.
+        synthesis_config: data engine YAML (default: the shipped ``config/synthesis.yaml``).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ConfigError: ``seed`` is a training seed, or bad settings.
+    """
+    from spatialvlm_ros.synthesis.config import load_synthesis_config
+    from spatialvlm_ros.synthesis.engine import run_local
+    from spatialvlm_ros.synthesis.sources import open_source
+    check_held_out(seed)
+    cfg = load_synthesis_config(synthesis_config, {"seed": seed})
+    summary = run_local(open_source(f"sim:{scenes}", cfg), out, cfg)
+    logger.info("held-out set: %d scenes, %d questions, seed %d, in %s", summary.images, summary.rows, seed, out)
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+
+
+def print_report(summary: dict[str, Any]) -> None:
+    """Print the metrics beside the paper's Table 1, and the per-type breakdown, as rich tables."""
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    table = Table(title=f"{summary['model']} on {summary['data']}",
+                  caption="Paper: 331 / 215 human-written questions on real images; here: templated questions "
+                          "on held-out synthetic scenes. Not the same benchmark.")
+    table.add_column("metric")
+    table.add_column("this model", justify="right", style="bold")
+    for name in PAPER_RESULTS:
+        table.add_column(name, justify="right")
+    rows = (("qualitative accuracy", "qualitative_accuracy"), ("answers with a number", "number_rate"),
+            ("within [0.5x, 2x]", "within_0.5_2x"), ("within [0.75x, 1.25x]", "within_0.75_1.25x"))
+    for label, key in rows:
+        table.add_row(label, _fmt(summary[key]), *(_fmt(p.get(key)) for p in PAPER_RESULTS.values()))
+    rho = summary["spearman"]
+    table.add_row("Spearman along approaches", "-" if rho is None else f"{rho:.3f}", *("-" for _ in PAPER_RESULTS))
+    console.print(table)
+    per_type = Table(title="per question type")
+    for column in ("type", "n", "accuracy", "number", "[0.5x, 2x]", "[0.75x, 1.25x]"):
+        per_type.add_column(column, justify="left" if column == "type" else "right")
+    for name, m in summary["per_type"].items():
+        per_type.add_row(name, str(m["n"]), _fmt(m.get("accuracy")), _fmt(m.get("number_rate")),
+                         _fmt(m.get("within_0.5_2x")), _fmt(m.get("within_0.75_1.25x")))
+    console.print(per_type)
+
+
+def evaluate_cli(args: argparse.Namespace) -> int:
+    """Run ``spatialvlm evaluate``: print the tables, then the summary as JSON on the last line; 0 on success.
+
+    Raises:
+        ConfigError: bad settings or seeds.
+        InputError: an unreadable dataset.
+        VLMError: the model did not answer the first batch.
+    """
+    estimator = estimator_config_from_args(args)
+    seed = held_out_seed(args.seed)
+    if not getattr(args, "verbose", False):
+        # One simulator per scene would log a line each.
+        logging.getLogger("spatialvlm_ros.sim").setLevel(logging.WARNING)
+    vlm = build_vlm(estimator.vlm)
+    with tempfile.TemporaryDirectory(prefix="spatialvlm-eval-") as tmp:
+        data = args.data
+        if data is None:
+            data = synthesize_held_out((args.out or Path(tmp)) / "dataset", args.scenes, seed, args.synthesis_config)
+        else:
+            warn_if_training_data(data)
+        # The compact backend has no model name: it is named by its weights folder.
+        model = (f"compact:{estimator.vlm.weights or 'packaged'}" if estimator.vlm.backend == "compact"
+                 else estimator.vlm.model)
+        report = evaluate_vlm(vlm, data, model=model, samples=estimator.vlm.samples,
+                              batch_size=args.batch_size, limit=args.limit,
+                              default_unit=estimator.vlm.default_unit or None, trajectories=args.trajectories,
+                              frames=args.frames, seed=seed, kind=estimator.distance)
+    summary = report.summary()
+    if args.out is not None:
+        report.write(args.out)
+    print_report(summary)
+    print(json.dumps(summary))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``spatialvlm train`` (defaults from :class:`TrainConfig`)."""
+    d = TrainConfig(data="", out="")
+    parser.add_argument("data", type=Path, help="dataset folder from 'spatialvlm synthesize'")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (resumed when it holds a checkpoint)")
+    parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
+    parser.add_argument("--max-minutes", type=float, default=d.max_minutes, help="wall-time limit (0 = none)")
+    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    parser.add_argument("--batch-images", type=int, default=d.batch_images, help="images per step")
+    parser.add_argument("--questions-per-image", type=int, default=d.questions_per_image,
+                        help="questions per image and step")
+    parser.add_argument("--seed", type=int, default=d.seed, help="initialisation and sampling seed")
+    parser.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    parser.add_argument("--held-out-seed", type=int, default=None, help="seed of the evaluation set (recorded)")
+    parser.add_argument("--d-model", type=int, default=d.d_model, help="model width")
+    parser.add_argument("--text-layers", type=int, default=d.text_layers, help="decoder layers")
+
+
+def train_cli(args: argparse.Namespace) -> int:
+    """Run ``spatialvlm train``; prints the :class:`~spatialvlm_ros.training.compact.TrainResult` as JSON last."""
+    cfg = TrainConfig(data=str(args.data), out=str(args.out), steps=args.steps, max_minutes=args.max_minutes,
+                      lr=args.lr, batch_images=args.batch_images, questions_per_image=args.questions_per_image,
+                      seed=args.seed, threads=args.threads, held_out_seed=args.held_out_seed, d_model=args.d_model,
+                      text_layers=args.text_layers)
+    result = train(cfg)
+    print(json.dumps(dataclasses.asdict(result)))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# finetune
+# ---------------------------------------------------------------------------------------------
+
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``spatialvlm finetune`` arguments to ``parser`` (defaults: :class:`FinetuneConfig`'s)."""
+    d = FinetuneConfig()
+    parser.add_argument("--dataset", type=Path, required=True, help="dataset folder from spatialvlm synthesize")
+    parser.add_argument("--model", required=True,
+                        help="base model: local folder or hub id, e.g. Qwen/Qwen2.5-VL-3B-Instruct")
+    parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, adapter); resumable")
+    for name, kind, what in (("steps", int, "optimizer steps in total"), ("lr", float, "learning rate"),
+                             ("lora_r", int, "LoRA rank"), ("lora_alpha", int, "LoRA alpha"),
+                             ("lora_dropout", float, "LoRA dropout"), ("batch_size", int, "rows per micro-batch"),
+                             ("grad_accum", int, "micro-batches per optimizer step"),
+                             ("weight_decay", float, "AdamW weight decay"),
+                             ("max_grad_norm", float, "gradient clip norm (0 = none)"),
+                             ("save_every", int, "steps between checkpoints"),
+                             ("keep_checkpoints", int, "checkpoints kept"),
+                             ("log_every", int, "steps between loss log lines"), ("seed", int, "random seed"),
+                             ("max_rows", int, "use the first N rows only (0 = all)"),
+                             ("device", str, "torch device")):
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                            help=f"{what} (default: {getattr(d, name)})")
+    parser.add_argument("--target-modules", default=None,
+                        help=f"comma-separated layer names that get adapters (default: {','.join(d.target_modules)})")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                        help=f"weight dtype (default: {d.dtype}; bfloat16 on a GPU)")
+    for flag, what in (("gradient_checkpointing", "recompute activations: less memory, slower"),
+                       ("local_files_only", "never contact the model hub"),
+                       ("trust_remote_code", "run code shipped with the checkpoint")):
+        parser.add_argument("--" + flag.replace("_", "-"), action="store_true", default=None, help=what)
+
+
+def finetune_cli(args: argparse.Namespace) -> int:
+    """Run ``spatialvlm finetune`` (arguments from :func:`add_finetune_arguments`); prints a JSON summary.
+
+    Raises:
+        ConfigError: see :func:`~spatialvlm_ros.training.lora.finetune`.
+        InputError: see :func:`~spatialvlm_ros.training.lora.finetune`.
+        FinetuneError: see :func:`~spatialvlm_ros.training.lora.finetune`.
+    """
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)
+               if getattr(args, f.name, None) is not None}
+    if "target_modules" in options:
+        options["target_modules"] = tuple(m.strip() for m in options["target_modules"].split(",") if m.strip())
+    result = finetune(args.dataset, args.model, args.out, **options)
+    print(json.dumps({"out": str(result.out_dir), "adapter": str(result.adapter_dir), "rows": result.rows,
+                      "start_step": result.start_step, "steps": result.steps,
+                      "first_loss": result.losses[0] if result.losses else None,
+                      "last_loss": result.losses[-1] if result.losses else None,
+                      "seconds": round(result.seconds, 3)}))
+    return 0

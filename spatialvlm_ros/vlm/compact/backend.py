@@ -1,0 +1,201 @@
+"""The compact VLM as the VLM backend ``"compact"``: images and questions in, parsed answers out.
+
+It answers the data engine's questions in the data engine's words, so
+:func:`~spatialvlm_ros.vlm.parsing.parse_answer` reads its quantitative answers like the engine's own.
+Without a weights folder named, the packaged one (:data:`PACKAGED_WEIGHTS`) is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from spatialvlm_ros.errors import ConfigError, InputError
+from spatialvlm_ros.vlm.base import VLMAnswer, VLMConfig, VLMError, ask_in_batches, register_vlm
+from spatialvlm_ros.vlm.compact.network import (CompactSpatialModel, Generation, count_parameters, load_weights,
+                                                resize_image)
+from spatialvlm_ros.vlm.compact.tokenizer import WordTokenizer, fill_numbers, fill_references, prompt_ids
+from spatialvlm_ros.vlm.parsing import METRES_PER_UNIT, parse_answer
+
+logger = logging.getLogger(__name__)
+
+#: The weights shipped with the package (present only when a trained model was good enough to ship).
+PACKAGED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+
+
+@dataclass(frozen=True)
+class CompactVLMOptions:
+    """How the compact backend loads and decodes.
+
+    Attributes:
+        weights: weights folder ("" = :data:`PACKAGED_WEIGHTS`).
+        batch_size: questions decoded together (``VLMConfig.max_concurrency``).
+        max_new_tokens: answer length limit, tokens (``VLMConfig.max_tokens``; the model's ``max_len`` caps it).
+        temperature: 0 = greedy, else the sampling temperature (``VLMConfig.temperature``).
+        seed: seeds sampling.
+        threads: torch CPU threads (0 = leave torch's setting alone).
+        default_unit: unit of a bare number in an answer ("" = such answers are unparseable).
+    """
+
+    weights: str = ""
+    batch_size: int = 4
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    seed: int = 0
+    threads: int = 0
+    default_unit: str = ""
+
+    def __post_init__(self) -> None:
+        checks = (("batch_size", self.batch_size >= 1), ("max_new_tokens", self.max_new_tokens >= 1),
+                  ("temperature", self.temperature >= 0), ("threads", self.threads >= 0),
+                  ("default_unit", self.default_unit in ("", *METRES_PER_UNIT)))
+        for key, ok in checks:
+            if not ok:
+                raise ConfigError(f"compact VLM {key}: bad value {getattr(self, key)!r}")
+
+    @classmethod
+    def from_config(cls, config: VLMConfig) -> "CompactVLMOptions":
+        """The options ``config`` sets (``weights`` from ``estimator.vlm.weights``, "" when the field is absent).
+
+        Example:
+            >>> CompactVLMOptions.from_config(VLMConfig(backend="compact", temperature=0.0)).temperature
+            0.0
+        """
+        return cls(weights=config.weights, batch_size=config.max_concurrency,
+                   max_new_tokens=config.max_tokens, temperature=config.temperature,
+                   default_unit=config.default_unit)
+
+
+@dataclass(frozen=True, eq=False)
+class _Batch:
+    """Model inputs of one batch: the distinct resized images, which one each prompt asks about, prompt ids."""
+
+    images: torch.Tensor
+    image_index: torch.Tensor
+    prompts: list[list[int]]
+
+
+class CompactVLM:
+    """The compact model as a :class:`~spatialvlm_ros.vlm.base.SpatialVLM` (backend ``"compact"``).
+
+    Args:
+        model: a trained :class:`CompactSpatialModel`.
+        tokenizer: its tokenizer.
+        options: decoding settings.
+
+    Example:
+        >>> CompactVLM.from_options(CompactVLMOptions(weights="/no/such/folder"))
+        Traceback (most recent call last):
+        ...
+        spatialvlm_ros.errors.ConfigError: compact VLM weights folder '/no/such/folder' does not exist ...
+    """
+
+    name = "compact"
+
+    def __init__(self, model: CompactSpatialModel, tokenizer: WordTokenizer,
+                 options: CompactVLMOptions | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.options = options or CompactVLMOptions()
+        self._generator = torch.Generator().manual_seed(self.options.seed)
+        if self.options.threads:
+            torch.set_num_threads(self.options.threads)
+
+    @classmethod
+    def from_options(cls, options: CompactVLMOptions) -> "CompactVLM":
+        """Load ``options.weights`` (the packaged weights when empty).
+
+        Raises:
+            ConfigError: the folder is missing or unusable (the message names it).
+        """
+        model, tokenizer = load_weights(Path(options.weights) if options.weights else PACKAGED_WEIGHTS)
+        logger.info("compact VLM: %d parameters, %d tokens, from %s", count_parameters(model), len(tokenizer),
+                    options.weights or PACKAGED_WEIGHTS)
+        return cls(model, tokenizer, options)
+
+    @classmethod
+    def from_config(cls, config: VLMConfig) -> "CompactVLM":
+        """The backend ``estimator.vlm.backend: compact`` builds (see :meth:`CompactVLMOptions.from_config`)."""
+        return cls.from_options(CompactVLMOptions.from_config(config))
+
+    def preprocess(self, images: Sequence[np.ndarray], questions: Sequence[str]) -> _Batch:
+        """Resize the images to the model's input size and tokenize ``[BOS] question [SEP]``.
+
+        The same array object passed for several questions (the estimator asks every pair and sample about
+        one frame) is resized and encoded once.
+
+        Raises:
+            InputError: an image that is not (H, W, 3) uint8, or a question longer than the model reads.
+        """
+        cfg = self.model.config
+        arrays: list[np.ndarray] = []
+        slots: dict[int, int] = {}
+        index = []
+        for image in images:
+            if id(image) in slots:
+                index.append(slots[id(image)])
+                continue
+            if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise InputError(f"image must be (H, W, 3) uint8 RGB, got {getattr(image, 'shape', None)} "
+                                 f"{getattr(image, 'dtype', type(image).__name__)}")
+            slots[id(image)] = len(arrays)
+            index.append(len(arrays))
+            arrays.append(resize_image(image, cfg.image_width, cfg.image_height))
+        prompts = [prompt_ids(self.tokenizer, q) for q in questions]
+        longest = max(map(len, prompts), default=0)
+        if longest >= cfg.max_len:
+            raise InputError(f"compact VLM: a question of {longest} tokens; this model reads at most "
+                             f"{cfg.max_len - 1}")
+        return _Batch(images=torch.from_numpy(np.stack(arrays)), image_index=torch.as_tensor(index), prompts=prompts)
+
+    def _forward(self, batch: _Batch) -> list[Generation]:
+        """Decode the answers' token ids, number values and reference spans (greedy or sampled)."""
+        try:
+            return self.model.generate(batch.images, batch.prompts, self.options.max_new_tokens,
+                                       self.options.temperature, self._generator, batch.image_index)
+        except RuntimeError as err:  # out of memory, a shape mismatch in a damaged checkpoint
+            raise VLMError(f"compact VLM: generation failed: {err}") from err
+
+    def postprocess(self, answers: Sequence[Generation], questions: Sequence[str],
+                    latency_ms: float) -> list[VLMAnswer]:
+        """Detokenize the answers, write their numbers and references in and parse the distance each states."""
+        unit = self.options.default_unit or None
+        texts = [fill_references(fill_numbers(self.tokenizer.decode(g.ids), g.values), WordTokenizer.pieces(q),
+                                 g.spans) for g, q in zip(answers, questions)]
+        return [VLMAnswer(text=t, parsed=parse_answer(t, unit), latency_ms=latency_ms) for t in texts]
+
+    def ask(self, image: np.ndarray, question: str, depth: np.ndarray | None = None) -> VLMAnswer:
+        """Answer ``question`` about ``image`` ((H, W, 3) uint8 RGB); ``depth`` is not used (RGB-only model).
+
+        Raises:
+            VLMError: generation failed.
+            InputError: a bad image.
+        """
+        return self.ask_batch([image], [question])[0]
+
+    def ask_batch(self, images: Sequence[np.ndarray], questions: Sequence[str],
+                  depths: Sequence[np.ndarray | None] | None = None) -> list[VLMAnswer]:
+        """Answer ``questions[i]`` about ``images[i]``, ``options.batch_size`` at a time; depths are not used.
+
+        Each answer's ``latency_ms`` is the wall time of its batch.
+
+        Raises:
+            VLMError: generation failed.
+            InputError: a bad image, or not as many images as questions.
+        """
+        return ask_in_batches(images, questions, self.options.batch_size, self._answer_batch)
+
+    def _answer_batch(self, images: Sequence[np.ndarray], questions: Sequence[str], start: float) -> list[VLMAnswer]:
+        generated = self._forward(self.preprocess(images, questions))
+        return self.postprocess(generated, questions, 1e3 * (time.perf_counter() - start))
+
+
+@register_vlm("compact")
+def _compact_vlm(config: VLMConfig) -> CompactVLM:
+    return CompactVLM.from_config(config)
