@@ -15,7 +15,8 @@ import itertools
 import time
 
 from spatialvlm_ros.config import DepthNoiseConfig, EstimatorConfig, SimCameraConfig, config_path, load_config
-from spatialvlm_ros.estimation import DistanceKind, Pair, build_estimator
+from spatialvlm_ros.types import DistanceKind, Pair
+from spatialvlm_ros.estimation import build_estimator
 from spatialvlm_ros.evaluation.metrics import distance_metrics
 from spatialvlm_ros.sim import TabletopSim
 

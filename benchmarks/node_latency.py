@@ -78,7 +78,8 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from spatialvlm_ros.config import SimCameraConfig, SpatialRewardConfig, config_path, from_mapping
-from spatialvlm_ros.estimation import DistanceKind, Pair, build_estimator
+from spatialvlm_ros.types import DistanceKind, Pair
+from spatialvlm_ros.estimation import build_estimator
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.messages.conversions import (

@@ -20,9 +20,10 @@ import torch
 from scipy.stats import spearmanr
 
 from spatialvlm_ros.config import EstimatorConfig
-from spatialvlm_ros.estimation import DistanceEstimator, DistanceKind, Pair, build_estimator
+from spatialvlm_ros.estimation import DistanceEstimator, build_estimator
+from spatialvlm_ros.types import DistanceKind, Pair
 from spatialvlm_ros.gym import REACH_ID
-from spatialvlm_ros.vlm.base import VLMConfig
+from spatialvlm_ros.config import CompactVLMConfig, VLMConfig
 
 from _common import BenchmarkParser, emit, median
 
@@ -56,7 +57,7 @@ def main() -> None:
     parser.add_argument("--weights", default="", help="compact weights folder (default: the packaged one)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    vlm = VLMConfig(backend="compact", weights=args.weights, samples=1, temperature=0.0)
+    vlm = VLMConfig(backend="compact", samples=1, compact=CompactVLMConfig(weights=args.weights, temperature=0.0))
     estimator = build_estimator(EstimatorConfig(backend="vlm", vlm=vlm))
     env = gym.make(REACH_ID)
     runs = [approach(env, estimator, SEED_BASE + k, args.steps) for k in range(args.episodes)]

@@ -21,9 +21,10 @@ import time
 import numpy as np
 import torch
 
-from spatialvlm_ros.estimation import DistanceKind
+from spatialvlm_ros.types import DistanceKind
 from spatialvlm_ros.evaluation.vlm_benchmark import EVAL_SEED_OFFSET, approach_trajectories
-from spatialvlm_ros.vlm.compact.backend import PACKAGED_WEIGHTS, CompactVLM, CompactVLMOptions
+from spatialvlm_ros.config import CompactVLMConfig
+from spatialvlm_ros.vlm.compact.backend import PACKAGED_WEIGHTS, CompactVLM
 from spatialvlm_ros.vlm.compact.network import count_parameters
 from spatialvlm_ros.vlm.prompts import distance_question
 
@@ -49,14 +50,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     images, questions = frames_and_questions(max(args.queries, 32))
-    one = CompactVLM.from_options(CompactVLMOptions(weights=args.weights, batch_size=1))
+    one = CompactVLM.from_config(CompactVLMConfig(weights=args.weights, batch_size=1))
     one.ask(images[0], questions[0])  # warm-up: first-call allocations
     times = []
     for k in range(args.queries):
         start = time.perf_counter()
         answer = one.ask(images[k % len(images)], questions[k % len(questions)])
         times.append((time.perf_counter() - start) * 1e3)
-    batched = CompactVLM.from_options(CompactVLMOptions(weights=args.weights, batch_size=32))
+    batched = CompactVLM.from_config(CompactVLMConfig(weights=args.weights, batch_size=32))
     batches = -(-args.queries // 32)
     start = time.perf_counter()
     for b in range(batches):

@@ -24,7 +24,8 @@ import gymnasium as gym
 import numpy as np
 
 from spatialvlm_ros.config import EstimatorConfig
-from spatialvlm_ros.estimation import DistanceKind, Pair, build_estimator
+from spatialvlm_ros.types import DistanceKind, Pair
+from spatialvlm_ros.estimation import build_estimator
 from spatialvlm_ros.gym import REACH_ID, SpatialRewardVectorWrapper, SpatialRewardWrapper
 from spatialvlm_ros.gym.reach import DEFAULT_SIM
 

@@ -43,7 +43,7 @@ EVAL_SEED_BASE = 1_000_000   # evaluation episodes never share a seed with train
 #: The estimators behind the camera rewards: geometric on RGB-D, and the compact VLM (greedy, one answer) on RGB.
 CAMERA_ESTIMATORS = {
     "spatial": EstimatorConfig(backend="geometric", grounding="colour_prompt"),
-    "vlm": EstimatorConfig(backend="vlm", vlm=VLMConfig(backend="compact", samples=1, temperature=0.0)),
+    "vlm": EstimatorConfig(backend="vlm", vlm=VLMConfig(backend="compact", samples=1)),
 }
 
 

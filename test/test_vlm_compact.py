@@ -23,9 +23,11 @@ from PIL import Image  # noqa: E402
 from spatialvlm_ros.errors import ConfigError, InputError  # noqa: E402
 from spatialvlm_ros.training.compact import (TrainConfig, answer_text, batch_losses, learning_rate,  # noqa: E402
                                              load_training_set, read_rows, sample_batch, train, vocabulary_texts)
-from spatialvlm_ros.vlm.base import VLMConfig, build_vlm  # noqa: E402
+from spatialvlm_ros.config import VLMConfig  # noqa: E402
+from spatialvlm_ros.vlm.registry import build_vlm  # noqa: E402
 from spatialvlm_ros.vlm.compact import backend  # noqa: E402
-from spatialvlm_ros.vlm.compact.backend import CompactVLM, CompactVLMOptions  # noqa: E402
+from spatialvlm_ros.config import CompactVLMConfig  # noqa: E402
+from spatialvlm_ros.vlm.compact.backend import CompactVLM  # noqa: E402
 from spatialvlm_ros.vlm.compact.network import (CompactModelConfig, CompactSpatialModel, load_weights,  # noqa: E402
                                                 save_weights)
 from spatialvlm_ros.vlm.compact.tokenizer import (EOS_ID, NUM_ID, REF_A_ID, REF_B_ID, REL_ID, SPECIALS,  # noqa: E402
@@ -311,7 +313,7 @@ def test_save_load_round_trip_gives_identical_outputs(trained: Path) -> None:
 # --------------------------------------------------------------------------------- backend
 
 def test_backend_answers_through_the_protocol(trained: Path) -> None:
-    vlm = CompactVLM.from_options(CompactVLMOptions(weights=str(trained), batch_size=2))
+    vlm = CompactVLM.from_config(CompactVLMConfig(weights=str(trained), batch_size=2))
     dark, bright = np.full((240, 320, 3), 20, np.uint8), np.full((240, 320, 3), 230, np.uint8)
     answers = vlm.ask_batch([dark, bright, dark], [QUESTION] * 3)
     assert [a.text.split()[1:] for a in answers] == [["centimeters."], ["meters."], ["centimeters."]]
@@ -328,11 +330,11 @@ def test_backend_is_registered_and_names_a_missing_folder(monkeypatch: pytest.Mo
         build_vlm(VLMConfig(backend="compact"))
     (missing).mkdir()
     with pytest.raises(ConfigError, match="lacks model.safetensors"):
-        CompactVLM.from_options(CompactVLMOptions(weights=str(missing)))
+        CompactVLM.from_config(CompactVLMConfig(weights=str(missing)))
 
 
 def test_backend_refuses_bad_inputs(trained: Path) -> None:
-    vlm = CompactVLM.from_options(CompactVLMOptions(weights=str(trained)))
+    vlm = CompactVLM.from_config(CompactVLMConfig(weights=str(trained)))
     with pytest.raises(InputError, match="uint8"):
         vlm.ask(np.zeros((8, 8), np.float32), QUESTION)
     with pytest.raises(InputError, match="2 images but 1 questions"):
@@ -394,7 +396,7 @@ def test_train_writes_weights_and_resumes(dataset: Path, tmp_path: Path) -> None
     assert [entry["step"] for entry in log] == [1, 2, 3, 4]
     assert set(log[0]["loss"]) == {"answer", "value", "attributes", "pointer", "span", "holds", "total"}
     # Every training answer ends with "." and has no other: decoding may stop there without an <eos> step.
-    vlm = CompactVLM.from_options(CompactVLMOptions(weights=str(out)))
+    vlm = CompactVLM.from_config(CompactVLMConfig(weights=str(out)))
     assert vlm.model.config.final_tokens == (vlm.tokenizer.id("."),)
     assert isinstance(vlm.ask(np.zeros((240, 320, 3), np.uint8), QUESTION).text, str)
 

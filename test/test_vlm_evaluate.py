@@ -24,7 +24,8 @@ from spatialvlm_ros.evaluation.vlm_benchmark import (
     decide_label, evaluate_vlm, held_out_seed, load_questions,
 )
 from spatialvlm_ros.synthesis.questions import CLASSIFY_PAIRS, TYPES_BY_NAME
-from spatialvlm_ros.vlm import VLMAnswer, VLMConfig, VLMError, build_vlm, distance_question, parse_answer
+from spatialvlm_ros.vlm import VLMAnswer, VLMError, build_vlm, distance_question, parse_answer
+from spatialvlm_ros.config import OpenAIVLMConfig, VLMConfig
 from spatialvlm_ros.vlm.labels import which_object, which_relation, yes_no
 from spatialvlm_ros.vlm.templates import RELATION_WORDS
 
@@ -110,7 +111,7 @@ def server(dataset: Path) -> Iterator[TruthServer]:
 
 
 def _vlm(server: TruthServer) -> Any:
-    return build_vlm(VLMConfig(backend="openai", url=server.url, model="truth", samples=1, timeout_s=10.0))
+    return build_vlm(VLMConfig(backend="openai", openai=OpenAIVLMConfig(url=server.url, model="truth", timeout_s=10.0)))
 
 
 def test_oracle_scores_perfectly(server: TruthServer, dataset: Path) -> None:

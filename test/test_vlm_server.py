@@ -16,15 +16,14 @@ import numpy as np
 import pytest
 from chat_server import ChatCompletionsServer, completion
 
-from spatialvlm_ros.config import EstimatorConfig, SimConfig
 from spatialvlm_ros.errors import ConfigError, InputError
-from spatialvlm_ros.estimation import DistanceKind, NoEstimateReason, Pair, build_estimator
+from spatialvlm_ros.types import DistanceKind, NoEstimateReason, Pair
+from spatialvlm_ros.estimation import build_estimator
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.sim import TabletopSim
-from spatialvlm_ros.vlm import (
-    DISTANCE_QUESTIONS, VLMAnswer, VLMConfig, VLMDistanceEstimator, VLMError, VLMTimeoutError, build_vlm,
-    parse_answer,
-)
+from spatialvlm_ros.vlm import DISTANCE_QUESTIONS, VLMAnswer, VLMError, VLMTimeoutError, build_vlm, parse_answer
+from spatialvlm_ros.config import EstimatorConfig, OpenAIVLMConfig, SimConfig, VLMConfig
+from spatialvlm_ros.estimation.vlm import VLMDistanceEstimator
 from spatialvlm_ros.vlm.server import OpenAIChatVLM
 
 KEY_ENV = "SPATIALVLM_TEST_API_KEY"
@@ -84,10 +83,10 @@ def fake(server: FakeVLMServer, monkeypatch: pytest.MonkeyPatch) -> FakeVLMServe
     return server
 
 
-def config(fake: FakeVLMServer, **kw: Any) -> VLMConfig:
-    settings = dict(backend="openai", url=fake.url, model=MODEL, api_key_env=KEY_ENV, timeout_s=2.0,
-                    retry_backoff_s=0.01)
-    return VLMConfig(**{**settings, **kw})
+def config(fake: FakeVLMServer, samples: int = 1, **kw: Any) -> VLMConfig:
+    """``estimator.vlm`` for the fake server; ``kw`` override its ``openai`` section."""
+    settings = dict(url=fake.url, model=MODEL, api_key_env=KEY_ENV, timeout_s=2.0, retry_backoff_s=0.01)
+    return VLMConfig(backend="openai", samples=samples, openai=OpenAIVLMConfig(**{**settings, **kw}))
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +102,7 @@ def rgb(h: int = 12, w: int = 20) -> np.ndarray:
 
 def test_request_shape(fake: FakeVLMServer) -> None:
     image = rgb(12, 20)
-    answer = OpenAIChatVLM(config(fake, temperature=0.3, max_tokens=64, system_prompt="Answer in metres.")).ask(
+    answer = OpenAIChatVLM(config(fake, temperature=0.3, max_tokens=64, system_prompt="Answer in metres.").openai).ask(
         image, "How far is the yellow gripper from the red can?")
     assert answer.text == "About 1 meter." and answer.parsed.value_m == 1.0 and answer.latency_ms > 0
     [request] = fake.requests
@@ -126,26 +125,26 @@ def test_request_shape(fake: FakeVLMServer) -> None:
 
 def test_no_key_env_means_no_auth_header(fake: FakeVLMServer) -> None:
     with pytest.raises(VLMError, match="401"):
-        OpenAIChatVLM(config(fake, api_key_env="")).ask(rgb(), "How far?")
+        OpenAIChatVLM(config(fake, api_key_env="").openai).ask(rgb(), "How far?")
     assert "Authorization" not in fake.requests[0]["headers"]
 
 
 def test_unparseable_answer_is_returned_flagged(fake: FakeVLMServer) -> None:
     fake.script = [("answer", "I cannot tell from this image.")]
-    answer = OpenAIChatVLM(config(fake)).ask(rgb(), "How far?")
+    answer = OpenAIChatVLM(config(fake).openai).ask(rgb(), "How far?")
     assert not answer.parsed.valid and "no number" in answer.parsed.reason
 
 
 def test_content_parts_and_default_unit(fake: FakeVLMServer) -> None:
     fake.script = [("raw", json.dumps({"choices": [{"message": {"content": [{"type": "text", "text": "0.4"}]}}]})
                     .encode())]
-    answer = OpenAIChatVLM(config(fake, default_unit="m")).ask(rgb(), "How far?")
+    answer = OpenAIChatVLM(config(fake, default_unit="m").openai).ask(rgb(), "How far?")
     assert answer.parsed.valid and answer.parsed.value_m == 0.4
 
 
 def test_timeout(fake: FakeVLMServer) -> None:
     fake.script = [("sleep", 5.0)]
-    vlm = OpenAIChatVLM(config(fake, timeout_s=0.2, retries=2))
+    vlm = OpenAIChatVLM(config(fake, timeout_s=0.2, retries=2).openai)
     start = time.monotonic()
     with pytest.raises(VLMTimeoutError, match="no answer within 0.2 s"):
         vlm.ask(rgb(), "How far?")
@@ -155,7 +154,7 @@ def test_timeout(fake: FakeVLMServer) -> None:
 
 def test_retry_after_one_503(fake: FakeVLMServer, caplog: pytest.LogCaptureFixture) -> None:
     fake.script = [("status", 503), ("answer", "roughly 30 cm")]
-    answer = OpenAIChatVLM(config(fake, retries=2)).ask(rgb(), "How far?")
+    answer = OpenAIChatVLM(config(fake, retries=2).openai).ask(rgb(), "How far?")
     assert answer.parsed.value_m == pytest.approx(0.3)
     assert len(fake.requests) == 2
     assert "HTTP 503" in caplog.text and "retry 1/2" in caplog.text
@@ -165,12 +164,12 @@ def test_retry_after_one_503(fake: FakeVLMServer, caplog: pytest.LogCaptureFixtu
 def test_retries_are_bounded(fake: FakeVLMServer) -> None:
     fake.default = ("status", 500)
     with pytest.raises(VLMError, match="HTTP 500"):
-        OpenAIChatVLM(config(fake, retries=2)).ask(rgb(), "How far?")
+        OpenAIChatVLM(config(fake, retries=2).openai).ask(rgb(), "How far?")
     assert len(fake.requests) == 3
 
 
 def test_retry_after_header_wins() -> None:
-    vlm = OpenAIChatVLM(VLMConfig(retry_backoff_s=0.5))
+    vlm = OpenAIChatVLM(OpenAIVLMConfig(retry_backoff_s=0.5))
     assert [vlm._delay(a, None) for a in range(3)] == [0.5, 1.0, 2.0]
     assert vlm._delay(0, "3") == 3.0 and vlm._delay(0, "9999") == 30.0
     assert vlm._delay(1, "Wed, 21 Oct 2015 07:28:00 GMT") == 1.0
@@ -184,12 +183,12 @@ def test_retry_after_header_wins() -> None:
 def test_bad_responses(fake: FakeVLMServer, payload: bytes, match: str) -> None:
     fake.script = [("raw", payload)]
     with pytest.raises(VLMError, match=match):
-        OpenAIChatVLM(config(fake)).ask(rgb(), "How far?")
+        OpenAIChatVLM(config(fake).openai).ask(rgb(), "How far?")
 
 
 def test_401_is_not_retried_and_never_shows_the_key(fake: FakeVLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-wrong-key")
-    vlm = OpenAIChatVLM(config(fake, retries=3))
+    vlm = OpenAIChatVLM(config(fake, retries=3).openai)
     with pytest.raises(VLMError, match=f"HTTP 401.*{KEY_ENV}") as info:
         vlm.ask(rgb(), "How far?")
     assert len(fake.requests) == 1
@@ -198,22 +197,22 @@ def test_401_is_not_retried_and_never_shows_the_key(fake: FakeVLMServer, monkeyp
 
 def test_missing_key_env_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(KEY_ENV, raising=False)
-    with pytest.raises(ConfigError, match=f"estimator.vlm.api_key_env: environment variable '{KEY_ENV}'"):
-        OpenAIChatVLM(VLMConfig(api_key_env=KEY_ENV))
+    with pytest.raises(ConfigError, match=f"estimator.vlm.openai.api_key_env: environment variable '{KEY_ENV}'"):
+        OpenAIChatVLM(OpenAIVLMConfig(api_key_env=KEY_ENV))
 
 
 def test_unreachable_server_after_retries(caplog: pytest.LogCaptureFixture) -> None:
     with socket.socket() as s:   # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    vlm = OpenAIChatVLM(VLMConfig(url=f"http://127.0.0.1:{port}/v1", retries=1, retry_backoff_s=0.01))
+    vlm = OpenAIChatVLM(OpenAIVLMConfig(url=f"http://127.0.0.1:{port}/v1", retries=1, retry_backoff_s=0.01))
     with pytest.raises(VLMError, match="cannot reach"):
         vlm.ask(rgb(), "How far?")
     assert "retry 1/1" in caplog.text
 
 
 def test_bad_image_and_batch_lengths(fake: FakeVLMServer) -> None:
-    vlm = OpenAIChatVLM(config(fake))
+    vlm = OpenAIChatVLM(config(fake).openai)
     with pytest.raises(InputError, match="uint8"):
         vlm.ask(np.zeros((4, 4, 3), np.float32), "How far?")
     with pytest.raises(InputError, match="2 images but 1 questions"):
@@ -222,7 +221,7 @@ def test_bad_image_and_batch_lengths(fake: FakeVLMServer) -> None:
 
 
 def test_batch_keeps_order(fake: FakeVLMServer) -> None:
-    vlm = OpenAIChatVLM(config(fake, max_concurrency=3))
+    vlm = OpenAIChatVLM(config(fake, max_concurrency=3).openai)
     questions = [f"Q{i}" for i in range(5)]
     fake.default = ("answer", "1 m")
     answers = vlm.ask_batch([rgb()] * 5, questions)
@@ -231,8 +230,8 @@ def test_batch_keeps_order(fake: FakeVLMServer) -> None:
 
 
 def test_config_validation() -> None:
-    with pytest.raises(ConfigError, match="estimator.vlm.url: must be an http"):
-        VLMConfig(url="127.0.0.1:8000")
+    with pytest.raises(ConfigError, match="estimator.vlm.openai.url: must be an http"):
+        OpenAIVLMConfig(url="127.0.0.1:8000")
     with pytest.raises(ConfigError, match="estimator.vlm.samples: must be >= 1"):
         VLMConfig(samples=0)
     with pytest.raises(ConfigError, match="estimator.vlm.backend: unknown 'nope'; registered: .*openai"):
@@ -337,10 +336,16 @@ def test_sampled_phrasing_is_seeded(sim_frame: tuple[Frame, float]) -> None:
 
 def test_ask_cli_prints_answers_and_parsed_metres(fake: FakeVLMServer, capsys: pytest.CaptureFixture) -> None:
     from spatialvlm_ros.cli import main
-    url = config(fake).url
+    url = config(fake).openai.url
     status = main(["ask", "sim", "How far is the yellow gripper from the red can?", "--backend", "openai",
                    "--url", url, "--samples", "2", "--timeout", "5", "--api-key-env", KEY_ENV])
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert status == 0 and len(lines) == 2
     assert all(line["valid"] and line["distance_m"] > 0 and line["answer"] for line in lines)
     assert main(["ask", "sim", "--backend", "openai", "--url", url]) == 2   # neither a question nor --pair
+    # A flag of another backend is refused, naming the backend that takes it.
+    assert main(["ask", "sim", "How far?", "--backend", "compact", "--url", url]) == 2
+    from spatialvlm_ros.cli import build_parser
+    from spatialvlm_ros.cli.vlm import estimator_config_from_args
+    with pytest.raises(ConfigError, match="--url is a setting of the openai backend, not of 'compact'"):
+        estimator_config_from_args(build_parser().parse_args(["ask", "sim", "Q?", "--backend", "compact", "--url", url]))

@@ -37,14 +37,17 @@ from transformers import (AutoProcessor, CLIPImageProcessorPil, LlavaConfig,  # 
 
 from spatialvlm_ros.cli.vlm import add_finetune_arguments, finetune_cli  # noqa: E402
 from spatialvlm_ros.errors import ConfigError, InputError  # noqa: E402
-from spatialvlm_ros.estimation.base import DistanceKind, Pair  # noqa: E402
+from spatialvlm_ros.types import DistanceKind, Pair  # noqa: E402
 from spatialvlm_ros.frame import Frame  # noqa: E402
 from spatialvlm_ros.geometry.camera import CameraIntrinsics  # noqa: E402
 from spatialvlm_ros.training.lora import (ChatCollator, ChatRowsDataset, FinetuneResult, finetune,  # noqa: E402
                                           latest_checkpoint, sample_indices)
-from spatialvlm_ros.vlm.base import VLMAnswer, VLMConfig, VLMDistanceEstimator, build_vlm  # noqa: E402
+from spatialvlm_ros.vlm.base import VLMAnswer  # noqa: E402
+from spatialvlm_ros.config import TransformersVLMConfig, VLMConfig, from_mapping  # noqa: E402
+from spatialvlm_ros.estimation.vlm import VLMDistanceEstimator  # noqa: E402
+from spatialvlm_ros.vlm.registry import build_vlm  # noqa: E402
 from spatialvlm_ros.vlm.parsing import ParsedDistance  # noqa: E402
-from spatialvlm_ros.vlm.transformers_backend import TransformersVLM, TransformersVLMOptions  # noqa: E402
+from spatialvlm_ros.vlm.transformers_backend import TransformersVLM  # noqa: E402
 
 CORPUS = ["How far is the red can from the yellow gripper? About 12 centimeters.",
           "What is the gap between the black bowl and the purple tin can? 30 cm. No. Yes, it is 1.5 meters.",
@@ -183,10 +186,14 @@ def _check_answer(answer: VLMAnswer) -> None:
 # The backend
 # ---------------------------------------------------------------------------------------------
 
+def _config(samples: int = 1, **section: Any) -> VLMConfig:
+    """``estimator.vlm`` choosing the transformers backend; ``section`` is its ``transformers`` section."""
+    return VLMConfig(backend="transformers", samples=samples, transformers=TransformersVLMConfig(**section))
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_backend_loads_offline_and_answers_in_order(checkpoints: dict[str, str], family: str) -> None:
-    vlm = build_vlm(VLMConfig(backend="transformers", model=checkpoints[family], temperature=0.0, max_tokens=6,
-                              max_concurrency=2))
+    vlm = build_vlm(_config(model=checkpoints[family], temperature=0.0, max_new_tokens=6, batch_size=2))
     assert isinstance(vlm, TransformersVLM) and vlm.name == "transformers"
     assert not vlm.model.training and vlm.processor.tokenizer.pad_token is not None
     one = vlm.ask(_image(0), "How far is the red can from the yellow gripper?")
@@ -204,26 +211,27 @@ def test_backend_loads_offline_and_answers_in_order(checkpoints: dict[str, str],
 
 
 def test_sampling_overrides_the_checkpoints_top_k(checkpoints: dict[str, str]) -> None:
-    vlm = build_vlm(VLMConfig(backend="transformers", model=checkpoints["qwen2_vl"], temperature=1.5, max_tokens=8))
+    vlm = build_vlm(_config(model=checkpoints["qwen2_vl"], temperature=1.5, max_new_tokens=8))
     torch.manual_seed(0)
     texts = {a.text for a in vlm.ask_batch([_image(0)] * 4, ["How far is the red can?"] * 4)}
     assert len(texts) > 1   # top_k=1 from generation_config would make all four the same
 
 
 def test_vlm_estimator_runs_on_the_transformers_backend(checkpoints: dict[str, str]) -> None:
-    config = VLMConfig(backend="transformers", model=checkpoints["qwen2_5_vl"], samples=2, temperature=0.0,
-                       max_tokens=4, default_unit="m")
+    config = _config(samples=2, model=checkpoints["qwen2_5_vl"], temperature=0.0, max_new_tokens=4, default_unit="m")
     frame = Frame(rgb=_image(3, 48), intrinsics=CameraIntrinsics(fx=40.0, fy=40.0, cx=23.5, cy=23.5, width=48,
                                                                  height=48), stamp_ns=7)
     estimates = VLMDistanceEstimator(config).estimate(frame, [Pair("yellow gripper", "red can")], DistanceKind.GAP)
     assert len(estimates) == 1 and estimates[0].stamp_ns == 7 and estimates[0].answer_text is not None
 
 
-def test_options_come_from_the_config() -> None:
-    config = VLMConfig(model="m", temperature=0.0, max_tokens=9, timeout_s=3.0, max_concurrency=5, default_unit="cm",
-                       system_prompt="Be brief.")
-    opts = TransformersVLMOptions.from_config(config)
-    assert (opts.name_or_path, opts.temperature, opts.max_new_tokens, opts.max_time_s, opts.batch_size,
+def test_the_backend_takes_its_own_section() -> None:
+    config = from_mapping(VLMConfig, {"backend": "transformers", "openai": {"model": "served", "max_tokens": 7},
+                                      "transformers": {"model": "m", "max_new_tokens": 9, "max_time_s": 3.0,
+                                                       "batch_size": 5, "default_unit": "cm",
+                                                       "system_prompt": "Be brief."}})
+    opts = config.transformers
+    assert (opts.model, opts.temperature, opts.max_new_tokens, opts.max_time_s, opts.batch_size,
             opts.default_unit, opts.system_prompt) == ("m", 0.0, 9, 3.0, 5, "cm", "Be brief.")
     assert (opts.device, opts.dtype, opts.local_files_only, opts.trust_remote_code, opts.adapter) == \
         ("cpu", "float32", False, False, "")
@@ -231,25 +239,26 @@ def test_options_come_from_the_config() -> None:
 
 @pytest.mark.parametrize("bad, match", [({"dtype": "int8"}, "dtype"), ({"batch_size": 0}, "batch_size"),
                                         ({"default_unit": "furlong"}, "default_unit"),
-                                        ({"name_or_path": ""}, "name_or_path")])
+                                        ({"model": ""}, "model")])
 def test_bad_options_are_config_errors(bad: dict[str, Any], match: str) -> None:
-    with pytest.raises(ConfigError, match=match):
-        TransformersVLMOptions(**{"name_or_path": "m", **bad})
+    with pytest.raises(ConfigError, match=f"estimator.vlm.transformers.{match}"):
+        from_mapping(VLMConfig, {"transformers": {"model": "m", **bad}}, prefix="estimator.vlm.")
 
 
 def test_missing_model_folder_names_the_path(offline: None, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model"
-    with pytest.raises(ConfigError, match=f"estimator.vlm.model: model folder '{missing}' does not exist"):
-        build_vlm(VLMConfig(backend="transformers", model=str(missing)))
+    with pytest.raises(ConfigError,
+                       match=f"estimator.vlm.transformers.model: model folder '{missing}' does not exist"):
+        build_vlm(_config(model=str(missing)))
 
 
 def test_uncached_hub_id_offline_says_so(offline: None) -> None:
     with pytest.raises(ConfigError, match="cannot load 'nobody/no-such-vlm' .*offline"):
-        build_vlm(VLMConfig(backend="transformers", model="nobody/no-such-vlm"))
+        build_vlm(_config(model="nobody/no-such-vlm"))
 
 
 def test_bad_inputs(checkpoints: dict[str, str], tmp_path: Path) -> None:
-    vlm = build_vlm(VLMConfig(backend="transformers", model=checkpoints["qwen2_vl"], max_tokens=2))
+    vlm = build_vlm(_config(model=checkpoints["qwen2_vl"], max_new_tokens=2))
     with pytest.raises(InputError, match="2 images but 1 questions"):
         vlm.ask_batch([_image(0), _image(1)], ["How far?"])
     with pytest.raises(InputError, match="uint8 RGB"):
@@ -326,10 +335,10 @@ def test_finetune_lowers_the_loss_and_saves_a_safetensors_adapter(trained: Finet
 
 
 def test_adapter_reloads_through_the_backend(checkpoints: dict[str, str], trained: FinetuneResult) -> None:
-    opts = TransformersVLMOptions(name_or_path=checkpoints["qwen2_vl"], adapter=str(trained.adapter_dir),
+    opts = TransformersVLMConfig(model=checkpoints["qwen2_vl"], adapter=str(trained.adapter_dir),
                                   temperature=0.0, max_new_tokens=4)
-    tuned = TransformersVLM.from_options(opts)
-    plain = TransformersVLM.from_options(TransformersVLMOptions(name_or_path=checkpoints["qwen2_vl"]))
+    tuned = TransformersVLM.from_config(opts)
+    plain = TransformersVLM.from_config(TransformersVLMConfig(model=checkpoints["qwen2_vl"]))
     lora = {k for k in tuned.model.state_dict() if "lora_" in k}
     assert lora and not {k for k in plain.model.state_dict() if "lora_" in k}
     _check_answer(tuned.ask(_image(0), "How far is the red can?"))

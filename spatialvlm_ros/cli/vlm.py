@@ -22,20 +22,26 @@ import numpy as np
 
 from spatialvlm_ros.config import EstimatorConfig, SpatialRewardConfig, config_path, load_config
 from spatialvlm_ros.errors import ConfigError, InputError
-from spatialvlm_ros.estimation.base import Pair
+from spatialvlm_ros.types import Pair
 from spatialvlm_ros.evaluation.vlm_benchmark import (EVAL_SEED_OFFSET, PAPER_RESULTS, check_held_out, evaluate_vlm,
                                                      held_out_seed, warn_if_training_data)
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.training.compact import TrainConfig, train
 from spatialvlm_ros.training.lora import FinetuneConfig, finetune
-from spatialvlm_ros.vlm.base import VLMDistanceEstimator, build_vlm
+from spatialvlm_ros.estimation.vlm import VLMDistanceEstimator
+from spatialvlm_ros.vlm.registry import build_vlm
 
 logger = logging.getLogger(__name__)
 
-#: ``--flag`` -> ``estimator.vlm.<key>`` override.
-_OVERRIDES = {"backend": "backend", "weights": "weights", "url": "url", "model": "model", "samples": "samples",
-              "api_key_env": "api_key_env", "default_unit": "default_unit", "timeout": "timeout_s"}
+#: Per backend, ``--flag`` -> the key it overrides in that backend's section ``estimator.vlm.<backend>.<key>``.
+_SECTION_FLAGS = {
+    "compact": {"weights": "weights", "default_unit": "default_unit"},
+    "openai": {"url": "url", "model": "model", "api_key_env": "api_key_env", "default_unit": "default_unit",
+               "timeout": "timeout_s"},
+    "transformers": {"model": "model", "default_unit": "default_unit", "timeout": "max_time_s"},
+}
+_FLAGS = ("weights", "url", "model", "api_key_env", "default_unit", "timeout")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,25 +70,42 @@ def _number(value: float) -> float | None:
 
 
 def add_vlm_arguments(parser: argparse.ArgumentParser, samples_default: int | None = None) -> None:
-    """The flags that override ``estimator.vlm.*`` (see :data:`_OVERRIDES`), shared by ``ask`` and ``evaluate``."""
+    """The flags that override ``estimator.vlm.*`` (see :data:`_SECTION_FLAGS`), shared by ``ask`` and ``evaluate``."""
     parser.add_argument("--backend", default=None,
                         help="VLM backend: compact (the config's default), openai (chat-completions) or transformers")
     parser.add_argument("--weights", default=None, help="compact backend: weights folder from 'spatialvlm train'")
-    parser.add_argument("--url", default=None, help="API base URL, e.g. http://127.0.0.1:8000/v1")
-    parser.add_argument("--model", default=None, help="model name the server knows, or a checkpoint")
+    parser.add_argument("--url", default=None, help="openai backend: API base URL, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--model", default=None,
+                        help="openai backend: model name the server knows; transformers backend: a checkpoint")
     parser.add_argument("--samples", type=int, default=samples_default,
                         help="answers per question" + ("" if samples_default is None else " (each scored)"))
-    parser.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
+    parser.add_argument("--api-key-env", default=None, help="openai backend: environment variable holding the API key")
     parser.add_argument("--default-unit", default=None, help="unit of a bare number in an answer (m, cm, ...)")
-    parser.add_argument("--timeout", type=float, default=None, help="per-request timeout, seconds")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="openai backend: per-request timeout; transformers backend: generation limit, seconds")
 
 
 def estimator_config_from_args(args: argparse.Namespace) -> EstimatorConfig:
-    """The estimator settings of ``--config`` (default: the shipped file) with :func:`add_vlm_arguments` on top."""
-    overrides = {f"estimator.vlm.{key}": getattr(args, flag) for flag, key in _OVERRIDES.items()
-                 if getattr(args, flag) is not None}
-    return load_config(SpatialRewardConfig, "spatial_reward_node",
-                       args.config or config_path("spatial_reward.yaml"), overrides).estimator
+    """The estimator settings of ``--config`` (default: the shipped file) with :func:`add_vlm_arguments` on top.
+
+    Raises:
+        ConfigError: a flag that the chosen backend does not take (``--url`` with ``--backend compact``).
+    """
+    path = args.config or config_path("spatial_reward.yaml")
+    backend = args.backend or load_config(SpatialRewardConfig, "spatial_reward_node", path).estimator.vlm.backend
+    overrides = {f"estimator.vlm.{key}": getattr(args, key) for key in ("backend", "samples")
+                 if getattr(args, key) is not None}
+    section = _SECTION_FLAGS.get(backend, {})
+    for flag in _FLAGS:
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if flag not in section:
+            takers = [name for name, flags in _SECTION_FLAGS.items() if flag in flags]
+            raise ConfigError(f"--{flag.replace('_', '-')} is a setting of the {' or '.join(takers)} backend, "
+                              f"not of {backend!r}")
+        overrides[f"estimator.vlm.{backend}.{section[flag]}"] = value
+    return load_config(SpatialRewardConfig, "spatial_reward_node", path, overrides).estimator
 
 
 def ask_cli(args: argparse.Namespace) -> int:
@@ -211,12 +234,13 @@ def evaluate_cli(args: argparse.Namespace) -> int:
             data = synthesize_held_out((args.out or Path(tmp)) / "dataset", args.scenes, seed, args.synthesis_config)
         else:
             warn_if_training_data(data)
+        section = getattr(estimator.vlm, estimator.vlm.backend, None)
         # The compact backend has no model name: it is named by its weights folder.
-        model = (f"compact:{estimator.vlm.weights or 'packaged'}" if estimator.vlm.backend == "compact"
-                 else estimator.vlm.model)
+        model = (f"compact:{estimator.vlm.compact.weights or 'packaged'}" if estimator.vlm.backend == "compact"
+                 else getattr(section, "model", estimator.vlm.backend))
         report = evaluate_vlm(vlm, data, model=model, samples=estimator.vlm.samples,
                               batch_size=args.batch_size, limit=args.limit,
-                              default_unit=estimator.vlm.default_unit or None, trajectories=args.trajectories,
+                              default_unit=getattr(section, "default_unit", "") or None, trajectories=args.trajectories,
                               frames=args.frames, seed=seed, kind=estimator.distance)
     summary = report.summary()
     if args.out is not None:

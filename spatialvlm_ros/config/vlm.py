@@ -8,6 +8,7 @@ a setting of one backend cannot leak into another. Settings of the old flat layo
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import ClassVar, Literal
 
 from spatialvlm_ros.config.schema import require
@@ -16,6 +17,11 @@ from spatialvlm_ros.config.schema import require
 DefaultUnit = Literal["", "mm", "cm", "m", "km", "in", "ft", "yd"]
 Dtype = Literal["float32", "float16", "bfloat16"]
 DEFAULT_SERVED_MODEL = "remyxai/SpaceQwen2.5-VL-3B-Instruct"
+
+
+def _check_unit(unit: str, key: str) -> None:
+    # Literal fields are checked when loaded from YAML; a section built in code is checked here too.
+    require(unit in typing.get_args(DefaultUnit), key, f"must be one of {list(typing.get_args(DefaultUnit))}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +33,8 @@ class CompactVLMConfig:
         batch_size: questions answered together by one forward pass.
         max_new_tokens: answer length limit, tokens.
         temperature: 0 = greedy, else the sampling temperature.
+        seed: seeds sampling (temperature > 0).
+        threads: torch CPU threads (0 = leave torch's setting alone).
         default_unit: unit of a bare number in an answer ("" = such answers are unparseable).
     """
 
@@ -34,10 +42,14 @@ class CompactVLMConfig:
     batch_size: int = 4
     max_new_tokens: int = 512
     temperature: float = 0.0
+    seed: int = 0
+    threads: int = 0
     default_unit: DefaultUnit = ""
 
     def __post_init__(self) -> None:
         require(self.batch_size >= 1, "estimator.vlm.compact.batch_size", "must be >= 1")
+        require(self.threads >= 0, "estimator.vlm.compact.threads", "must be >= 0")
+        _check_unit(self.default_unit, "estimator.vlm.compact.default_unit")
         require(self.max_new_tokens >= 1, "estimator.vlm.compact.max_new_tokens", "must be >= 1")
         require(self.temperature >= 0, "estimator.vlm.compact.temperature", "must be >= 0")
 
@@ -84,6 +96,7 @@ class OpenAIVLMConfig:
         require(self.retries >= 0, key + "retries", "must be >= 0")
         require(self.retry_backoff_s >= 0, key + "retry_backoff_s", "must be >= 0")
         require(self.max_concurrency >= 1, key + "max_concurrency", "must be >= 1")
+        _check_unit(self.default_unit, key + "default_unit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +138,8 @@ class TransformersVLMConfig:
         require(self.max_new_tokens >= 1, key + "max_new_tokens", "must be >= 1")
         require(self.temperature >= 0, key + "temperature", "must be >= 0")
         require(self.max_time_s > 0, key + "max_time_s", "must be > 0")
+        _check_unit(self.default_unit, key + "default_unit")
+        require(self.dtype in typing.get_args(Dtype), key + "dtype", f"must be one of {list(typing.get_args(Dtype))}")
 
 
 @dataclasses.dataclass(frozen=True)

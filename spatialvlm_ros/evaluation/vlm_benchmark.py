@@ -50,7 +50,7 @@ import numpy as np
 
 from spatialvlm_ros.config import SimConfig
 from spatialvlm_ros.errors import ConfigError, InputError
-from spatialvlm_ros.estimation.base import DistanceKind, Pair
+from spatialvlm_ros.types import DistanceKind, Pair
 from spatialvlm_ros.synthesis.questions import CLASSIFY_PAIRS, OPPOSITE, TYPES_BY_NAME
 from spatialvlm_ros.vlm.base import SpatialVLM, VLMAnswer, VLMError
 from spatialvlm_ros.vlm.labels import hedges, which_object, which_relation, yes_no

@@ -19,7 +19,7 @@ VLM_BACKENDS: Registry[VLMFactory] = Registry("estimator.vlm.backend")
 
 @VLM_BACKENDS.register("compact")
 def _compact(config: VLMConfig) -> SpatialVLM:
-    from spatialvlm_ros.vlm.compact import CompactVLM
+    from spatialvlm_ros.vlm.compact.backend import CompactVLM
     return CompactVLM.from_config(config.compact)
 
 

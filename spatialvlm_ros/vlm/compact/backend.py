@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from spatialvlm_ros.errors import ConfigError, InputError
-from spatialvlm_ros.vlm.base import VLMAnswer, VLMConfig, VLMError, ask_in_batches, register_vlm
+from spatialvlm_ros.config import CompactVLMConfig
+from spatialvlm_ros.vlm.base import VLMAnswer, VLMError, ask_in_batches
 from spatialvlm_ros.vlm.compact.network import (CompactSpatialModel, Generation, count_parameters, load_weights,
                                                 resize_image)
 from spatialvlm_ros.vlm.compact.tokenizer import WordTokenizer, fill_numbers, fill_references, prompt_ids
@@ -27,49 +28,6 @@ logger = logging.getLogger(__name__)
 
 #: The weights shipped with the package (present only when a trained model was good enough to ship).
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
-
-
-@dataclass(frozen=True)
-class CompactVLMOptions:
-    """How the compact backend loads and decodes.
-
-    Attributes:
-        weights: weights folder ("" = :data:`PACKAGED_WEIGHTS`).
-        batch_size: questions decoded together (``VLMConfig.max_concurrency``).
-        max_new_tokens: answer length limit, tokens (``VLMConfig.max_tokens``; the model's ``max_len`` caps it).
-        temperature: 0 = greedy, else the sampling temperature (``VLMConfig.temperature``).
-        seed: seeds sampling.
-        threads: torch CPU threads (0 = leave torch's setting alone).
-        default_unit: unit of a bare number in an answer ("" = such answers are unparseable).
-    """
-
-    weights: str = ""
-    batch_size: int = 4
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    seed: int = 0
-    threads: int = 0
-    default_unit: str = ""
-
-    def __post_init__(self) -> None:
-        checks = (("batch_size", self.batch_size >= 1), ("max_new_tokens", self.max_new_tokens >= 1),
-                  ("temperature", self.temperature >= 0), ("threads", self.threads >= 0),
-                  ("default_unit", self.default_unit in ("", *METRES_PER_UNIT)))
-        for key, ok in checks:
-            if not ok:
-                raise ConfigError(f"compact VLM {key}: bad value {getattr(self, key)!r}")
-
-    @classmethod
-    def from_config(cls, config: VLMConfig) -> "CompactVLMOptions":
-        """The options ``config`` sets (``weights`` from ``estimator.vlm.weights``, "" when the field is absent).
-
-        Example:
-            >>> CompactVLMOptions.from_config(VLMConfig(backend="compact", temperature=0.0)).temperature
-            0.0
-        """
-        return cls(weights=config.weights, batch_size=config.max_concurrency,
-                   max_new_tokens=config.max_tokens, temperature=config.temperature,
-                   default_unit=config.default_unit)
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,7 +48,7 @@ class CompactVLM:
         options: decoding settings.
 
     Example:
-        >>> CompactVLM.from_options(CompactVLMOptions(weights="/no/such/folder"))
+        >>> CompactVLM.from_config(CompactVLMConfig(weights="/no/such/folder"))
         Traceback (most recent call last):
         ...
         spatialvlm_ros.errors.ConfigError: compact VLM weights folder '/no/such/folder' does not exist ...
@@ -99,16 +57,16 @@ class CompactVLM:
     name = "compact"
 
     def __init__(self, model: CompactSpatialModel, tokenizer: WordTokenizer,
-                 options: CompactVLMOptions | None = None) -> None:
+                 options: CompactVLMConfig | None = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.options = options or CompactVLMOptions()
+        self.options = options or CompactVLMConfig()
         self._generator = torch.Generator().manual_seed(self.options.seed)
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
 
     @classmethod
-    def from_options(cls, options: CompactVLMOptions) -> "CompactVLM":
+    def from_config(cls, options: CompactVLMConfig) -> "CompactVLM":
         """Load ``options.weights`` (the packaged weights when empty).
 
         Raises:
@@ -119,10 +77,6 @@ class CompactVLM:
                     options.weights or PACKAGED_WEIGHTS)
         return cls(model, tokenizer, options)
 
-    @classmethod
-    def from_config(cls, config: VLMConfig) -> "CompactVLM":
-        """The backend ``estimator.vlm.backend: compact`` builds (see :meth:`CompactVLMOptions.from_config`)."""
-        return cls.from_options(CompactVLMOptions.from_config(config))
 
     def preprocess(self, images: Sequence[np.ndarray], questions: Sequence[str]) -> _Batch:
         """Resize the images to the model's input size and tokenize ``[BOS] question [SEP]``.
@@ -194,8 +148,3 @@ class CompactVLM:
     def _answer_batch(self, images: Sequence[np.ndarray], questions: Sequence[str], start: float) -> list[VLMAnswer]:
         generated = self._forward(self.preprocess(images, questions))
         return self.postprocess(generated, questions, 1e3 * (time.perf_counter() - start))
-
-
-@register_vlm("compact")
-def _compact_vlm(config: VLMConfig) -> CompactVLM:
-    return CompactVLM.from_config(config)
