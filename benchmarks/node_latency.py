@@ -78,7 +78,6 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from spatialvlm_ros.config import SimCameraConfig, SpatialRewardConfig, config_path, from_mapping
-from spatialvlm_ros.types import DistanceKind, Pair
 from spatialvlm_ros.estimation import build_estimator
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
@@ -210,8 +209,8 @@ def time_estimator(recording: Recording, repeats: int) -> dict[str, Any]:
         ``estimator_ms_p50``/``_p95``, ``decode_ms_p50`` (Image fields -> arrays, as the node does),
         ``valid_ratio`` of the estimates and the number of timed ``calls``.
     """
-    pairs = [Pair.parse(p) for p in NODE_CONFIG.pairs]
-    kind = DistanceKind(NODE_CONFIG.estimator.distance)
+    pairs = list(NODE_CONFIG.pairs)
+    kind = NODE_CONFIG.estimator.distance
     estimator = build_estimator(NODE_CONFIG.estimator)
     frames, decode_ms = [], []
     for rgb_fields, depth_fields in zip(recording.rgb, recording.depth):

@@ -28,7 +28,7 @@ from spatialvlm_ros.synthesis.config import SynthesisConfig, load_synthesis_conf
 from spatialvlm_ros.synthesis.engine import run_local
 from spatialvlm_ros.synthesis.extract import SceneExtractor, image_rng
 from spatialvlm_ros.synthesis.questions import synthesize_qa
-from spatialvlm_ros.synthesis.registry import Sample
+from spatialvlm_ros.perception.experts import Sample
 from spatialvlm_ros.synthesis.sources import SimSource
 
 from _common import BenchmarkParser, emit

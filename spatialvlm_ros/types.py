@@ -1,8 +1,8 @@
-"""The value types every floor shares: what is measured (:class:`Pair`, :class:`DistanceKind`) and what
-comes back (:class:`DistanceEstimate`, :class:`NoEstimateReason`).
+"""The value types every floor shares.
 
-A leaf module: it imports only :mod:`spatialvlm_ros.errors`, so the config, the estimators, the reward
-and every door can speak the same types without importing each other.
+What is measured (:class:`Pair`, :class:`DistanceKind`) and what comes back (:class:`DistanceEstimate`,
+:class:`NoEstimateReason`). A leaf module: it imports only :mod:`spatialvlm_ros.errors`, so the config,
+the estimators, the reward and every door speak the same types without importing each other.
 """
 
 from __future__ import annotations

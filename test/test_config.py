@@ -42,7 +42,8 @@ def test_flat_round_trip() -> None:
 
 
 def test_pairs_and_kinds_are_parsed_once_and_travel_typed() -> None:
-    cfg = from_mapping(SpatialRewardConfig, {"pairs": ["yellow gripper -> red can"], "estimator": {"distance": "centre"}})
+    cfg = from_mapping(SpatialRewardConfig, {"pairs": ["yellow gripper -> red can"],
+                                             "estimator": {"distance": "centre"}})
     assert cfg.pairs == (Pair("yellow gripper", "red can"),)
     assert cfg.estimator.distance is DistanceKind.CENTRE
 

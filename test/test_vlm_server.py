@@ -348,4 +348,5 @@ def test_ask_cli_prints_answers_and_parsed_metres(fake: FakeVLMServer, capsys: p
     from spatialvlm_ros.cli import build_parser
     from spatialvlm_ros.cli.vlm import estimator_config_from_args
     with pytest.raises(ConfigError, match="--url is a setting of the openai backend, not of 'compact'"):
-        estimator_config_from_args(build_parser().parse_args(["ask", "sim", "Q?", "--backend", "compact", "--url", url]))
+        args = build_parser().parse_args(["ask", "sim", "Q?", "--backend", "compact", "--url", url])
+        estimator_config_from_args(args)

@@ -336,7 +336,7 @@ def test_finetune_lowers_the_loss_and_saves_a_safetensors_adapter(trained: Finet
 
 def test_adapter_reloads_through_the_backend(checkpoints: dict[str, str], trained: FinetuneResult) -> None:
     opts = TransformersVLMConfig(model=checkpoints["qwen2_vl"], adapter=str(trained.adapter_dir),
-                                  temperature=0.0, max_new_tokens=4)
+                                 temperature=0.0, max_new_tokens=4)
     tuned = TransformersVLM.from_config(opts)
     plain = TransformersVLM.from_config(TransformersVLMConfig(model=checkpoints["qwen2_vl"]))
     lora = {k for k in tuned.model.state_dict() if "lora_" in k}

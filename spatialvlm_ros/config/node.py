@@ -31,7 +31,7 @@ class EstimatorConfig:
     def __post_init__(self) -> None:
         require(self.min_pixels >= 1, "estimator.min_pixels", "must be >= 1")
         require(0 <= self.depth_min_m < self.depth_max_m, "estimator.depth_min_m",
-                 "need 0 <= depth_min_m < depth_max_m")
+                "need 0 <= depth_min_m < depth_max_m")
         require(self.outlier_k > 0, "estimator.outlier_k", "must be > 0")
         require(self.max_points >= 10, "estimator.max_points", "must be >= 10")
 

@@ -184,9 +184,9 @@ def _attribute_docs(cls: type) -> dict[str, str]:
     """``name: text`` of a Google-style ``Attributes:`` docstring section, continuation lines joined.
 
     Example:
-        >>> from spatialvlm_ros.vlm.base import VLMConfig
-        >>> _attribute_docs(VLMConfig)["timeout_s"]
-        'per-request socket timeout, seconds.'
+        >>> from spatialvlm_ros.config import VLMConfig
+        >>> _attribute_docs(VLMConfig)["samples"][:29]
+        'answers per pair and frame; t'
     """
     docs: dict[str, str] = {}
     lines = (inspect.getdoc(cls) or "").splitlines()

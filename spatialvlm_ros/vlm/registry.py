@@ -44,6 +44,6 @@ def build_vlm(config: VLMConfig) -> SpatialVLM:
         >>> build_vlm(VLMConfig(backend="gpt"))
         Traceback (most recent call last):
         ...
-        spatialvlm_ros.errors.ConfigError: estimator.vlm.backend: unknown 'gpt'; registered: compact, openai, transformers
+        spatialvlm_ros.errors.ConfigError: estimator.vlm.backend: unknown 'gpt'; registered: compact, openai, ...
     """
     return VLM_BACKENDS.create(config.backend, config)

@@ -89,7 +89,8 @@ class OpenAIChatVLM:
         if config.api_key_env:
             self._api_key = os.environ.get(config.api_key_env)
             if not self._api_key:
-                raise ConfigError(f"estimator.vlm.openai.api_key_env: environment variable {config.api_key_env!r} is not set")
+                raise ConfigError(f"estimator.vlm.openai.api_key_env: environment variable {config.api_key_env!r} "
+                                  "is not set")
 
     def __repr__(self) -> str:
         # Spelled out so the key can never reach a log through repr().
@@ -127,7 +128,8 @@ class OpenAIChatVLM:
                 failure = VLMError(f"{self.endpoint}: HTTP {err.code} {err.reason}: {text}")
                 if err.code in (401, 403):
                     failure = VLMError(f"{self.endpoint}: HTTP {err.code} (not authorised); check the key in "
-                                       f"${self.config.api_key_env or '<estimator.vlm.openai.api_key_env unset>'}: {text}")
+                                       f"${self.config.api_key_env or '<estimator.vlm.openai.api_key_env unset>'}: "
+                                       f"{text}")
                 if err.code not in RETRY_STATUSES:
                     raise failure from err
                 retry_after = err.headers.get("Retry-After")

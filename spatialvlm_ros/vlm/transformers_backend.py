@@ -70,7 +70,7 @@ class TransformersVLM(TransformersExpert):
         >>> TransformersVLM.from_config(TransformersVLMConfig(model="/no/such/folder"))
         Traceback (most recent call last):
         ...
-        spatialvlm_ros.errors.ConfigError: estimator.vlm.transformers.model: model folder '/no/such/folder' does not exist
+        spatialvlm_ros.errors.ConfigError: estimator.vlm.transformers.model: model folder '/no/such/folder' does ...
     """
 
     model_class = "AutoModelForImageTextToText"
@@ -113,16 +113,16 @@ class TransformersVLM(TransformersExpert):
         Raises:
             ConfigError: no such folder, ``peft`` not installed, or an adapter that does not fit the model.
         """
+        key = "estimator.vlm.transformers.adapter"
         path = Path(adapter).expanduser()
         if not (path / "adapter_config.json").is_file():
-            raise ConfigError(f"estimator.vlm.transformers.adapter: {adapter!r} is not an adapter folder (no adapter_config.json)")
+            raise ConfigError(f"{key}: {adapter!r} is not an adapter folder (no adapter_config.json)")
         try:
             self.model.load_adapter(str(path))
         except ImportError as err:
-            raise ConfigError(f"estimator.vlm.transformers.adapter: loading {adapter!r} needs peft (pip install peft)") from err
+            raise ConfigError(f"{key}: loading {adapter!r} needs peft (pip install peft)") from err
         except (OSError, ValueError, KeyError, RuntimeError) as err:
-            raise ConfigError(f"estimator.vlm.transformers.adapter: cannot apply {adapter!r} to {self.name_or_path!r}: {err}") \
-                from err
+            raise ConfigError(f"{key}: cannot apply {adapter!r} to {self.name_or_path!r}: {err}") from err
         logger.info("applied LoRA adapter %s", adapter)
 
     # ------------------------------------------------------------------ preprocess

@@ -16,13 +16,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from spatialvlm_ros.errors import ConfigError, InputError
+from spatialvlm_ros.errors import InputError
 from spatialvlm_ros.config import CompactVLMConfig
 from spatialvlm_ros.vlm.base import VLMAnswer, VLMError, ask_in_batches
 from spatialvlm_ros.vlm.compact.network import (CompactSpatialModel, Generation, count_parameters, load_weights,
                                                 resize_image)
 from spatialvlm_ros.vlm.compact.tokenizer import WordTokenizer, fill_numbers, fill_references, prompt_ids
-from spatialvlm_ros.vlm.parsing import METRES_PER_UNIT, parse_answer
+from spatialvlm_ros.vlm.parsing import parse_answer
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,6 @@ class CompactVLM:
         logger.info("compact VLM: %d parameters, %d tokens, from %s", count_parameters(model), len(tokenizer),
                     options.weights or PACKAGED_WEIGHTS)
         return cls(model, tokenizer, options)
-
 
     def preprocess(self, images: Sequence[np.ndarray], questions: Sequence[str]) -> _Batch:
         """Resize the images to the model's input size and tokenize ``[BOS] question [SEP]``.
