@@ -2,7 +2,7 @@
 
 Flow, one image at a time (each stage one module):
 
-1. :mod:`~spatialvlm_ros.synthesis.sources`: samples (``sim:N`` today);
+1. :mod:`~spatialvlm_ros.synthesis.sources`: samples from ``sim:N`` scenes, an image folder or a rosbag2 file;
 2. :mod:`~spatialvlm_ros.synthesis.extract`: filter, objects expert, depth, then
    :mod:`~spatialvlm_ros.synthesis.lifting` (clouds, DBSCAN, canonical frame from support pixels, 3D
    boxes) and :mod:`~spatialvlm_ros.synthesis.ambiguity` (background out, near-duplicates told apart);
