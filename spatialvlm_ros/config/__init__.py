@@ -7,12 +7,14 @@ describes the settings of every part and never imports what it configures, so an
 * :mod:`~spatialvlm_ros.config.node`: ``spatial_reward_node`` (estimator, reward, topics, QoS, pairing);
 * :mod:`~spatialvlm_ros.config.vlm`: the spatial VLM, one section per backend;
 * :mod:`~spatialvlm_ros.config.models`: the learned experts, one section per expert;
+* :mod:`~spatialvlm_ros.config.reasoning`: chain-of-thought reasoning (planner, language model);
 * :mod:`~spatialvlm_ros.config.sim`: the MuJoCo tabletop and ``sim_camera_node``.
 """
 
 from spatialvlm_ros.config.models import (
     DEFAULT_FOVY_DEG, CaptionerConfig, ClipConfig, DepthModelConfig, DetectorConfig, ModelsConfig, SegmenterConfig,
 )
+from spatialvlm_ros.config.reasoning import LLMPlannerConfig, ReasoningConfig
 from spatialvlm_ros.config.node import (
     EstimatorConfig, QosConfig, RewardConfig, SpatialRewardConfig, SyncConfig, TopicsConfig,
 )
@@ -24,8 +26,8 @@ from spatialvlm_ros.config.vlm import CompactVLMConfig, OpenAIVLMConfig, Transfo
 
 __all__ = [
     "DEFAULT_FOVY_DEG", "CaptionerConfig", "ClipConfig", "CompactVLMConfig", "DepthModelConfig", "DepthNoiseConfig",
-    "DetectorConfig", "EstimatorConfig", "ModelsConfig", "OpenAIVLMConfig", "QosConfig", "RewardConfig",
-    "SegmenterConfig", "SimCameraConfig", "SimConfig", "SpatialRewardConfig", "SyncConfig", "TopicsConfig",
-    "TransformersVLMConfig", "VLMConfig", "config_path", "from_flat", "from_mapping", "load_config", "load_yaml",
-    "node_params", "require", "to_flat", "unflatten",
+    "DetectorConfig", "EstimatorConfig", "LLMPlannerConfig", "ModelsConfig", "OpenAIVLMConfig", "QosConfig",
+    "ReasoningConfig", "RewardConfig", "SegmenterConfig", "SimCameraConfig", "SimConfig", "SpatialRewardConfig",
+    "SyncConfig", "TopicsConfig", "TransformersVLMConfig", "VLMConfig", "config_path", "from_flat", "from_mapping",
+    "load_config", "load_yaml", "node_params", "require", "to_flat", "unflatten"
 ]

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Literal
 
 from spatialvlm_ros.config.models import ModelsConfig
+from spatialvlm_ros.config.reasoning import ReasoningConfig
 from spatialvlm_ros.config.schema import require
 from spatialvlm_ros.config.vlm import VLMConfig
 from spatialvlm_ros.types import DistanceKind, Pair
@@ -105,6 +106,7 @@ class SpatialRewardConfig:
     sync: SyncConfig = SyncConfig()
     estimator: EstimatorConfig = EstimatorConfig()
     reward: RewardConfig = RewardConfig()
+    reasoning: ReasoningConfig = ReasoningConfig()
     diagnostics_period_s: float = 1.0
     publish_markers: bool = True
 
