@@ -125,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "'spatialvlm synthesize'; resumable; prints a JSON summary on the last line.")
     add_train_arguments(train)
     train.set_defaults(func=_lazy("spatialvlm_ros.cli.vlm:train_cli"))
+
+    reason = sub.add_parser(
+        "reason", help="answer a composite spatial question step by step (nearest, between, fits, triangle, ...)",
+        description="Break a composite spatial question into atomic queries (distance, gap, relations, sizes) "
+                    "answered by the geometric estimator or the spatial VLM, with a deterministic planner or a "
+                    "language model; print the trace and the answer, JSON last. --evaluate measures accuracy on "
+                    "questions with known truth from fresh simulated scenes.")
+    from spatialvlm_ros.cli.reason import add_reason_arguments
+    add_reason_arguments(reason)
+    reason.set_defaults(func=_lazy("spatialvlm_ros.cli.reason:reason_cli"))
     return parser
 
 

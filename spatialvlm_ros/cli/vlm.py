@@ -48,7 +48,7 @@ _FLAGS = ("weights", "url", "model", "api_key_env", "default_unit", "timeout")
 # ask
 # ---------------------------------------------------------------------------------------------
 
-def _frame(image: str) -> Frame:
+def image_frame(image: str) -> Frame:
     """The frame to ask about: ``sim`` renders the simulated tabletop, anything else is an image file."""
     if image == "sim":
         from spatialvlm_ros.config import SimConfig
@@ -113,7 +113,7 @@ def ask_cli(args: argparse.Namespace) -> int:
     cfg = estimator_config_from_args(args)
     if (args.question is None) == (args.pair is None):
         raise ConfigError("give either a QUESTION or --pair 'GRIPPER -> OBJECT'")
-    frame = _frame(args.image)
+    frame = image_frame(args.image)
     if args.question is not None:
         n = cfg.vlm.samples
         answers = build_vlm(cfg.vlm).ask_batch([frame.rgb] * n, [args.question] * n)

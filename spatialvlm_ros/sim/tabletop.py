@@ -190,10 +190,25 @@ class TabletopSim:
 
     def _gap(self, obj: int, fromto: np.ndarray | None = None) -> float:
         """Min signed distance between any gripper geom and any geom of object ``obj`` (current state)."""
+        return self._geoms_gap(self._gripper_geoms, self._object_geoms[obj], fromto)
+
+    def object_gap(self, a: str, b: str) -> float:
+        """Exact surface-to-surface gap between the objects named ``a`` and ``b`` (their phrases), metres.
+
+        Raises:
+            SimulationError: a phrase that names no object of the scene.
+        """
+        try:
+            ia, ib = self._phrases.index(a), self._phrases.index(b)
+        except ValueError as err:
+            raise SimulationError(f"no object {a!r} or {b!r}; objects: {self._phrases}") from err
+        return self._geoms_gap(self._object_geoms[ia], self._object_geoms[ib])
+
+    def _geoms_gap(self, geoms_a: np.ndarray, geoms_b: np.ndarray, fromto: np.ndarray | None = None) -> float:
         best = np.inf
         pair = np.empty(6)
-        for g1 in self._gripper_geoms:
-            for g2 in self._object_geoms[obj]:
+        for g1 in geoms_a:
+            for g2 in geoms_b:
                 d = mujoco.mj_geomDistance(self.model, self.data, int(g1), int(g2), _DIST_MAX_M, pair)
                 if d < best:
                     best = d
