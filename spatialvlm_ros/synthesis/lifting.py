@@ -79,7 +79,7 @@ class Support:
     noise_m: float
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class LiftedObject:
     """One object lifted to 3D, with what the judge needs to know about how well.
 
