@@ -19,6 +19,7 @@ bench: setup   # figures for the README's table (several minutes; run on a quiet
 	$(VENV)/bin/python benchmarks/node_latency.py --transport both
 	$(VENV)/bin/python benchmarks/wrapper_overhead.py
 	$(VENV)/bin/python benchmarks/synthesis_throughput.py
+	$(VENV)/bin/python benchmarks/data_quality.py
 	$(VENV)/bin/python benchmarks/vlm_speed.py
 	$(VENV)/bin/python benchmarks/vlm_reach_frames.py
 

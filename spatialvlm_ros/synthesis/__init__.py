@@ -4,11 +4,15 @@ Flow, one image at a time (each stage one module):
 
 1. :mod:`~spatialvlm_ros.synthesis.sources`: samples from ``sim:N`` scenes, an image folder or a rosbag2 file;
 2. :mod:`~spatialvlm_ros.synthesis.extract`: filter, objects expert, depth, then
-   :mod:`~spatialvlm_ros.synthesis.lifting` (clouds, DBSCAN, canonical frame from support pixels, 3D
-   boxes) and :mod:`~spatialvlm_ros.synthesis.ambiguity` (background out, near-duplicates told apart);
+   :mod:`~spatialvlm_ros.synthesis.lifting` (canonical frame from support pixels, every masked pixel
+   snapped to depth edges and cleaned, upright boxes with exact extents) and
+   :mod:`~spatialvlm_ros.synthesis.ambiguity` (background out, near-duplicates told apart);
 3. :mod:`~spatialvlm_ros.synthesis.questions`: the 43 question types, phrased from
    :mod:`~spatialvlm_ros.vlm.templates`, rounded by :mod:`~spatialvlm_ros.synthesis.rounding`;
-4. :mod:`~spatialvlm_ros.synthesis.writer`: the streaming, resumable dataset folder;
+   :mod:`~spatialvlm_ros.synthesis.judge` drops (or flags) objects and answers the measurements cannot
+   back, and gives every answer its uncertainty;
+4. :mod:`~spatialvlm_ros.synthesis.writer`: the streaming, resumable dataset folder (its card counts what
+   the judge dropped, by reason);
    :mod:`~spatialvlm_ros.synthesis.engine` drives it, :mod:`~spatialvlm_ros.cli.synthesize` is the door.
 
 The experts come from :mod:`spatialvlm_ros.perception` (protocols in

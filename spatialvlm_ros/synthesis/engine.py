@@ -16,6 +16,7 @@ import numpy as np
 
 from spatialvlm_ros.synthesis.config import SynthesisConfig
 from spatialvlm_ros.synthesis.extract import SceneExtractor, image_rng
+from spatialvlm_ros.synthesis.judge import CountingReviewer, QuestionJudge
 from spatialvlm_ros.synthesis.questions import QAPair, synthesize_qa
 from spatialvlm_ros.synthesis.records import SceneRecord
 from spatialvlm_ros.synthesis.sources import Source
@@ -39,6 +40,8 @@ class RunSummary:
         filtered: images the filter dropped.
         per_type: rows per question type.
         parquet: whether data.parquet was written.
+        judge: objects and candidate questions seen, kept, and dropped (or flagged) by reason, summed over
+            the dataset (see :class:`~spatialvlm_ros.synthesis.judge.JudgeCounts`).
     """
 
     processed: int
@@ -48,12 +51,14 @@ class RunSummary:
     filtered: int
     per_type: dict[str, int]
     parquet: bool
+    judge: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_writer(cls, processed: int, skipped: int, summary: dict[str, Any]) -> "RunSummary":
         """Combine a run's counts with :meth:`DatasetWriter.finalize`'s summary."""
         return cls(processed=processed, skipped=skipped, rows=summary["rows"], images=summary["images"],
-                   filtered=summary["filtered"], per_type=summary["per_type"], parquet=summary["parquet"])
+                   filtered=summary["filtered"], per_type=summary["per_type"], parquet=summary["parquet"],
+                   judge=summary["judge"])
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,6 +72,7 @@ class ImageResult:
         scene: the scene record; None when the filter dropped the image.
         pairs: the image's question-answer pairs (empty when filtered).
         clouds_m: object id -> cleaned cloud in the scene frame; empty unless the settings save them.
+        counts: objects and candidate questions seen, kept and dropped by reason (empty when filtered).
     """
 
     image_id: str
@@ -75,6 +81,7 @@ class ImageResult:
     scene: SceneRecord | None
     pairs: tuple[QAPair, ...]
     clouds_m: Mapping[int, np.ndarray] = field(default_factory=dict)
+    counts: Mapping[str, int] = field(default_factory=dict)
 
 
 def synthesize_image(source: Source, extractor: SceneExtractor, image_id: str) -> ImageResult:
@@ -86,12 +93,16 @@ def synthesize_image(source: Source, extractor: SceneExtractor, image_id: str) -
     sample = source.load(image_id)
     rng = image_rng(extractor.cfg.seed, image_id)
     extracted = extractor.extract(sample, rng)
-    scene = None if extracted is None else extracted.record
-    pairs = () if scene is None else tuple(synthesize_qa(scene, rng, extractor.cfg.questions))
+    cfg = extractor.cfg
     # Depth only travels on when it is saved: it is the largest array, and Ray ships results between processes.
-    depth_m = sample.frame.depth_m if extractor.cfg.output.save_depth else None
-    return ImageResult(image_id=image_id, rgb=sample.frame.rgb, depth_m=depth_m, scene=scene, pairs=pairs,
-                       clouds_m={} if extracted is None else extracted.clouds_m)
+    depth_m = sample.frame.depth_m if cfg.output.save_depth else None
+    if extracted is None:
+        return ImageResult(image_id=image_id, rgb=sample.frame.rgb, depth_m=depth_m, scene=None, pairs=())
+    reviewer: QuestionJudge | CountingReviewer = (QuestionJudge(cfg.judge, extracted.counts) if cfg.judge.enabled
+                                                  else CountingReviewer(extracted.counts))
+    pairs = tuple(synthesize_qa(extracted.record, rng, cfg.questions, reviewer))
+    return ImageResult(image_id=image_id, rgb=sample.frame.rgb, depth_m=depth_m, scene=extracted.record, pairs=pairs,
+                       clouds_m=extracted.clouds_m, counts=reviewer.counts.to_json())
 
 
 def write_result(writer: DatasetWriter, result: ImageResult) -> int:
@@ -99,7 +110,7 @@ def write_result(writer: DatasetWriter, result: ImageResult) -> int:
     if result.scene is None:
         writer.mark_filtered(result.image_id, "filter")
         return 0
-    writer.write_image(result.rgb, result.depth_m, result.scene, list(result.pairs), result.clouds_m)
+    writer.write_image(result.rgb, result.depth_m, result.scene, list(result.pairs), result.clouds_m, result.counts)
     return len(result.pairs)
 
 

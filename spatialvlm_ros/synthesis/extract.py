@@ -12,9 +12,10 @@ import numpy as np
 from spatialvlm_ros.errors import InputError
 from spatialvlm_ros.perception.experts import Sample
 from spatialvlm_ros.perception.registry import DEPTH_SOURCES, EMBEDDERS, FILTERS, OBJECT_EXPERTS
-from spatialvlm_ros.synthesis.ambiguity import disambiguate
+from spatialvlm_ros.synthesis.ambiguity import disambiguate, is_background
 from spatialvlm_ros.synthesis.config import SynthesisConfig
-from spatialvlm_ros.synthesis.lifting import clean_object_points, scene_box, support_frame
+from spatialvlm_ros.synthesis.judge import JudgeCounts, object_reasons, object_sigmas
+from spatialvlm_ros.synthesis.lifting import fit_support, lift_object
 from spatialvlm_ros.synthesis.records import CAMERA_ALIGNED_ROTATION, SceneObject, SceneRecord
 
 logger = logging.getLogger(__name__)
@@ -41,15 +42,18 @@ class ExtractedScene:
     Attributes:
         record: what the questions are asked about (serialised to ``scenes/<id>.json``).
         clouds_m: object id -> (N, 3) float32 points in the scene frame (the record's ``camera_to_scene``
-            applied), metres; empty unless the settings save them (they are the bulk of a result).
+            applied), metres: the points its box spans; empty unless the settings save them (they are
+            the bulk of a result).
+        counts: objects seen and dropped (or flagged) by reason; question synthesis adds its counts.
     """
 
     record: SceneRecord
     clouds_m: Mapping[int, np.ndarray]
+    counts: JudgeCounts
 
 
 class SceneExtractor:
-    """Filter, detect, lift, canonicalise and disambiguate one image.
+    """Filter, detect, lift, canonicalise, disambiguate and judge one image.
 
     Args:
         cfg: the synthesis settings; ``cfg.experts`` names the experts of
@@ -86,41 +90,63 @@ class SceneExtractor:
         detections = self.objects.detect(sample, rng)
         depth = self.depth.depth(sample.frame)
         depth_m, intrinsics = depth.depth_m, depth.intrinsics
-        lift = self.cfg.lifting
-        frame = support_frame(depth_m, detections.support_mask, intrinsics, lift, rng)
-        if frame is None:
+        lift, judge = self.cfg.lifting, self.cfg.judge
+        support = fit_support(depth_m, detections.support_mask, intrinsics, lift, rng)
+        if support is None:
             to_scene = np.eye(4)
             to_scene[:3, :3] = CAMERA_ALIGNED_ROTATION
             camera_height = None
         else:
-            to_scene, camera_height = frame.transform, frame.camera_height_m
+            to_scene, camera_height = support.frame.transform, support.frame.camera_height_m
 
         # Captions are disambiguated first (cheap, and background regions need no 3D), then lifted.
         centres = np.array([_pixel_centre(d.mask) for d in detections.objects]).reshape(-1, 2)
         amb = self.cfg.ambiguity
         names = disambiguate([d.caption for d in detections.objects], centres, self.embedder,
                              amb.similarity_threshold, amb.background)
-        dropped = [detections.objects[i].caption for i in names.dropped]
+        counts = JudgeCounts(objects=len(detections.objects))
+        dropped: list[tuple[str, str]] = []
+        for i in names.dropped:
+            caption = detections.objects[i].caption
+            dropped.append((caption, "background" if is_background(caption, amb.background) else "ambiguous"))
+        # How many masks claim each pixel: a mask never grows into another's pixels.
+        claims = np.zeros(depth_m.shape, dtype=np.int16)
+        for det in detections.objects:
+            claims += det.mask
+        priors = judge.priors
         objects = []
         clouds: dict[int, np.ndarray] = {}
         for det, reference, centre in zip(detections.objects, names.references, centres):
             if reference is None:
                 continue
-            points = clean_object_points(depth_m, det.mask, intrinsics, lift, rng)
-            if points is None:
-                dropped.append(det.caption)
+            lifted = lift_object(depth_m, det.mask, intrinsics, to_scene, support, lift, claimed=claims > det.mask)
+            if lifted is None:
+                dropped.append((det.caption, "too_few_points"))
                 continue
+            reasons: tuple[str, ...] = ()
+            sigma_centre = sigma_size = (0.0, 0.0, 0.0)
+            if judge.enabled:
+                reasons = object_reasons(lifted, det.caption, judge, priors)
+                sigma_centre, sigma_size = object_sigmas(lifted, judge)
+                if reasons and judge.action == "drop":
+                    dropped.append((det.caption, ",".join(reasons)))
+                    continue
             objects.append(SceneObject(object_id=det.object_id, name=det.name, caption=det.caption,
-                                       reference=reference, box=scene_box(points, to_scene),
-                                       pixel_centre=(float(centre[0]), float(centre[1])), n_points=len(points),
-                                       attributes=dict(det.attributes)))
+                                       reference=reference, box=lifted.box,
+                                       pixel_centre=(float(centre[0]), float(centre[1])), n_points=lifted.n_points,
+                                       attributes=dict(det.attributes), sigma_centre_m=sigma_centre,
+                                       sigma_size_m=sigma_size, on_support=lifted.on_support, flags=reasons))
             if self.cfg.output.save_point_clouds:
-                clouds[det.object_id] = (points @ to_scene[:3, :3].T + to_scene[:3, 3]).astype(np.float32)
+                clouds[det.object_id] = lifted.points_m.astype(np.float32)
+        for _, why in dropped:
+            for reason in why.split(","):
+                counts[f"object:{reason}"] += 1
         record = SceneRecord(image_id=sample.image_id, width=intrinsics.width, height=intrinsics.height,
-                             canonicalised=frame is not None,
+                             canonicalised=support is not None,
                              camera_to_scene=tuple(tuple(float(v) for v in row) for row in to_scene),
-                             camera_height_m=camera_height, objects=tuple(objects), dropped=tuple(dropped))
-        return ExtractedScene(record=record, clouds_m=clouds)
+                             camera_height_m=camera_height, objects=tuple(objects),
+                             dropped=tuple(c for c, _ in dropped), dropped_reasons=tuple(r for _, r in dropped))
+        return ExtractedScene(record=record, clouds_m=clouds, counts=counts)
 
 
 def _pixel_centre(mask: np.ndarray) -> tuple[float, float]:

@@ -10,12 +10,13 @@ Every relation is defined on the objects' 3D boxes in the scene frame (x forward
   when nearer.
 * A is **tall** (taller) than B when A's height (z extent) is at least ``min_size_ratio`` times B's;
   **short** the reverse. Needs the canonical frame.
-* A is **wide** (wider) when its width (y extent, across the view) is; **thin** the reverse.
+* A is **wide** (wider) when its width (the longer side of its footprint on the table; the y extent,
+  across the view, for a box that is not turned) is; **thin** the reverse.
 * A is **big** (bigger) when its box volume is; **small** the reverse.
 
 A comparison within the margin / ratio is a tie and yields no qualitative question (it would have
 no defensible answer). Quantities, metres: **distance** between box centres; **gap** between the
-boxes (0 when they touch or overlap); **height** = z extent; **width** = y extent; **elevation** =
+boxes (0 when they touch or overlap); **height** = z extent; **width** = the footprint's longer side; **elevation** =
 height of the box's bottom above the support plane (0 if below it); **vertical distance** = |dz| of
 the centres; **horizontal distance** = the centres' distance in the x-y plane. **Differences** ("how
 much more to the left is A than B") are the signed centre offsets along the relation's axis; a
@@ -23,13 +24,17 @@ negative one is answered by saying A is that much in the opposite direction.
 
 Swapping A and B never changes a truth beyond its symmetry: predicates flip, choices pick the same
 object, classifications flip, quantities stay, differences change sign.
+
+``truth_m`` is the engine's measurement, exact on the scene record; whether it is trustworthy enough
+to train on is the judge's call (:mod:`~spatialvlm_ros.synthesis.judge`), passed to
+:func:`synthesize_qa` as a :class:`Reviewer`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -157,8 +162,7 @@ def quantity_truth(quantity: str, a: Box3D, b: Box3D | None = None) -> float:
     if quantity == "horizontal_distance":
         return float(np.hypot(delta[0], delta[1]))
     if quantity == "gap":
-        separation = np.maximum(np.maximum(a.lower_m - b.upper_m, b.lower_m - a.upper_m), 0.0)
-        return float(np.linalg.norm(separation))
+        return a.gap_m(b)
     raise KeyError(f"unknown quantity {quantity!r}")
 
 
@@ -182,6 +186,9 @@ class QAPair:
         answer_unit: its unit (m, cm, ft, in), else None.
         answer_value_m: ``answer_value`` in metres (signed like ``truth_m`` for differences), else None.
         rounding_step_m: the rounding step of the answer, metres, else None.
+        truth_sigma_m: one standard deviation of ``truth_m`` by the judge's uncertainty model (in
+            ``truth_unit``), None when no judge ran.
+        judge_flags: why the judge distrusts the pair (``judge.action: flag``); empty when trusted.
     """
 
     question_type: str
@@ -197,6 +204,16 @@ class QAPair:
     answer_unit: str | None = None
     answer_value_m: float | None = None
     rounding_step_m: float | None = None
+    truth_sigma_m: float | None = None
+    judge_flags: tuple[str, ...] = ()
+
+
+class Reviewer(Protocol):
+    """Decides whether a synthesised pair may become a training answer (the judge)."""
+
+    def review(self, pair: QAPair, a: SceneObject, b: SceneObject | None) -> QAPair | None:
+        """The pair as it enters the dataset (with its uncertainty and any flags), or None to drop it."""
+        ...
 
 
 def _pick(options: tuple[str, ...], rng: np.random.Generator) -> str:
@@ -265,7 +282,7 @@ def make_qa(qtype: QuestionType, a: SceneObject, b: SceneObject | None, rng: np.
 
     if qtype.family == "quantity":
         truth = quantity_truth(rel, a.box, b.box if b is not None else None)
-        spoken = say_distance(truth, rng, cfg.imperial_probability, cfg.coarse_probability)
+        spoken = say_distance(truth, rng, cfg.imperial_probability, cfg.coarse_probability, cfg.max_coarse_error)
         question = _sentence(_pick(QUANTITY_QUESTIONS[rel], rng), **slots)
         answer = _sentence(_pick_concise(QUANTITY_ANSWERS[rel], rng, decay), **slots, value=spoken.text)
         return QAPair(**common, question=question, answer=answer, truth_m=truth, truth_unit="m",
@@ -274,7 +291,7 @@ def make_qa(qtype: QuestionType, a: SceneObject, b: SceneObject | None, rng: np.
 
     assert b is not None
     truth = relation_truth(rel, a.box, b.box)
-    spoken = say_distance(abs(truth), rng, cfg.imperial_probability, cfg.coarse_probability)
+    spoken = say_distance(abs(truth), rng, cfg.imperial_probability, cfg.coarse_probability, cfg.max_coarse_error)
     slots.update(more=_pick(RELATION_WORDS[rel]["more"], rng), value=spoken.text)
     question = _sentence(_pick(QUESTION_FRAMES["difference"], rng), **slots)
     slots["less"] = _pick(RELATION_WORDS[OPPOSITE[rel]]["more"], rng)
@@ -291,12 +308,13 @@ def eligible_types(scene: SceneRecord) -> tuple[QuestionType, ...]:
     return tuple(t for t in QUESTION_TYPES if t.arity <= n and (scene.canonicalised or not t.needs_up))
 
 
-def synthesize_qa(scene: SceneRecord, rng: np.random.Generator, cfg: QuestionsConfig) -> list[QAPair]:
+def synthesize_qa(scene: SceneRecord, rng: np.random.Generator, cfg: QuestionsConfig,
+                  reviewer: Reviewer | None = None) -> list[QAPair]:
     """Draw ``cfg.per_image`` question-answer pairs about a scene.
 
     Each pair is qualitative with probability ``cfg.qualitative_fraction`` (else quantitative), then a
     type of that kind is drawn uniformly among the eligible ones, then the objects; a draw that lands on
-    a tie is redrawn, up to ``cfg.max_tries`` times.
+    a tie, or that the ``reviewer`` drops, is redrawn, up to ``cfg.max_tries`` times.
 
     Example:
         >>> from spatialvlm_ros.synthesis.records import SceneObject
@@ -322,7 +340,10 @@ def synthesize_qa(scene: SceneRecord, rng: np.random.Generator, cfg: QuestionsCo
         for _ in range(cfg.max_tries):
             qtype = pool[int(rng.integers(len(pool)))]
             picked = rng.choice(len(objects), size=qtype.arity, replace=False)
-            pair = make_qa(qtype, objects[picked[0]], objects[picked[1]] if qtype.arity == 2 else None, rng, cfg)
+            a, b = objects[picked[0]], objects[picked[1]] if qtype.arity == 2 else None
+            pair = make_qa(qtype, a, b, rng, cfg)
+            if pair is not None and reviewer is not None:
+                pair = reviewer.review(pair, a, b)
             if pair is not None:
                 out.append(pair)
                 break

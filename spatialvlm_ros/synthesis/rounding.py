@@ -11,8 +11,11 @@ The decision tree, per answer (every branch drawn from the image's seeded genera
    in the small one ("86 cm").
 
 So 0.86 m reads "1 m" 75% of the time (metric, coarse), else "86 cm" / "3 feet" / "2.8 feet" /
-"34 inches". The step of the rounding used travels with the answer, so a consumer knows how exact
-the text is: ``|value_m - truth| <= step_m / 2`` always holds.
+"34 inches". One guard beyond the paper (``questions.max_coarse_error``, 20% by default): a coarse
+rounding that lands further than that from the value (0.149 m -> "10 cm", 33% off) is said with the
+fine precision instead ("15 cm"), so no answer is wrong by its rounding alone. The step of the
+rounding used travels with the answer, so a consumer knows how exact the text is:
+``|value_m - truth| <= step_m / 2`` always holds.
 """
 
 from __future__ import annotations
@@ -67,8 +70,21 @@ def _round_to(value: float, step: float) -> float:
     return math.floor(value / step + 0.5 + 1e-9) * step
 
 
+def _rounded(value_m: float, large: str, small: str, coarse: bool) -> tuple[str, float, float]:
+    """(unit, rounded value in that unit, step in that unit) of one branch of the decision tree."""
+    in_large = value_m / METRES_PER_UNIT[large]
+    if in_large >= (0.75 if coarse else 1.0):
+        unit, x = large, in_large
+        magnitude = 10.0 ** math.floor(math.log10(x))
+        step = (1.0 if x < 10 else magnitude) if coarse else magnitude / 10
+    else:
+        unit, x = small, value_m / METRES_PER_UNIT[small]
+        step = 10.0 ** math.floor(math.log10(x)) if coarse and x >= 10 else 1.0
+    return unit, _round_to(x, step), step
+
+
 def say_distance(value_m: float, rng: np.random.Generator, imperial_probability: float = 0.2,
-                 coarse_probability: float = 0.75) -> SpokenDistance:
+                 coarse_probability: float = 0.75, max_coarse_error: float = math.inf) -> SpokenDistance:
     """Round a non-negative distance the way a person would say it (see the module docstring).
 
     Args:
@@ -76,6 +92,9 @@ def say_distance(value_m: float, rng: np.random.Generator, imperial_probability:
         rng: draws the unit system and precision.
         imperial_probability: chance of feet / inches.
         coarse_probability: chance of the coarse precision.
+        max_coarse_error: a coarse rounding further than this relative error from ``value_m`` (0.149 m
+            said "10 cm" is 33% off) is said with the fine precision instead ("15 cm"); the default
+            keeps the paper's tree as drawn.
 
     Returns:
         The spoken distance.
@@ -92,21 +111,17 @@ def say_distance(value_m: float, rng: np.random.Generator, imperial_probability:
         '3 feet'
         >>> say_distance(0.86, np.random.default_rng(0), imperial_probability=0.0, coarse_probability=0.0).text
         '86 centimeters'
+        >>> say_distance(0.149, np.random.default_rng(0), 0.0, 1.0, max_coarse_error=0.2).text
+        '15 centimeters'
     """
     if not (math.isfinite(value_m) and value_m >= 0):
         raise ValueError(f"distance must be finite and >= 0, got {value_m}")
     imperial = rng.random() < imperial_probability
     coarse = rng.random() < coarse_probability
     large, small = _SYSTEMS["imperial" if imperial else "metric"]
-    in_large = value_m / METRES_PER_UNIT[large]
-    if in_large >= (0.75 if coarse else 1.0):
-        unit, x = large, in_large
-        magnitude = 10.0 ** math.floor(math.log10(x))
-        step = (1.0 if x < 10 else magnitude) if coarse else magnitude / 10
-    else:
-        unit, x = small, value_m / METRES_PER_UNIT[small]
-        step = 10.0 ** math.floor(math.log10(x)) if coarse and x >= 10 else 1.0
-    value = _round_to(x, step)
+    unit, value, step = _rounded(value_m, large, small, coarse)
+    if coarse and abs(value * METRES_PER_UNIT[unit] - value_m) > max_coarse_error * value_m:
+        unit, value, step = _rounded(value_m, large, small, False)
     # A value that rounds up to the next decade (9.7 -> 10) keeps the step it was rounded with.
     number = _format_number(value, step)
     singular, plural = UNIT_WORDS[unit]

@@ -8,10 +8,11 @@ Layout (``<id>`` = image id)::
                               scene frame (``output.save_point_clouds``)
     scenes/<id>.json          the scene record (objects, captions, 3D boxes, camera -> scene transform)
     qa/<id>.jsonl             that image's rows
+    judge/<id>.json           that image's counts: objects and candidate questions seen, kept, dropped by reason
     done/<id>                 written last, atomically: the image is finished ("ok" or "filtered: ...")
     data.jsonl                every row, images in id order (written by :meth:`DatasetWriter.finalize`)
     data.parquet              the same rows (when pyarrow is installed and ``output.parquet``)
-    README.md                 dataset card with counts per question type
+    README.md                 dataset card with counts per question type and drops by reason
     synthesis_config.json     the settings; a resumed run must use the same ones
 
 Nothing holds the dataset in memory: each image's files are written as it finishes, and
@@ -45,6 +46,7 @@ import numpy as np
 
 from spatialvlm_ros.errors import ConfigError, InputError
 from spatialvlm_ros.synthesis.config import SynthesisConfig
+from spatialvlm_ros.synthesis.judge import JudgeCounts
 from spatialvlm_ros.synthesis.questions import QUESTION_TYPES, QAPair
 from spatialvlm_ros.synthesis.records import SceneRecord
 
@@ -80,6 +82,7 @@ def chat_row(image_id: str, index: int, pair: QAPair, scene: SceneRecord) -> dic
     refs = {o.object_id: o.reference for o in scene.objects}
     fields = dataclasses.asdict(pair)
     fields["object_ids"] = list(pair.object_ids)
+    fields["judge_flags"] = list(pair.judge_flags)
     return {
         "id": f"{image_id}-{index:03d}",
         "image_id": image_id,
@@ -110,7 +113,7 @@ class DatasetWriter:
         self.cfg = cfg
         optional = ((("depth",) if cfg.output.save_depth else ())
                     + (("clouds",) if cfg.output.save_point_clouds else ()))
-        for sub in ("images", "scenes", "qa", "done") + optional:
+        for sub in ("images", "scenes", "qa", "judge", "done") + optional:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         settings = json.dumps(dataclasses.asdict(cfg), sort_keys=True, indent=1)
         stored = self.root / CONFIG_FILE
@@ -129,8 +132,9 @@ class DatasetWriter:
         _write_atomic(self.root / "done" / image_id, f"filtered: {label}".encode())
 
     def write_image(self, rgb: np.ndarray, depth_m: np.ndarray | None, scene: SceneRecord,
-                    pairs: list[QAPair], clouds_m: Mapping[int, np.ndarray] | None = None) -> None:
-        """Write one image's files, the done marker last."""
+                    pairs: list[QAPair], clouds_m: Mapping[int, np.ndarray] | None = None,
+                    counts: Mapping[str, int] | None = None) -> None:
+        """Write one image's files, the done marker last (``counts``: the judge's, see :class:`JudgeCounts`)."""
         image_id = scene.image_id
         ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         if not ok:
@@ -148,15 +152,28 @@ class DatasetWriter:
         _write_atomic(self.root / "scenes" / f"{image_id}.json", json.dumps(scene.to_json()).encode())
         rows = "".join(json.dumps(chat_row(image_id, k, p, scene)) + "\n" for k, p in enumerate(pairs))
         _write_atomic(self.root / "qa" / f"{image_id}.jsonl", rows.encode())
+        _write_atomic(self.root / "judge" / f"{image_id}.json",
+                      json.dumps(JudgeCounts(counts or {}).to_json(), sort_keys=True).encode())
         _write_atomic(self.root / "done" / image_id, b"ok")
 
-    def _rows(self) -> Iterator[dict[str, Any]]:
+    def _finished(self) -> Iterator[str]:
         for marker in sorted((self.root / "done").iterdir()):
-            if marker.suffix == ".tmp" or marker.read_text() != "ok":
-                continue
-            with open(self.root / "qa" / f"{marker.name}.jsonl") as f:
+            if marker.suffix != ".tmp" and marker.read_text() == "ok":
+                yield marker.name
+
+    def _rows(self) -> Iterator[dict[str, Any]]:
+        for image_id in self._finished():
+            with open(self.root / "qa" / f"{image_id}.jsonl") as f:
                 for line in f:
                     yield json.loads(line)
+
+    def _judge_counts(self) -> JudgeCounts:
+        total = JudgeCounts()
+        for image_id in self._finished():
+            path = self.root / "judge" / f"{image_id}.json"
+            if path.exists():
+                total.update(json.loads(path.read_text()))
+        return total
 
     def finalize(self) -> dict[str, Any]:
         """Stream every finished image's rows into data.jsonl (+ data.parquet) and write the card.
@@ -178,7 +195,7 @@ class DatasetWriter:
         markers = [m.read_text() for m in (self.root / "done").iterdir() if m.suffix != ".tmp"]
         summary = {"images": sum(m == "ok" for m in markers), "filtered": sum(m != "ok" for m in markers),
                    "rows": sum(counts.values()), "per_type": {t.name: counts[t.name] for t in QUESTION_TYPES},
-                   "parquet": wrote_parquet}
+                   "parquet": wrote_parquet, "judge": self._judge_counts().to_json()}
         _write_atomic(self.root / "README.md", dataset_card(summary, self.cfg).encode())
         return summary
 
@@ -206,8 +223,9 @@ class _ParquetSink:
             ("qualitative", pa.bool_()), ("object_ids", pa.list_(pa.int64())), ("question", pa.string()),
             ("answer", pa.string()), ("truth_m", pa.float64()), ("truth_unit", pa.string()),
             ("truth_label", pa.string()), ("answer_value", pa.float64()), ("answer_unit", pa.string()),
-            ("answer_value_m", pa.float64()), ("rounding_step_m", pa.float64()),
-            ("object_references", pa.list_(pa.string())), ("canonicalised", pa.bool_())])
+            ("answer_value_m", pa.float64()), ("rounding_step_m", pa.float64()), ("truth_sigma_m", pa.float64()),
+            ("judge_flags", pa.list_(pa.string())), ("object_references", pa.list_(pa.string())),
+            ("canonicalised", pa.bool_())])
 
     def add(self, row: dict[str, Any]) -> None:
         if self._pa is None:
@@ -233,21 +251,32 @@ class _ParquetSink:
 
 
 def dataset_card(summary: dict[str, Any], cfg: SynthesisConfig) -> str:
-    """The README.md of a dataset folder: what it is, how to load it, counts per question type."""
+    """The README.md of a dataset folder: what it is, how to load it, counts per question type, drops by reason."""
+    judge = JudgeCounts(summary.get("judge", {}))
+    verb = "flagged" if cfg.judge.enabled and cfg.judge.action == "flag" else "dropped"
     lines = [
         "# Synthetic spatial VQA (SpatialVLM data engine, spatialvlm_ros)", "",
         f"- images: {summary['images']} (filtered out: {summary['filtered']})",
         f"- question-answer rows: {summary['rows']}",
         f"- seed: {cfg.seed}; experts: objects={cfg.experts.objects}, depth={cfg.experts.depth}, "
-        f"filter={cfg.experts.filter}, embedder={cfg.experts.embedder}", "",
+        f"filter={cfg.experts.filter}, embedder={cfg.experts.embedder}",
+        f"- judge: {'on, ' + cfg.judge.action if cfg.judge.enabled else 'off'}; candidate questions "
+        f"{judge['candidates']}, kept {judge['kept']} ({judge.kept_fraction:.1%})", "",
         "Rows are chat `messages` (user: image + question; assistant: answer) with `images` paths, plus the exact",
         "truth in metres (`truth_m`), the question type, object ids and the answer's number, unit and rounding",
         "step. Scene frame: x forward, y left, z up on the support plane; `scenes/<id>.json` holds each image's",
         "objects, captions, 3D boxes and camera transform; elevation-dependent types are skipped on scenes that",
-        "could not be canonicalised.", "",
+        "could not be canonicalised. With the judge on, `truth_sigma_m` is each measurement's standard deviation",
+        "and `judge_flags` why the judge distrusts a row (flag mode).", "",
         "```python", "from datasets import load_dataset",
         "ds = load_dataset('json', data_files='data.jsonl', split='train')   # or 'parquet', 'data.parquet'", "```",
         "", "| question type | rows |", "|---|---|",
     ]
     lines += [f"| {name} | {n} |" for name, n in summary["per_type"].items()]
+    lines += ["", f"## What was {verb}, and why", "",
+              f"Objects seen: {judge['objects']}; candidate questions: {judge['candidates']}, "
+              f"kept: {judge['kept']}.", "",
+              "| what | reason | count |", "|---|---|---|"]
+    lines += [f"| object | {reason} | {n} |" for reason, n in judge.by_reason("object").items()]
+    lines += [f"| question | {reason} | {n} |" for reason, n in judge.by_reason("question").items()]
     return "\n".join(lines) + "\n"
