@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 from spatialvlm_ros.config import DepthNoiseConfig, ModelsConfig, config_path, from_mapping, load_yaml
 from spatialvlm_ros.errors import ConfigError
@@ -50,6 +50,12 @@ class LiftingConfig:
     plane_iterations: int = 100
     plane_min_pixels: int = 200        # fewer support pixels: the scene is not canonicalised
     plane_max_points: int = 4000       # support pixels subsampled to this before RANSAC
+
+    #: Settings of the old lifting that no longer exist -> what replaced them.
+    MOVED: ClassVar[dict[str, str]] = {
+        "max_points": "nothing: every masked pixel is lifted now (remove the key)",
+        "cluster_min_samples": "nothing: clusters link neighbouring pixels now (remove the key)",
+    }
 
     def __post_init__(self) -> None:
         _require(self.min_pixels >= 3, "lifting.min_pixels", "must be >= 3")
