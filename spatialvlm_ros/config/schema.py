@@ -10,8 +10,8 @@ One mechanism serves every door:
 
 Choices are ``Literal`` or ``enum`` annotations and text pairs are :class:`~spatialvlm_ros.types.Pair`,
 all checked and parsed here, once; ranges are checked in each dataclass's ``__post_init__``. A key that
-moved to a new place is listed in the dataclass's ``MOVED`` class attribute (old name -> new dotted
-name) so the error says where it went.
+moved to a new place (or was removed) is listed in the dataclass's ``MOVED`` class attribute (old name ->
+new dotted name, or "was removed: why") so the error says where it went.
 """
 
 from __future__ import annotations
@@ -131,7 +131,9 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     moved: Mapping[str, str] = getattr(cls, "MOVED", {})
     for key in unknown:
         if key in moved:
-            raise ConfigError(f"{prefix + key!r} has moved: use {moved[key]}")
+            where = moved[key]
+            raise ConfigError(f"{prefix + key!r} {where}" if where.startswith("was removed")
+                              else f"{prefix + key!r} has moved: use {where}")
     if unknown:
         raise ConfigError(f"unknown key {prefix + unknown[0]!r}; known: {', '.join(prefix + n for n in names)}")
     kwargs = {k: _check_value(v, hints[k], prefix + k) for k, v in data.items()}

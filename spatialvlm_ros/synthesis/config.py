@@ -53,8 +53,8 @@ class LiftingConfig:
 
     #: Settings of the old lifting that no longer exist -> what replaced them.
     MOVED: ClassVar[dict[str, str]] = {
-        "max_points": "nothing: every masked pixel is lifted now (remove the key)",
-        "cluster_min_samples": "nothing: clusters link neighbouring pixels now (remove the key)",
+        "max_points": "was removed: every masked pixel is lifted now; delete the key",
+        "cluster_min_samples": "was removed: clusters link neighbouring pixels now; delete the key",
     }
 
     def __post_init__(self) -> None:
