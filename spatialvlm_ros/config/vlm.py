@@ -162,7 +162,7 @@ class VLMConfig:
         phrasing: ``fixed`` asks the first question template every time; ``sampled`` draws one per sample,
             seeded by the estimator seed and the frame stamp.
         breaker_failures: after this many frames in a row whose questions failed (no answer: unreachable,
-            HTTP error, timeout, malformed response), stop asking and flag every frame
+            HTTP error, malformed response), or after one timeout, stop asking and flag every frame
             ``backend_unavailable`` at once while probing the backend in the background (0 = never).
         breaker_probe_s: while stopped, one probe question at most this often, seconds; the first answer
             resumes normal asking.

@@ -68,8 +68,9 @@ class CircuitBreaker:
             self._probing = True
             return True
 
-    def record(self, ok: bool, error: str = "") -> None:
-        """The outcome of a frame's questions or of a probe."""
+    def record(self, ok: bool, error: str = "", at_once: bool = False) -> None:
+        """The outcome of a frame's questions or of a probe; ``at_once``: a failure that opens the breaker
+        by itself (a timeout: every further frame would wait the whole deadline)."""
         with self._lock:
             self._probing = False
             if ok:
@@ -78,7 +79,7 @@ class CircuitBreaker:
             self._in_a_row += 1
             self.last_error = error
             self._next_probe = time.monotonic() + self.probe_s
-            if self.failures and self._in_a_row >= self.failures and self._open_since is None:
+            if self.failures and (self._in_a_row >= self.failures or at_once) and self._open_since is None:
                 self._open_since = time.monotonic()
                 logger.warning("VLM backend failed %d times in a row (%s); not asked again until a probe "
                                "(every %.1f s) is answered", self._in_a_row, error, self.probe_s)
@@ -106,9 +107,10 @@ class VLMDistanceEstimator:
     BACKEND_ERROR, a question the model cannot read (e.g. longer than its context) BAD_INPUT, for every
     pair of the frame. ``latency_ms`` is the wall time of the whole call.
 
-    After ``config.breaker_failures`` frames in a row without an answer, the backend is not asked any more
-    (a :class:`CircuitBreaker`): each frame is flagged BACKEND_UNAVAILABLE at once, so estimates keep
-    coming at the camera rate, while a probe question goes out in the background at most every
+    After ``config.breaker_failures`` frames in a row without an answer, or at once after a timeout (every
+    further frame would wait the whole deadline), the backend is not asked any more (a
+    :class:`CircuitBreaker`): each frame is flagged BACKEND_UNAVAILABLE at once, so estimates keep coming
+    at the camera rate, while a probe question goes out in the background at most every
     ``config.breaker_probe_s``; its first answer resumes normal asking.
 
     Args:
@@ -169,7 +171,7 @@ class VLMDistanceEstimator:
         except VLMError as err:
             reason = NoEstimateReason.TIMEOUT if isinstance(err, VLMTimeoutError) else NoEstimateReason.BACKEND_ERROR
             logger.debug("%s at stamp %d: %s", reason.value, frame.stamp_ns, err)
-            self.breaker.record(False, f"{reason.value}: {err}")
+            self.breaker.record(False, f"{reason.value}: {err}", at_once=reason is NoEstimateReason.TIMEOUT)
             return flagged(reason, str(err))
         except InputError as err:   # the question or the image, not the backend: the next frame may do
             return flagged(NoEstimateReason.BAD_INPUT, str(err))

@@ -376,6 +376,15 @@ class SpatialRewardNode(Node):
     # ------------------------------------------------------------------ supervision
     def _supervise(self) -> None:
         """Restart a worker that stopped; finish estimator swaps (on the executor: parameters change here)."""
+        try:
+            self._check_worker_and_swap()
+        except ConfigError:
+            raise                    # the first estimator cannot be built: the node stops (exit 2)
+        except Exception as err:   # noqa: BLE001 - the supervisor itself must not take the node down
+            if self._should_log(("supervisor", type(err).__name__)):
+                self.get_logger().error(f"supervisor: {type(err).__name__}: {err}")
+
+    def _check_worker_and_swap(self) -> None:
         worker = self._worker
         if worker is not None and not worker.is_alive() and not self._stopping:
             death = self._worker_death or "no exception recorded"
@@ -420,10 +429,15 @@ class SpatialRewardNode(Node):
 
     # ------------------------------------------------------------------ outputs
     def _ensure_pair_publishers(self, pairs: Sequence[Pair]) -> None:
+        """Publishers ``reward/<object>`` and ``distance/<object>`` per pair; a name ROS refuses is a ConfigError."""
         for pair in pairs:
             if pair.slug not in self._pair_pubs:
-                self._pair_pubs[pair.slug] = (self.create_publisher(Float32, f"reward/{pair.slug}", 10),
-                                              self.create_publisher(Float32, f"distance/{pair.slug}", 10))
+                try:
+                    self._pair_pubs[pair.slug] = (self.create_publisher(Float32, f"reward/{pair.slug}", 10),
+                                                  self.create_publisher(Float32, f"distance/{pair.slug}", 10))
+                except Exception as err:   # noqa: BLE001 - rclpy raises several kinds for a bad name
+                    raise ConfigError(f"pairs: the object {pair.target!r} gives no valid topic name "
+                                      f"(reward/{pair.slug[:40]}...): {err}".splitlines()[0]) from err
 
     def _publish(self, config: SpatialRewardConfig, header: Any, estimates: list[DistanceEstimate],
                  combined: CombinedReward, node_latency_ms: float) -> None:
@@ -528,7 +542,10 @@ class SpatialRewardNode(Node):
         return DiagnosticStatus.OK, "ok", values
 
     def _publish_diagnostics(self) -> None:
-        level, message, values = self._diagnosis()
+        try:
+            level, message, values = self._diagnosis()
+        except Exception as err:   # noqa: BLE001 - a diagnosis that fails is itself reported
+            level, message, values = DiagnosticStatus.ERROR, f"diagnostics failed: {type(err).__name__}: {err}", {}
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: spatial reward", message=message,
                                   hardware_id=self.get_fully_qualified_name(),
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
@@ -538,6 +555,14 @@ class SpatialRewardNode(Node):
 
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, changed: list[Any]) -> Any:
+        """Validate a runtime change; apply it, start an estimator swap, or refuse it (never raises)."""
+        try:
+            return self._set_parameters(changed)
+        except Exception as err:   # noqa: BLE001 - a parameter call must never take the node down
+            self.get_logger().error(f"parameter change refused: {type(err).__name__}: {err}")
+            return params.set_result(False, f"{type(err).__name__}: {err}")
+
+    def _set_parameters(self, changed: list[Any]) -> Any:
         """Validate a runtime change through the typed config; apply it, start an estimator swap, or refuse it.
 
         Reward, pairs, markers and diagnostics settings apply at once. An estimator setting starts a build in
@@ -553,6 +578,7 @@ class SpatialRewardNode(Node):
             reward = pipeline.reward
             if (config.reward, config.pairs) != (pipeline.config.reward, pipeline.config.pairs):
                 reward = build_reward(config.reward, config.pairs)
+            self._ensure_pair_publishers(config.pairs)
         except ConfigError as err:
             self.get_logger().warning(f"parameter change refused: {err}")
             return params.set_result(False, str(err))
@@ -581,7 +607,6 @@ class SpatialRewardNode(Node):
                     self._swap = swap
                     self.get_logger().info(f"building estimator {_estimator_name(config.estimator)} in the "
                                            f"background; {_estimator_name(serving)} serves until it is ready")
-        self._ensure_pair_publishers(config.pairs)
         self._pipeline = _Pipeline(dataclasses.replace(config, estimator=serving), estimator, reward)
         if config.diagnostics_period_s != pipeline.config.diagnostics_period_s:
             self._diag_timer.timer_period_ns = int(config.diagnostics_period_s * 1e9)
