@@ -139,8 +139,10 @@ class ChatCompletionsServer:
             httpd.server_close()
 
     def reply(self, path: str, headers: Message, body: dict[str, Any]) -> Reply:
-        """The HTTP status and the JSON body (or raw bytes) that answer one request (``headers``: any case),
-        or a misbehaviour (:class:`Trickle`, :class:`Hang`, :class:`Drop`)."""
+        """The HTTP status and the JSON body (or raw bytes) that answer one request (``headers``: any case).
+
+        Or a misbehaviour: :class:`Trickle`, :class:`Hang`, :class:`Drop`.
+        """
         raise NotImplementedError
 
     @property

@@ -108,8 +108,10 @@ class Camera:
 
 
 class Output:
-    """What the node in namespace ``ns`` published: estimates by frame stamp (with their receive time), and its
-    /diagnostics status."""
+    """What the node in namespace ``ns`` published.
+
+    Its estimates by frame stamp (with their receive time), and its /diagnostics status.
+    """
 
     def __init__(self, harness: HarnessNode, ns: str) -> None:
         self.h = harness

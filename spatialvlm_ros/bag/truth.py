@@ -101,8 +101,10 @@ def _nearest(times_ns: np.ndarray, values: np.ndarray, t_ns: int, tolerance_ns: 
 
 
 def _samples(reader: AnyReader, topic: str) -> list[tuple[int, Any]]:
-    """The messages of ``topic``; a bag that breaks off mid-way gives those before the break (the frame
-    loop meets the same break and reports it)."""
+    """The messages of ``topic``; a bag that breaks off mid-way gives those before the break.
+
+    The frame loop meets the same break and reports it.
+    """
     samples = []
     try:
         for conn, log_ns, data in read_messages(reader, [topic]):

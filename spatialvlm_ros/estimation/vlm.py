@@ -69,8 +69,11 @@ class CircuitBreaker:
             return True
 
     def record(self, ok: bool, error: str = "", at_once: bool = False) -> None:
-        """The outcome of a frame's questions or of a probe; ``at_once``: a failure that opens the breaker
-        by itself (a timeout: every further frame would wait the whole deadline)."""
+        """The outcome of a frame's questions or of a probe.
+
+        ``at_once``: a failure that opens the breaker by itself (a timeout: every further frame would wait
+        the whole deadline).
+        """
         with self._lock:
             self._probing = False
             if ok:

@@ -252,7 +252,20 @@ def frame_from_messages(image: Any, depth: Any | None, intrinsics: CameraIntrins
             that disagree with ``intrinsics``.
     """
     # CompressedImage has ``format`` where Image has ``encoding`` (true of rclpy and rosbags messages alike).
-    rgb = compressed_to_rgb(image, max_pixels) if hasattr(image, "format") else image_to_rgb(image, max_pixels)
+    compressed = hasattr(image, "format")
+    # Sizes are checked from the headers first: an image that cannot match the camera is never decoded.
+    declared = compressed_size(np.frombuffer(image.data, np.uint8).data) if compressed and len(image.data) else None
+    colour_size = declared[1:] if declared else None if compressed else (int(image.width), int(image.height))
+    for what, size in (("colour image", colour_size),
+                       ("depth image", None if depth is None else (int(depth.width), int(depth.height)))):
+        if size is None:
+            continue
+        check_pixels(size[0], size[1], max_pixels, declared[0].upper() if what == "colour image" and declared
+                     else what)
+        if size != (intrinsics.width, intrinsics.height):
+            raise InputError(f"{what} is {size[0]}x{size[1]} but camera_info says "
+                             f"{intrinsics.width}x{intrinsics.height}")
+    rgb = compressed_to_rgb(image, max_pixels) if compressed else image_to_rgb(image, max_pixels)
     return Frame(rgb=rgb, intrinsics=intrinsics,
                  depth_m=depth_to_metres(depth, max_pixels) if depth is not None else None,
                  stamp_ns=stamp_to_ns(image.header.stamp),
