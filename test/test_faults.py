@@ -152,12 +152,35 @@ class Output:
         return next(s for s in self.statuses(since) if predicate(s))
 
 
+# What each case measured, printed at the end of the module (``pytest -s`` shows it: the README's figures).
+_MEASURED: dict[str, Any] = {}
+_REPORT: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _measure(request: pytest.FixtureRequest) -> Iterator[None]:
+    _MEASURED.clear()
+    yield
+    if _MEASURED:
+        _REPORT.append(f"{request.node.name}: " + ", ".join(f"{k} {v}" for k, v in _MEASURED.items()))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_report() -> Iterator[None]:
+    yield
+    print("\nfault cases (answered / published during the fault; reasons; valid again after):")
+    print("\n".join(_REPORT))
+
+
 def assert_keeps_publishing(camera: Camera, out: Output, phase: tuple[float, float], reasons: set[str]) -> list[str]:
     """At least 90% of the phase's frames answered, all flagged with one of ``reasons``; the reasons seen."""
     time.sleep(0.5)   # the last frames' answers are on their way
     stamps = camera.stamps(*phase)
     answers = out.answers(stamps)
     seen = [a["reason"] for a in answers]
+    counts = {r: seen.count(r) for r in sorted(set(seen))}
+    _MEASURED.update(answered=f"{len(answers)}/{len(stamps)} ({100 * len(answers) / max(1, len(stamps)):.0f}%)",
+                     reasons=counts)
     assert len(stamps) >= 0.8 * RATE_HZ * (phase[1] - phase[0]), f"the camera fell behind: {len(stamps)} frames"
     assert len(answers) >= 0.9 * len(stamps), f"{len(answers)} of {len(stamps)} frames answered: {seen}"
     assert all(a["valid"] == "False" for a in answers) and set(seen) <= reasons, seen
@@ -169,6 +192,7 @@ def assert_resumes(out: Output, fault_end: float, within_s: float = 2.0) -> floa
     while out.first_valid_after(fault_end) == np.inf and time.monotonic() < deadline:
         time.sleep(0.05)
     delay = out.first_valid_after(fault_end) - fault_end
+    _MEASURED["resumed_s"] = f"{delay:.2f}"
     assert delay <= within_s, f"valid output resumed {delay:.2f} s after the fault ended"
     return delay
 
@@ -350,6 +374,7 @@ def test_decompression_bomb_is_refused_from_its_header(cam: Rig, sim_frame: Any)
     answer = out.answers(camera.stamps(*phase))[0]
     assert "PNG is 20000x20000" in answer["message"] and "over topics.max_image_pixels" in answer["message"]
     _, peak = rss_kib(cam.node.proc.pid)
+    _MEASURED["peak_rss"] = f"{peak / steady_rss:.2f}x steady ({steady_rss // 1024} MB)"
     assert peak < 2 * steady_rss, f"peak RSS {peak} KiB, steady {steady_rss} KiB"
     assert_resumes(out, phase[1])
 
@@ -416,6 +441,7 @@ def test_estimator_swap_that_cannot_load_is_refused_without_a_gap(cam: Rig, sim_
     stamps = camera.stamps(start, end - 0.3)
     answers = out.answers(stamps)
     missing = [(s - stamps[0]) / 1e9 for s in stamps if s not in out.estimates]
+    _MEASURED.update(answered=f"{len(answers)}/{len(stamps)} valid during the swap", swap_s=f"{end - start:.1f}")
     assert len(answers) >= 0.9 * len(stamps) and all(a["valid"] == "True" for a in answers), \
         f"{len(answers)} of {len(stamps)} answered during the swap; missing at {missing} s"
     status = out.wait_status(lambda s: "refused" in _values(s)["last_swap_error"], start, 3,

@@ -142,7 +142,7 @@ class _Stats:
     """What /diagnostics reports: totals since start, and events over the sliding window (thread-safe)."""
 
     KINDS = ("colour", "depth", "pairs", "camera_info", "out", "dropped", "estimates", "errors", "latency",
-             "restarts", "swap_failures")
+             "restarts", "swap_failures", "internal_errors")
 
     def __init__(self, window_s: float) -> None:
         self.lock = threading.Lock()
@@ -274,11 +274,12 @@ class SpatialRewardNode(Node):
         self._worker.start()
 
     def _work_guarded(self) -> None:
+        """The worker loop; should it ever end by an exception, record why (the supervisor restarts it)."""
         try:
             self._work()
-        except BaseException as err:
+        except BaseException as err:   # noqa: BLE001 - recorded and reported; the supervisor restarts the worker
             self._worker_death = f"{type(err).__name__}: {err}"
-            raise
+            self.get_logger().error("the worker thread stopped:\n" + "".join(traceback.format_exception(err)))
 
     def _work(self) -> None:
         while True:
@@ -354,7 +355,7 @@ class SpatialRewardNode(Node):
     def _internal_error(self, err: BaseException, stamp_ns: int, where: str) -> str:
         """Count and log (rate-limited, with the traceback) an unexpected exception; its one-line detail."""
         detail = f"{type(err).__name__} {where} frame {stamp_ns}: {err}"
-        self._stats.totals["internal_errors"] += 1
+        self._stats.add("internal_errors", detail)
         key = ("internal", type(err).__name__, where)
         if self._should_log(key):
             self.get_logger().error(f"internal error (the node goes on with the next frame): {detail}\n"
