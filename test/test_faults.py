@@ -377,6 +377,14 @@ def test_decompression_bomb_is_refused_from_its_header(cam: Rig, sim_frame: Any)
     _MEASURED["peak_rss"] = f"{peak / steady_rss:.2f}x steady ({steady_rss // 1024} MB)"
     assert peak < 2 * steady_rss, f"peak RSS {peak} KiB, steady {steady_rss} KiB"
     assert_resumes(out, phase[1])
+    # The cap is read per frame: set at run time, it takes effect on the next frame.
+    assert cam.set(Parameter("topics.max_image_pixels", value=100)).successful
+    changed = time.monotonic()
+    cam.harness.wait_for(lambda: any("over topics.max_image_pixels = 100" in a["message"]
+                                     for a in out.answers(camera.stamps(changed, time.monotonic()))), 3,
+                         "the new cap to refuse the camera's own frames")
+    assert cam.set(Parameter("topics.max_image_pixels", value=16_777_216)).successful
+    assert_resumes(out, time.monotonic())
 
 
 def test_camera_info_with_an_infinite_centre(cam: Rig, sim_frame: Any) -> None:
