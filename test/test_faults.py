@@ -600,6 +600,14 @@ def test_estimator_exceptions_and_a_dead_worker(harness: HarnessNode, sim_frame:
     rig = Rig(harness, "inproc", None, compressed=False, depth=True)
     try:
         camera, out = rig.camera, rig.out
+
+        def without_camera_info(stamp_ns: int) -> tuple[Any, Any, Any]:
+            image, depth, _info = raw_frames(sim_frame)(stamp_ns)
+            return image, depth, None
+        phase = camera.play(without_camera_info, 0.8)
+        assert_keeps_publishing(camera, out, phase, {"no_camera_info"})
+        out.wait_status(lambda s: s.message.startswith(f"no camera_info on {INFO}"), phase[0], 2,
+                        "/diagnostics: no camera_info")
         rig.healthy(raw_frames(sim_frame))
         raising = _Raising(node._pipeline.estimator)
         node._pipeline = dataclasses.replace(node._pipeline, estimator=raising)
