@@ -35,6 +35,8 @@ class NoEstimateReason(str, enum.Enum):
     UNPARSEABLE = "unparseable"        # a VLM answered without a usable number
     TIMEOUT = "timeout"                # a remote backend did not answer in time
     BACKEND_ERROR = "backend_error"    # the backend failed in an unexpected way
+    BACKEND_UNAVAILABLE = "backend_unavailable"  # the backend is not asked: circuit open, or still loading
+    INTERNAL_ERROR = "internal_error"  # an unexpected exception while processing the frame (a bug: see the log)
 
     def __str__(self) -> str:
         return self.value

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 from rosbags.highlevel import AnyReader
-from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from spatialvlm_ros.bag import evaluate_bag, select_pair
@@ -84,9 +84,17 @@ def _truth_status(name: str, gap: float, centre: float, index: int) -> Any:
                 kv(key="frame_index", value=str(index))])
 
 
-def write_bag(path: Path, frames: list[Any], layout: Layout, storage: StoragePlugin = StoragePlugin.MCAP) -> Path:
-    """Record ``frames`` as a camera driver (plus a truth publisher) would, bag time = frame stamp."""
-    with Writer(path, version=9, storage_plugin=storage) as writer:
+def write_bag(path: Path, frames: list[Any], layout: Layout, storage: StoragePlugin = StoragePlugin.MCAP,
+              empty_images: frozenset[int] = frozenset(), zstd: bool = False) -> Path:
+    """Record ``frames`` as a camera driver (plus a truth publisher) would, bag time = frame stamp.
+
+    ``empty_images``: frame indices whose CompressedImage is empty (0 bytes); ``zstd``: mcap chunks
+    compressed with zstd, as `spatialvlm demo` records them.
+    """
+    writer = Writer(path, version=9, storage_plugin=storage)
+    if zstd:
+        writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+    with writer:
         topics = [("image", layout.image, "sensor_msgs/msg/" + ("CompressedImage" if layout.compressed else "Image")),
                   ("depth", layout.depth, "sensor_msgs/msg/Image"), ("info", layout.info, "sensor_msgs/msg/CameraInfo"),
                   # What the demo also records; the evaluation must not mix it with its own reward.
@@ -106,8 +114,9 @@ def write_bag(path: Path, frames: list[Any], layout: Layout, storage: StoragePlu
                 ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR),
                                         [cv2.IMWRITE_JPEG_QUALITY, 95])
                 assert ok
+                data = np.zeros(0, np.uint8) if i in empty_images else jpeg.reshape(-1)
                 put("image", stamp, T["sensor_msgs/msg/CompressedImage"](
-                    header=header, format="rgb8; jpeg compressed bgr8", data=jpeg.reshape(-1)))
+                    header=header, format="rgb8; jpeg compressed bgr8", data=data))
             else:
                 fields = rgb_to_image_fields(frame.rgb)
                 put("image", stamp, T["sensor_msgs/msg/Image"](
@@ -201,6 +210,39 @@ def test_bad_bags_raise_bag_error(sim_frames: list[Any], tmp_path: Path, damage:
                          TS.serialize_cdr(T["std_msgs/msg/Float32"](data=1.0), "std_msgs/msg/Float32"))
     with pytest.raises(BagError, match=match):
         evaluate_bag(bag, SpatialRewardConfig(), out=tmp_path / "out", **kwargs)
+
+
+def test_a_bad_frame_is_a_flagged_row_and_the_run_goes_on(sim_frames: list[Any], tmp_path: Path) -> None:
+    bag = write_bag(tmp_path / "realsense", sim_frames * 4, REALSENSE, empty_images=frozenset({17}))
+    ev = evaluate_bag(bag, SpatialRewardConfig(), out=tmp_path / "out")
+    reasons = [r.reason for r in ev.result.records]
+    assert len(reasons) == 40 and reasons[17] == "bad_input" and reasons.count("") == 39
+    assert ev.metrics["invalid_rate"] == pytest.approx(1 / 40) and ev.metrics["complete"]
+
+
+def test_a_corrupt_chunk_stops_with_exit_2_naming_the_offset(sim_frames: list[Any], tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    from rosbags.rosbag2.storage_mcap import McapReader
+    bag = write_bag(tmp_path / "demo", sim_frames * 4, DEMO, zstd=True)
+    storage = next(bag.glob("*.mcap"))
+    reader = McapReader(storage)
+    reader.open()
+    chunks = list(reader.chunks)
+    reader.close()
+    assert len(chunks) >= 3
+    bad = chunks[len(chunks) // 2]
+    data = bytearray(storage.read_bytes())
+    # The chunk record: opcode, length, start and end time, sizes, CRC, compression name; then zstd's frame.
+    frame_start = bad.chunk_start_offset + 9 + 8 + 8 + 8 + 4 + 4 + len(bad.compression) + 8
+    assert data[frame_start:frame_start + 4] == b"\x28\xb5\x2f\xfd"   # the zstd magic number
+    data[frame_start:frame_start + 16] = b"\x00" * 16
+    storage.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    assert main(["eval-bag", str(bag), "--out", str(out)]) == 2
+    assert f"byte offset {bad.chunk_start_offset} of {storage.name}" in caplog.text and str(bag) in caplog.text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["complete"] is False and "byte offset" in metrics["error"]
+    assert 0 < metrics["frames"] < 40 and (out / "frames.csv").exists()
 
 
 def test_pose_pair_truth_is_the_centre_distance(tmp_path: Path) -> None:

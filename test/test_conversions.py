@@ -13,8 +13,8 @@ from std_msgs.msg import Header
 from spatialvlm_ros.errors import InputError
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.messages.conversions import (
-    camera_info_fields, compressed_to_rgb, depth_to_image_fields, depth_to_metres, frame_from_messages, image_to_rgb,
-    rgb_to_image_fields,
+    camera_info_fields, compressed_size, compressed_to_rgb, depth_to_image_fields, depth_to_metres, frame_from_messages,
+    image_to_rgb, intrinsics_from_camera_info, rgb_to_image_fields,
 )
 
 RNG = np.random.default_rng(0)
@@ -104,3 +104,47 @@ def test_rclpy_and_rosbags_messages_give_the_same_frame(compressed: bool) -> Non
     np.testing.assert_array_equal(rosbags_frame.intrinsics.k, intrinsics.k)
     assert rosbags_frame.stamp_ns == rclpy_frame.stamp_ns == 12 * 10**9 + 345
     assert rosbags_frame.frame_id == rclpy_frame.frame_id == "cam"
+
+
+# --- bad input of every kind is an InputError naming the problem, before anything large is allocated -----------
+
+@pytest.mark.parametrize("ext, params", [(".png", []), (".jpg", []), (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])])
+def test_compressed_size_from_the_header(ext: str, params: list[int]) -> None:
+    ok, data = cv2.imencode(ext, np.zeros((30, 50, 3), np.uint8), params)
+    assert compressed_size(data.tobytes())[1:] == (50, 30)
+    assert compressed_size(b"GIF89a...") is None
+    with pytest.raises(InputError, match="truncated|frame header"):
+        compressed_size(data.tobytes()[:12 if ext == ".png" else 20])
+
+
+def test_empty_oversized_and_mismatched_images_are_refused_before_decoding() -> None:
+    intr = CameraIntrinsics.from_fov(8, 6, 50.0)
+    header = Header(stamp=Time(sec=1, nanosec=0))
+    with pytest.raises(InputError, match="empty CompressedImage"):
+        compressed_to_rgb(CompressedImage(format="jpeg", data=b""))
+    # A PNG header claiming 20000 x 20000 is refused from the header alone (its pixel data is not even there).
+    bomb = bytearray(cv2.imencode(".png", RGB)[1].tobytes())
+    bomb[16:24] = (20000).to_bytes(4, "big") * 2
+    with pytest.raises(InputError, match="PNG is 20000x20000 = 400000000 pixels, over topics.max_image_pixels"):
+        frame_from_messages(CompressedImage(header=header, format="png", data=bytes(bomb)), None, intr, 10**6)
+    big = cv2.imencode(".png", np.zeros((12, 16, 3), np.uint8))[1].tobytes()
+    with pytest.raises(InputError, match="colour image is 16x12 but camera_info says 8x6"):
+        frame_from_messages(CompressedImage(header=header, format="png", data=big), None, intr)
+    with pytest.raises(InputError, match="rgb8 image is 8x6 = 48 pixels, over topics.max_image_pixels = 40"):
+        image_to_rgb(_image(RGB, "rgb8"), max_pixels=40)
+    with pytest.raises(InputError, match="cannot decode"):
+        compressed_to_rgb(CompressedImage(format="png", data=big[:40]))
+
+
+@pytest.mark.parametrize("index, value, match", [
+    (2, float("inf"), r"k\[2\] \(cx\) = inf is not finite"), (5, float("nan"), r"k\[5\] \(cy\) = nan"),
+    (0, 0.0, r"k\[0\] \(fx\) = 0.0 is not a finite positive"), (4, -1.0, r"k\[4\] \(fy\)"),
+])
+def test_camera_info_is_checked_in_full(index: int, value: float, match: str) -> None:
+    fields = camera_info_fields(CameraIntrinsics.from_fov(8, 6, 50.0))
+    fields["k"][index] = value
+    with pytest.raises(InputError, match=match):
+        intrinsics_from_camera_info(CameraInfo(**fields))
+    with pytest.raises(InputError, match="size 0x0"):
+        intrinsics_from_camera_info(CameraInfo(**{**fields, "k": camera_info_fields(
+            CameraIntrinsics.from_fov(8, 6, 50.0))["k"], "width": 0, "height": 0}))

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 import pytest
-from chat_server import ChatCompletionsServer, completion
+from chat_server import ChatCompletionsServer, Drop, Trickle, completion
 
 from spatialvlm_ros.errors import ConfigError, InputError
 from spatialvlm_ros.types import DistanceKind, NoEstimateReason, Pair
@@ -60,6 +60,10 @@ class FakeVLMServer(ChatCompletionsServer):
             return arg, {"error": {"message": f"status {arg}"}}
         if kind == "raw":
             return 200, arg
+        if kind == "trickle":
+            return Trickle(json.dumps(completion("1 m", MODEL)).encode(), interval_s=arg)
+        if kind == "drop":
+            return Drop()
         return 200, completion(arg, MODEL)
 
     def close(self) -> None:
@@ -186,6 +190,47 @@ def test_bad_responses(fake: FakeVLMServer, payload: bytes, match: str) -> None:
         OpenAIChatVLM(config(fake).openai).ask(rgb(), "How far?")
 
 
+@pytest.mark.parametrize("payload, match", [
+    (b'{"choices": [{"message": {"content": "\xff\xfe 1 m"}}]}', "not UTF-8"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply|not JSON"),
+    (json.dumps(completion("1 m " + "x" * 2_000_000)).encode(), "larger than 1000000 bytes"),
+    (b'{"choices": [{"message": {"content": [{"text": 5}, "x"]}}]}', None),   # odd parts: an empty answer
+])
+def test_malformed_responses_of_every_kind_are_backend_errors(fake: FakeVLMServer, payload: bytes,
+                                                              match: str | None) -> None:
+    fake.script = [("raw", payload)]
+    vlm = OpenAIChatVLM(config(fake).openai)
+    if match is None:
+        assert not vlm.ask(rgb(), "How far?").parsed.valid
+        return
+    with pytest.raises(VLMError, match=match):
+        vlm.ask(rgb(), "How far?")
+
+
+def test_the_deadline_covers_the_whole_request_not_each_read(fake: FakeVLMServer) -> None:
+    # One byte every 0.1 s: every read is well within any socket timeout, the whole answer is not.
+    fake.script = [("trickle", 0.1)]
+    vlm = OpenAIChatVLM(config(fake, timeout_s=0.6).openai)
+    start = time.monotonic()
+    with pytest.raises(VLMTimeoutError, match="no answer within 0.6 s"):
+        vlm.ask(rgb(), "How far?")
+    assert time.monotonic() - start < 1.2
+
+
+def test_retries_stay_inside_the_retry_budget(fake: FakeVLMServer) -> None:
+    fake.default = ("status", 503)
+    vlm = OpenAIChatVLM(config(fake, retries=5, retry_backoff_s=0.2, retry_budget_s=0.5).openai)
+    start = time.monotonic()
+    with pytest.raises(VLMError, match="HTTP 503"):
+        vlm.ask(rgb(), "How far?")
+    assert len(fake.requests) == 2 and time.monotonic() - start < 0.6   # 0.2 s, then 0.4 s would exceed 0.5 s
+    fake.requests.clear()
+    fake.script = [("drop", None)]
+    fake.default = ("answer", "1 m")
+    assert OpenAIChatVLM(config(fake, retries=1).openai).ask(rgb(), "How far?").parsed.value_m == 1.0
+    assert len(fake.requests) == 2   # a dropped connection is retried
+
+
 def test_401_is_not_retried_and_never_shows_the_key(fake: FakeVLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-wrong-key")
     vlm = OpenAIChatVLM(config(fake, retries=3).openai)
@@ -283,6 +328,37 @@ def test_estimator_failures_become_flagged_estimates(fake: FakeVLMServer, sim_fr
     fake.default = ("sleep", 5.0)
     estimates = VLMDistanceEstimator(config(fake, samples=1, timeout_s=0.2)).estimate(frame, [PAIR], "gap")
     assert [e.reason for e in estimates] == [NoEstimateReason.TIMEOUT]
+
+
+def test_circuit_breaker_flags_at_once_probes_and_resumes(fake: FakeVLMServer,
+                                                          sim_frame: tuple[Frame, float]) -> None:
+    frame, _ = sim_frame
+    fake.default = ("status", 500)
+    cfg = dataclasses.replace(config(fake, retries=0), breaker_failures=2, breaker_probe_s=0.2)
+    estimator = VLMDistanceEstimator(cfg)
+    reasons = [estimator.estimate(frame, [PAIR], "gap")[0].reason for _ in range(2)]
+    assert reasons == [NoEstimateReason.BACKEND_ERROR] * 2
+    asked = len(fake.requests)
+    start = time.monotonic()
+    [e] = estimator.estimate(frame, [PAIR], "gap")
+    assert e.reason is NoEstimateReason.BACKEND_UNAVAILABLE and "HTTP 500" in e.detail
+    assert time.monotonic() - start < 0.05 and len(fake.requests) == asked   # not asked: flagged at once
+    fake.default = ("answer", "About 1 meter.")
+    deadline = time.monotonic() + 3.0
+    while not estimator.estimate(frame, [PAIR], "gap")[0].valid:   # probes every 0.2 s find it answering
+        assert time.monotonic() < deadline, "no resumption within 3 s"
+        time.sleep(0.02)
+    assert time.monotonic() - start < 1.5
+
+
+def test_a_question_the_model_cannot_read_is_bad_input(sim_frame: tuple[Frame, float]) -> None:
+    from spatialvlm_ros.config import CompactVLMConfig
+    frame, _ = sim_frame
+    estimator = VLMDistanceEstimator(VLMConfig(compact=CompactVLMConfig()))
+    long_pair = Pair("yellow gripper " * 200, "red can")
+    [e] = estimator.estimate(frame, [long_pair], DistanceKind.GAP)
+    assert e.reason is NoEstimateReason.BAD_INPUT and "tokens" in e.detail
+    assert estimator.breaker.allow()   # the backend is fine: the question was not
 
 
 class Scripted:

@@ -113,7 +113,9 @@ def evaluate_bag(bag: str | Path, config: SpatialRewardConfig, *, out: str | Pat
         workers: offline estimator threads (default :func:`default_workers`).
 
     Raises:
-        BagError: missing or unreadable bag, missing topics, bad arguments, or a failed live replay.
+        BagError: missing or unreadable bag, missing topics, bad arguments, or a failed live replay. A bag
+            that breaks off mid-way (a corrupt chunk) raises too, naming the bag and the offset, after the
+            frames evaluated before it have been written to ``out``.
     """
     bag = Path(bag)
     out = Path(out) if out is not None else default_out(bag)
@@ -133,17 +135,23 @@ def evaluate_bag(bag: str | Path, config: SpatialRewardConfig, *, out: str | Pat
                                      queue_size=config.sync.queue_size)
             result = run_offline(frames, config, truth=truth,
                                  total=colour_frames, workers=workers)
-        if not result.records:
+        if not result.records and not result.error:
             raise BagError(f"no frames to evaluate on {topics.image}"
                            + (f" paired with {topics.depth}" if topics.depth else ""))
-        added = write_annotated_bag(reader, out / "annotated_bag", result.records, pair)
+        # A bag that broke off cannot be copied either: the annotated bag is left out.
+        added = write_annotated_bag(reader, out / "annotated_bag", result.records, pair) if not result.error else {}
     metrics = {**summarise(result), "mode": "live" if live else "offline", "bag": str(bag), "pair": str(pair),
                "distance": kind.value, "colour_frames": colour_frames,
                "topics": {**dataclasses.asdict(topics), "truth": truth_topics},
                "added_topics": added, "workers": None if live else (workers or default_workers()),
-               "rate": live.rate if live else None}
+               "rate": live.rate if live else None, "complete": not result.error, "error": result.error or None}
     title = f"{pair}: {kind.value} distance ({bag.name}, {metrics['mode']})"
+    if not result.records:
+        raise BagError(f"{result.error}; no frame was evaluated before it")
     written = write_report(out, result.records, metrics, title=title)
+    if result.error:
+        raise BagError(f"{result.error}; the {len(result.records)} frames evaluated before it are in {out} "
+                       "(metrics.json says complete: false)")
     log.info("%d frames, %d answered, %.1f frames/s; results in %s", written["frames"], written["frames_answered"],
              metrics["frames_per_s"], out)
     return Evaluation(out=out, result=result, metrics=written)

@@ -43,10 +43,12 @@ class RunResult:
     Attributes:
         records: one per evaluated colour frame, in bag order.
         wall_s: wall time of the processing loop (offline) or of the replay (live), seconds.
+        error: why the run stopped before the end of the bag (a corrupt chunk); "" when it reached the end.
     """
 
     records: tuple[FrameRecord, ...]
     wall_s: float
+    error: str = ""
 
 
 def write_csv(path: str | Path, records: Sequence[FrameRecord]) -> Path:

@@ -101,7 +101,17 @@ def _nearest(times_ns: np.ndarray, values: np.ndarray, t_ns: int, tolerance_ns: 
 
 
 def _samples(reader: AnyReader, topic: str) -> list[tuple[int, Any]]:
-    return [(log_ns, deserialize(reader, data, conn.msgtype)) for conn, log_ns, data in read_messages(reader, [topic])]
+    """The messages of ``topic``; a bag that breaks off mid-way gives those before the break.
+
+    The frame loop meets the same break and reports it.
+    """
+    samples = []
+    try:
+        for conn, log_ns, data in read_messages(reader, [topic]):
+            samples.append((log_ns, deserialize(reader, data, conn.msgtype)))
+    except BagError as err:
+        log.warning("truth on %s read up to where the bag breaks off: %s", topic, err)
+    return samples
 
 
 def _diagnostic_truth(reader: AnyReader, topic: str, pair: Pair, kind: DistanceKind) -> tuple[list[int], list[float]]:

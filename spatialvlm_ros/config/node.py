@@ -71,6 +71,12 @@ class TopicsConfig:
     transport: Literal["raw", "compressed"] = "raw"   # compressed subscribes to ``<image>/compressed``
     depth: str = "camera/aligned_depth_to_color/image_raw"   # "" = monocular, no depth
     camera_info: str = "camera/color/camera_info"
+    max_image_pixels: int = 16_777_216   # width x height above this is refused before decoding (4096 x 4096)
+
+    def __post_init__(self) -> None:
+        require(bool(self.image.strip()), "topics.image", "must name the colour image topic")
+        require(bool(self.camera_info.strip()), "topics.camera_info", "must name the CameraInfo topic")
+        require(self.max_image_pixels >= 1, "topics.max_image_pixels", "must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,9 +115,11 @@ class SpatialRewardConfig:
     reasoning: ReasoningConfig = ReasoningConfig()
     diagnostics_period_s: float = 1.0
     publish_markers: bool = True
+    diagnostics_window_s: float = 5.0  # rates, error counts and the valid ratio of /diagnostics cover this window
 
     def __post_init__(self) -> None:
         require(len(self.pairs) >= 1, "pairs", "name at least one 'GRIPPER -> OBJECT' pair")
         slugs = [p.slug for p in self.pairs]
         require(len(set(slugs)) == len(slugs), "pairs", f"two pairs share a target name: {slugs}")
         require(self.diagnostics_period_s > 0, "diagnostics_period_s", "must be > 0")
+        require(self.diagnostics_window_s > 0, "diagnostics_window_s", "must be > 0")

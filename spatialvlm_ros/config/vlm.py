@@ -65,9 +65,13 @@ class OpenAIVLMConfig:
             The key itself never appears in a config, a log or an error message.
         temperature: sampling temperature (> 0 for samples to differ).
         max_tokens: answer length limit; reasoning models ("<think>") need several hundred.
-        timeout_s: per-request socket timeout, seconds.
+        timeout_s: deadline of one question, seconds: connecting, sending and reading the whole answer,
+            retries and their back-off included (a server that trickles bytes cannot stretch it).
         retries: further attempts after a 429 / 5xx / connection error (not after a timeout).
         retry_backoff_s: first retry delay, doubled each attempt (a Retry-After header wins), seconds.
+        retry_budget_s: a retry is made only if it starts within this many seconds of the first attempt
+            (and before the deadline); on a robot the next frame is the better retry.
+        max_response_bytes: a response body larger than this is a backend error.
         max_concurrency: requests in flight at once for a batch (pairs x samples).
         default_unit: unit of a bare number in an answer ("" = such answers are unparseable).
         system_prompt: optional system message ("" = none).
@@ -84,6 +88,8 @@ class OpenAIVLMConfig:
     max_concurrency: int = 4
     default_unit: DefaultUnit = ""
     system_prompt: str = ""
+    retry_budget_s: float = 1.0
+    max_response_bytes: int = 1_000_000
 
     def __post_init__(self) -> None:
         key = "estimator.vlm.openai."
@@ -96,6 +102,8 @@ class OpenAIVLMConfig:
         require(self.retries >= 0, key + "retries", "must be >= 0")
         require(self.retry_backoff_s >= 0, key + "retry_backoff_s", "must be >= 0")
         require(self.max_concurrency >= 1, key + "max_concurrency", "must be >= 1")
+        require(self.retry_budget_s >= 0, key + "retry_budget_s", "must be >= 0")
+        require(self.max_response_bytes >= 1, key + "max_response_bytes", "must be >= 1")
         _check_unit(self.default_unit, key + "default_unit")
 
 
@@ -153,6 +161,11 @@ class VLMConfig:
             (1 for the greedy compact model; 3-5 with temperature > 0 for a sampled large model).
         phrasing: ``fixed`` asks the first question template every time; ``sampled`` draws one per sample,
             seeded by the estimator seed and the frame stamp.
+        breaker_failures: after this many frames in a row whose questions failed (no answer: unreachable,
+            HTTP error, malformed response), or after one timeout, stop asking and flag every frame
+            ``backend_unavailable`` at once while probing the backend in the background (0 = never).
+        breaker_probe_s: while stopped, one probe question at most this often, seconds; the first answer
+            resumes normal asking.
         compact, openai, transformers: each backend's own options.
     """
 
@@ -162,6 +175,8 @@ class VLMConfig:
     compact: CompactVLMConfig = CompactVLMConfig()
     openai: OpenAIVLMConfig = OpenAIVLMConfig()
     transformers: TransformersVLMConfig = TransformersVLMConfig()
+    breaker_failures: int = 3
+    breaker_probe_s: float = 1.0
 
     #: Keys of the old flat layout -> where they live now.
     MOVED: ClassVar[dict[str, str]] = {
@@ -186,3 +201,5 @@ class VLMConfig:
 
     def __post_init__(self) -> None:
         require(self.samples >= 1, "estimator.vlm.samples", "must be >= 1")
+        require(self.breaker_failures >= 0, "estimator.vlm.breaker_failures", "must be >= 0")
+        require(self.breaker_probe_s > 0, "estimator.vlm.breaker_probe_s", "must be > 0")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 import time
 from typing import Sequence
 
 import numpy as np
 
 from spatialvlm_ros.config import EstimatorConfig, VLMConfig
+from spatialvlm_ros.errors import InputError
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.types import DistanceEstimate, DistanceKind, NoEstimateReason, Pair
 from spatialvlm_ros.vlm.base import SpatialVLM, VLMAnswer, VLMError, VLMTimeoutError
@@ -21,6 +23,76 @@ logger = logging.getLogger(__name__)
 
 #: Joins the answers of several samples in :attr:`DistanceEstimate.answer_text`.
 ANSWER_SEPARATOR = "\n---\n"
+
+
+class CircuitBreaker:
+    """Stops asking a failing backend, and lets one probe through now and then until it answers again.
+
+    Closed (the normal state) until ``failures`` frames in a row failed; then open: :meth:`allow` says no
+    and the caller flags the frame at once instead of waiting on the backend. While open, :meth:`probe_due`
+    says yes at most once every ``probe_s`` (and never while a probe is out); the probe's outcome is given
+    to :meth:`record`, and the first success closes the breaker. ``failures == 0`` never opens it.
+
+    Thread-safe: probes run in a background thread while frames keep coming.
+
+    Example:
+        >>> b = CircuitBreaker(failures=2, probe_s=0.0)
+        >>> b.record(False, "refused"); b.allow()
+        True
+        >>> b.record(False, "refused"); b.allow(), b.probe_due()
+        (False, True)
+        >>> b.record(True); b.allow()
+        True
+    """
+
+    def __init__(self, failures: int, probe_s: float) -> None:
+        self.failures = failures
+        self.probe_s = probe_s
+        self._lock = threading.Lock()
+        self._in_a_row = 0
+        self._open_since: float | None = None
+        self._next_probe = 0.0
+        self._probing = False
+        self.last_error = ""
+
+    def allow(self) -> bool:
+        """Whether a frame may ask the backend (the breaker is closed)."""
+        with self._lock:
+            return self._open_since is None
+
+    def probe_due(self) -> bool:
+        """While open: whether to send a probe now (claims it: the caller must :meth:`record` its outcome)."""
+        with self._lock:
+            if self._open_since is None or self._probing or time.monotonic() < self._next_probe:
+                return False
+            self._probing = True
+            return True
+
+    def record(self, ok: bool, error: str = "", at_once: bool = False) -> None:
+        """The outcome of a frame's questions or of a probe.
+
+        ``at_once``: a failure that opens the breaker by itself (a timeout: every further frame would wait
+        the whole deadline).
+        """
+        with self._lock:
+            self._probing = False
+            if ok:
+                self._in_a_row, self._open_since = 0, None
+                return
+            self._in_a_row += 1
+            self.last_error = error
+            self._next_probe = time.monotonic() + self.probe_s
+            if self.failures and (self._in_a_row >= self.failures or at_once) and self._open_since is None:
+                self._open_since = time.monotonic()
+                logger.warning("VLM backend failed %d times in a row (%s); not asked again until a probe "
+                               "(every %.1f s) is answered", self._in_a_row, error, self.probe_s)
+
+    def describe(self) -> str:
+        """Why frames are not asked: for the flagged estimates' detail."""
+        with self._lock:
+            since = 0.0 if self._open_since is None else time.monotonic() - self._open_since
+            return (f"VLM backend not asked: {self._in_a_row} failures in a row, for {since:.1f} s (probing every "
+                    f"{self.probe_s:g} s); last error: {self.last_error}")
 
 
 class VLMDistanceEstimator:
@@ -35,7 +107,14 @@ class VLMDistanceEstimator:
     * ``answer_text``: every answer, joined by :data:`ANSWER_SEPARATOR`; ``detail``: the parsed values.
 
     No parsed answer gives UNPARSEABLE; a backend timeout TIMEOUT, any other backend failure
-    BACKEND_ERROR, for every pair of the frame. ``latency_ms`` is the wall time of the whole call.
+    BACKEND_ERROR, a question the model cannot read (e.g. longer than its context) BAD_INPUT, for every
+    pair of the frame. ``latency_ms`` is the wall time of the whole call.
+
+    After ``config.breaker_failures`` frames in a row without an answer, or at once after a timeout (every
+    further frame would wait the whole deadline), the backend is not asked any more (a
+    :class:`CircuitBreaker`): each frame is flagged BACKEND_UNAVAILABLE at once, so estimates keep coming
+    at the camera rate, while a probe question goes out in the background at most every
+    ``config.breaker_probe_s``; its first answer resumes normal asking.
 
     Args:
         config: the VLM settings.
@@ -63,6 +142,7 @@ class VLMDistanceEstimator:
         self.config = config
         self.vlm = build_vlm(config) if vlm is None else vlm
         self.seed = seed
+        self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_probe_s)
 
     @classmethod
     def from_estimator_config(cls, config: EstimatorConfig) -> "VLMDistanceEstimator":
@@ -76,17 +156,42 @@ class VLMDistanceEstimator:
         k = self.config.samples
         rng = np.random.default_rng([self.seed, frame.stamp_ns]) if self.config.phrasing == "sampled" else None
         questions = [distance_question(pair, kind, rng) for pair in pairs for _ in range(k)]
+
+        def flagged(reason: NoEstimateReason, detail: str) -> list[DistanceEstimate]:
+            latency_ms = 1e3 * (time.perf_counter() - start)
+            return [DistanceEstimate.invalid(pair, kind, reason, detail, stamp_ns=frame.stamp_ns,
+                                             frame_id=frame.frame_id, latency_ms=latency_ms) for pair in pairs]
+
+        if not questions:
+            return []
+        if not self.breaker.allow():
+            if self.breaker.probe_due():
+                threading.Thread(target=self._probe, args=(frame, questions[0]), name="vlm_probe",
+                                 daemon=True).start()
+            return flagged(NoEstimateReason.BACKEND_UNAVAILABLE, self.breaker.describe())
         try:
             answers = self.vlm.ask_batch([frame.rgb] * len(questions), questions, [frame.depth_m] * len(questions))
         except VLMError as err:
             reason = NoEstimateReason.TIMEOUT if isinstance(err, VLMTimeoutError) else NoEstimateReason.BACKEND_ERROR
-            logger.warning("%s at stamp %d: %s", reason.value, frame.stamp_ns, err)
-            latency_ms = 1e3 * (time.perf_counter() - start)
-            return [DistanceEstimate.invalid(pair, kind, reason, str(err), stamp_ns=frame.stamp_ns,
-                                             frame_id=frame.frame_id, latency_ms=latency_ms) for pair in pairs]
+            logger.debug("%s at stamp %d: %s", reason.value, frame.stamp_ns, err)
+            self.breaker.record(False, f"{reason.value}: {err}", at_once=reason is NoEstimateReason.TIMEOUT)
+            return flagged(reason, str(err))
+        except InputError as err:   # the question or the image, not the backend: the next frame may do
+            return flagged(NoEstimateReason.BAD_INPUT, str(err))
+        self.breaker.record(True)
         latency_ms = 1e3 * (time.perf_counter() - start)
         return [self._combine(frame, pair, kind, answers[i * k:(i + 1) * k], latency_ms)
                 for i, pair in enumerate(pairs)]
+
+    def _probe(self, frame: Frame, question: str) -> None:
+        """One question while the breaker is open; any answer (even without a number) closes it."""
+        try:
+            self.vlm.ask(frame.rgb, question, frame.depth_m)
+        except Exception as err:   # noqa: BLE001 - a probe reports every failure to the breaker, never raises
+            self.breaker.record(False, f"probe: {type(err).__name__}: {err}")
+        else:
+            logger.info("VLM backend answers again: resuming")
+            self.breaker.record(True)
 
     def _combine(self, frame: Frame, pair: Pair, kind: DistanceKind, answers: Sequence[VLMAnswer],
                  latency_ms: float) -> DistanceEstimate:

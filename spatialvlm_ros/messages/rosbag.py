@@ -123,18 +123,61 @@ def open_bag(path: str | Path) -> Iterator[AnyReader]:
         reader.close()
 
 
+def corrupt_chunk(reader: AnyReader) -> tuple[Path, int] | None:
+    """(storage file, byte offset) of the first mcap chunk of ``reader`` that cannot be decompressed, if any.
+
+    Only called once reading has failed: it decompresses every chunk (through rosbags' own mcap code, so it
+    finds exactly what reading trips over). None for sqlite3 bags or when every chunk reads.
+    """
+    try:
+        from rosbags.rosbag2 import storage_mcap
+    except ImportError:   # pragma: no cover - rosbags without mcap support
+        return None
+
+    def storages(obj: Any, depth: int = 0) -> Iterator[Any]:
+        # AnyReader -> rosbag2 Reader -> its storage (a folder of files) -> one McapReader per file.
+        if depth > 3 or obj is None:
+            return
+        if hasattr(obj, "chunks"):
+            yield obj
+        for child in [getattr(obj, "storage", None), *getattr(obj, "storages", []), *getattr(obj, "readers", [])]:
+            yield from storages(child, depth + 1)
+
+    for storage in storages(reader):
+        chunks, bio = getattr(storage, "chunks", None), getattr(storage, "bio", None)
+        for chunk in chunks or []:
+            try:
+                for _ in storage_mcap.msgsrc(chunk, {}, chunk.message_start_time, chunk.message_end_time + 1, bio):
+                    pass
+            except Exception:   # noqa: BLE001 - whatever the decompressor raises marks the chunk
+                return Path(storage.path), int(chunk.chunk_start_offset)
+    return None
+
+
 def read_messages(reader: AnyReader, topics: Iterable[str]) -> Iterator[tuple[Connection, int, bytes]]:
-    """The raw messages of ``topics`` in bag order; a read failure mid-file becomes :class:`BagError`."""
+    """The raw messages of ``topics`` in bag order.
+
+    Raises:
+        BagError: reading failed mid-file (truncated, a chunk that does not decompress, a checksum): the
+            message names the bag, the byte offset of a corrupt mcap chunk when there is one, and how far
+            reading got (messages read, last bag time).
+    """
     wanted = set(topics)
     connections = [c for c in reader.connections if c.topic in wanted]
     messages = reader.messages(connections=connections)
+    count, last_ns = 0, None
     while True:
         try:
             item = next(messages)
         except StopIteration:
             return
-        except _READ_ERRORS as err:
-            raise _read_failure(reader.paths[0], err) from err
+        except Exception as err:   # noqa: BLE001 - zstd, lz4, struct, OSError ...: whatever the storage raises
+            failure = _read_failure(reader.paths[0], err)
+            where = corrupt_chunk(reader)
+            place = f" in the chunk at byte offset {where[1]} of {where[0].name}" if where else ""
+            after = f"after {count} messages" + (f" (last bag time {last_ns} ns)" if last_ns is not None else "")
+            raise BagError(f"{failure}{place}, {after}") from err
+        count, last_ns = count + 1, item[1]
         yield item
 
 

@@ -1,11 +1,12 @@
 """ROS parameters that mirror a typed config dataclass 1:1 (dotted names: ``reward.shaping``).
 
-Nodes are created with ``automatically_declare_parameters_from_overrides=True`` so that a key in
-the parameter file that the config does not know is *seen* (and reported) instead of silently
-ignored; known keys are re-declared with the config's type and a descriptor, so that
-``ros2 param describe`` explains each one: a description (from the config class's ``Attributes:``
-docstring, else :data:`DESCRIPTIONS`), its choices or bounds as text (``additional_constraints``) and,
-where the config bounds a number, a range (:data:`BOUNDS`). Bounds are checked by the config as
+Nodes read their overrides (command line, parameter files) themselves, so that a key in the parameter
+file that the config does not know is *seen* (and reported) instead of silently ignored, and a value ROS
+cannot type (an empty list) is named by the config instead of failing inside rclpy. Known keys are
+declared with the config's type and a descriptor, so that ``ros2 param describe`` explains each one:
+a description (from the config class's ``Attributes:`` docstring, else :data:`DESCRIPTIONS`), its choices
+or bounds as text (``additional_constraints``) and, where the config bounds a number, a range
+(:data:`BOUNDS`). Bounds are checked by the config as
 well; a ROS range is inclusive, so for ``> 0`` it starts at 0 and the config refuses 0 itself.
 """
 
@@ -76,6 +77,12 @@ BOUNDS: dict[str, Bound] = {
     "estimator.vlm.openai.retries": _at_least(0),
     "estimator.vlm.openai.retry_backoff_s": _at_least(0),
     "estimator.vlm.openai.max_concurrency": _at_least(1),
+    "estimator.vlm.openai.retry_budget_s": _at_least(0),
+    "estimator.vlm.openai.max_response_bytes": _at_least(1),
+    "estimator.vlm.breaker_failures": _at_least(0),
+    "estimator.vlm.breaker_probe_s": _POSITIVE,
+    "topics.max_image_pixels": _at_least(1),
+    "diagnostics_window_s": _POSITIVE,
     "estimator.vlm.transformers.batch_size": _at_least(1),
     "estimator.vlm.transformers.max_new_tokens": _at_least(1),
     "estimator.vlm.transformers.temperature": _at_least(0),
@@ -120,6 +127,8 @@ DESCRIPTIONS: dict[str, str] = {
     "topics.depth": "depth image topic registered to colour (16UC1 millimetres or 32FC1 metres); '' = monocular, "
                     "no depth",
     "topics.camera_info": "CameraInfo topic of the colour camera",
+    "topics.max_image_pixels": "a colour or depth image of more pixels (width x height) is refused as bad_input, "
+                               "before decoding (PNG and JPEG headers are read first); settable at run time",
     "qos.reliability": "image QoS reliability; sensor-data default best_effort (latest frame wins)",
     "qos.depth": "image QoS history depth (keep last)",
     "sync.slop_s": "colour and depth pair when their header stamps differ by at most this, seconds",
@@ -153,6 +162,8 @@ DESCRIPTIONS: dict[str, str] = {
                              "reward at all",
     "reward.combine": "how the pairs' rewards combine into the reward topic",
     "diagnostics_period_s": "period of /diagnostics, seconds",
+    "diagnostics_window_s": "the sliding window of /diagnostics: rates, error counts and the valid ratio cover "
+                            "its last this many seconds",
     "publish_markers": "publish the measured segments on markers (visualization_msgs/MarkerArray)",
     "sim.seed": "seed of the scene and its randomisation",
     "sim.width": "image width, pixels",
@@ -246,21 +257,31 @@ def descriptors(cls: type) -> dict[str, ParameterDescriptor]:
 def declare_config_parameters(node: Node, cls: type) -> list[str]:
     """Declare one ROS parameter per config field; return parameter names the config does not know.
 
-    Values given in a parameter file override the dataclass defaults; they are checked by the config
-    first (raises ConfigError naming the key). An unknown name is undeclared again (so a later
-    ``set_parameters`` on it fails as usual) and returned for the caller to report. A float parameter
-    also takes an integer (``reward.scale_m:=1``), at start and at runtime, as a float.
+    Values given on the command line or in a parameter file (the node's overrides) replace the dataclass
+    defaults; they are checked by the config first (raises ConfigError naming the key). An empty list
+    (``pairs: []``), which ROS cannot type, is read as an empty list, so the config names the key instead
+    of rclpy failing with a traceback. Create nodes with ``automatically_declare_parameters_from_overrides``
+    False; a parameter that was declared from overrides anyway is re-declared with our type. An unknown name
+    is not declared (so a later ``set_parameters`` on it fails as usual) and is returned for the caller to
+    report. A float parameter also takes an integer (``reward.scale_m:=1``), at start and at runtime, as a
+    float.
     """
     defaults = to_flat(cls())
-    declared = node.list_parameters([], 0).names  # depth 0: recursive
-    unknown = sorted(n for n in declared if n not in defaults and n not in _ROS_OWNED)
+    given = {name: p.value for name, p in getattr(node, "_parameter_overrides", {}).items()}
+    for name in node.list_parameters([], 0).names:   # depth 0: recursive; declared from overrides
+        given.setdefault(name, node.get_parameter(name).value)
+    unknown = sorted(n for n in given if n not in defaults and n not in _ROS_OWNED)
     for name in unknown:
-        node.undeclare_parameter(name)
+        if node.has_parameter(name):
+            node.undeclare_parameter(name)
     values = {}
     for name, default in defaults.items():
         value = default
-        if node.has_parameter(name):  # declared from the parameter file: adopt its value, our type
-            value = _as_float(default, _plain(node.get_parameter(name).value))
+        if name in given:   # adopt the given value, our type
+            value = _as_float(default, plain(given[name]))
+            if value is None and isinstance(default, list):
+                value = []
+        if node.has_parameter(name):
             node.undeclare_parameter(name)
         values[name] = value
     from_flat(cls, values)   # a bad value is named by the config, before a ROS range refuses it
@@ -284,13 +305,15 @@ def _as_float(default: Any, value: Any) -> Any:
 def read_config(node: Node, cls: type[T]) -> T:
     """Build the typed config from the node's current parameters (raises ConfigError)."""
     names = to_flat(cls()).keys()
-    return from_flat(cls, {n: _plain(node.get_parameter(n).value) for n in names})
+    return from_flat(cls, {n: plain(node.get_parameter(n).value) for n in names})
 
 
-def updated_config(current: T, params: Iterable[Parameter], fixed_prefixes: tuple[str, ...] = ()) -> T:
+def updated_config(current: T, params: Iterable[Parameter], fixed_prefixes: tuple[str, ...] = (),
+                   settable: tuple[str, ...] = ()) -> T:
     """The config after applying ``params``; raises ConfigError naming the bad key.
 
-    Parameters under ``fixed_prefixes`` are read at start only (topics, QoS): changing them raises.
+    Parameters under ``fixed_prefixes`` are read at start only (topics, QoS): changing them raises, unless
+    they are named in ``settable``.
     """
     flat = to_flat(current)
     for p in params:
@@ -298,9 +321,10 @@ def updated_config(current: T, params: Iterable[Parameter], fixed_prefixes: tupl
             continue
         if p.name not in flat:
             raise ConfigError(f"unknown parameter {p.name!r}")
-        if p.name.startswith(fixed_prefixes):
+        if p.name.startswith(fixed_prefixes) and p.name not in settable:
             raise ConfigError(f"{p.name} is read at start only; restart the node to change it")
-        flat[p.name] = _plain(p.value)
+        value = plain(p.value)
+        flat[p.name] = [] if value is None and isinstance(flat[p.name], list) else value
     return from_flat(type(current), flat)
 
 
@@ -309,7 +333,7 @@ def set_result(ok: bool, reason: str = "") -> SetParametersResult:
     return SetParametersResult(successful=ok, reason=reason)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Turn array parameters (rclpy returns array.array) into the lists the config expects."""
     if value is not None and not isinstance(value, (str, bytes, bool, int, float)):
         return list(value)

@@ -32,7 +32,7 @@ class SimCameraNode(Node):
     """Renders the MuJoCo tabletop along its scripted approach and publishes it as a camera would."""
 
     def __init__(self, **node_kwargs: Any) -> None:
-        super().__init__(NODE_NAME, automatically_declare_parameters_from_overrides=True, **node_kwargs)
+        super().__init__(NODE_NAME, **node_kwargs)
         unknown = params.declare_config_parameters(self, SimCameraConfig)
         for name in unknown:
             self.get_logger().error(f"unknown parameter {name!r} ignored (see config/sim_demo.yaml)")

@@ -11,10 +11,13 @@ The depth image is not sent: chat-completions APIs take colour images only.
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import json
 import logging
 import os
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -57,14 +60,104 @@ def png_data_url(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii")
 
 
+class _Deadline:
+    """A wall-clock deadline that cuts every socket of a request when it passes (a read cannot outlast it).
+
+    Socket timeouts bound each read; a server that trickles one byte per read would still hold a request for
+    as long as it likes. At the deadline a timer shuts the request's sockets down, which ends any read
+    blocked on them at once.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        return self.end - time.monotonic()
+
+    def watch(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            self._cut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            self._cut(sock)
+
+    @staticmethod
+    def _cut(sock: socket.socket) -> None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+class _DeadlineHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        self._deadline.watch(self.sock)
+
+
+class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        self._deadline.watch(self.sock)
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_DeadlineHTTPConnection, deadline=self._deadline), req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_DeadlineHTTPSConnection, deadline=self._deadline), req,
+                            context=self._context, check_hostname=self._check_hostname)
+
+
 class OpenAIChatVLM:
     """A spatial VLM behind ``POST {url}/chat/completions`` (the OpenAI chat format, images as data URLs).
 
-    Every request has a timeout (``config.timeout_s``); 429, 5xx and connection failures are retried
-    ``config.retries`` times with exponential backoff (a Retry-After header wins, capped at 30 s); a
-    timeout is not retried (the next frame is the better retry). Failures raise :class:`VLMError`
-    (:class:`VLMTimeoutError` for a timeout), chained ``from`` the urllib error; an answer that states
-    no distance is returned with ``parsed.valid`` False.
+    Every question has a deadline (``config.timeout_s``) on its total time: connecting, sending, reading
+    the whole answer, retries and their waits. 429, 5xx and connection failures are retried up to
+    ``config.retries`` times with exponential backoff (a Retry-After header wins, capped at 30 s), but only
+    while a retry would start within ``config.retry_budget_s`` of the first attempt and before the
+    deadline; a timeout is not retried (the next frame is the better retry). Failures raise
+    :class:`VLMError` (:class:`VLMTimeoutError` for a timeout), chained ``from`` the urllib error; so does
+    a malformed response of any kind (not UTF-8, not JSON, nested too deeply, over
+    ``config.max_response_bytes``, without ``choices[0].message.content``). An answer that states no
+    distance is returned with ``parsed.valid`` False.
 
     Args:
         config: model, URL, sampling, timeout and retry settings.
@@ -111,19 +204,53 @@ class OpenAIChatVLM:
     # ------------------------------------------------------------------ forward
 
     def _post(self, body: dict[str, Any]) -> bytes:
-        """POST ``body``; the response bytes of the first 2xx, retrying what is worth retrying."""
+        """POST ``body``; the response bytes of the first 2xx, retrying what is worth retrying, by the deadline."""
+        deadline = _Deadline(self.config.timeout_s)
+        try:
+            return self._post_by(body, deadline)
+        finally:
+            deadline.cancel()
+
+    def _timeout(self) -> VLMTimeoutError:
+        return VLMTimeoutError(f"{self.endpoint}: no answer within {self.config.timeout_s} s")
+
+    def _read(self, response: Any, deadline: _Deadline) -> bytes:
+        """The whole body, at most ``max_response_bytes``; a body cut by the deadline is a timeout."""
+        limit = self.config.max_response_bytes
+        chunks, size = [], 0
+        while True:
+            chunk = response.read(min(65536, limit + 1 - size))
+            if deadline.expired:
+                raise self._timeout()
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise VLMError(f"{self.endpoint}: response larger than {limit} bytes "
+                               "(estimator.vlm.openai.max_response_bytes)")
+
+    def _post_by(self, body: dict[str, Any], deadline: _Deadline) -> bytes:
         data = json.dumps(body).encode("utf-8")
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
+        opener = urllib.request.build_opener(_DeadlineHTTPHandler(deadline), _DeadlineHTTPSHandler(deadline))
+        first = time.monotonic()
         attempt = 0
         while True:
             request = urllib.request.Request(self.endpoint, data=data, headers=headers, method="POST")
             retry_after: str | None = None
             try:
-                with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
-                    return response.read()
+                if deadline.remaining() <= 0:
+                    raise self._timeout()
+                with opener.open(request, timeout=deadline.remaining()) as response:
+                    return self._read(response, deadline)
+            except VLMError:
+                raise
             except urllib.error.HTTPError as err:
+                if deadline.expired:
+                    raise self._timeout() from err
                 text = err.read(_ERROR_BODY_CHARS).decode("utf-8", "replace").strip()
                 failure = VLMError(f"{self.endpoint}: HTTP {err.code} {err.reason}: {text}")
                 if err.code in (401, 403):
@@ -135,16 +262,20 @@ class OpenAIChatVLM:
                 retry_after = err.headers.get("Retry-After")
                 cause: Exception = err
             except TimeoutError as err:
-                raise VLMTimeoutError(f"{self.endpoint}: no answer within {self.config.timeout_s} s") from err
+                raise self._timeout() from err
             except urllib.error.URLError as err:
-                if isinstance(err.reason, TimeoutError):
-                    raise VLMTimeoutError(f"{self.endpoint}: no answer within {self.config.timeout_s} s") from err
+                if isinstance(err.reason, TimeoutError) or deadline.expired:
+                    raise self._timeout() from err
                 failure, cause = VLMError(f"cannot reach {self.endpoint}: {err.reason}"), err
-            except (ConnectionError, http.client.HTTPException) as err:
+            except (OSError, http.client.HTTPException) as err:
+                if deadline.expired:
+                    raise self._timeout() from err
                 failure, cause = VLMError(f"{self.endpoint}: connection failed: {err!r}"), err
             if attempt == self.config.retries:
                 raise failure from cause
             delay = self._delay(attempt, retry_after)
+            if time.monotonic() + delay - first > self.config.retry_budget_s or delay >= deadline.remaining():
+                raise failure from cause   # no time left for a retry: the next frame is the better one
             attempt += 1
             logger.warning("%s; retry %d/%d in %.2f s", failure, attempt, self.config.retries, delay)
             time.sleep(delay)
@@ -166,11 +297,18 @@ class OpenAIChatVLM:
             content = response["choices"][0]["message"]["content"]
         except json.JSONDecodeError as err:
             raise VLMError(f"{self.endpoint}: response is not JSON: {payload[:_ERROR_BODY_CHARS]!r}") from err
+        except UnicodeDecodeError as err:
+            raise VLMError(f"{self.endpoint}: response is not UTF-8 text ({err.reason} at byte {err.start}): "
+                           f"{payload[:_ERROR_BODY_CHARS]!r}") from err
+        except RecursionError as err:
+            raise VLMError(f"{self.endpoint}: response JSON is nested too deeply to read "
+                           f"({len(payload)} bytes)") from err
         except (KeyError, IndexError, TypeError) as err:
             raise VLMError(f"{self.endpoint}: no choices[0].message.content in the response: "
                            f"{payload[:_ERROR_BODY_CHARS]!r}") from err
         if isinstance(content, list):  # some servers answer with content parts, like the request's
-            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+            content = "".join(part["text"] for part in content
+                              if isinstance(part, dict) and isinstance(part.get("text"), str))
         # None: e.g. the whole budget went to reasoning; an empty answer, parsed as such.
         return content if isinstance(content, str) else ""
 
