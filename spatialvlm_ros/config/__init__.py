@@ -19,13 +19,13 @@ from spatialvlm_ros.config.node import (
 from spatialvlm_ros.config.schema import (
     config_path, from_flat, from_mapping, load_config, load_yaml, node_params, require, to_flat, unflatten,
 )
-from spatialvlm_ros.config.sim import DepthNoiseConfig, SimCameraConfig, SimConfig
+from spatialvlm_ros.config.sim import DepthNoiseConfig, SimCameraConfig, SimConfig, ViewpointConfig
 from spatialvlm_ros.config.vlm import CompactVLMConfig, OpenAIVLMConfig, TransformersVLMConfig, VLMConfig
 
 __all__ = [
     "DEFAULT_FOVY_DEG", "CaptionerConfig", "ClipConfig", "CompactVLMConfig", "DepthModelConfig", "DepthNoiseConfig",
     "DetectorConfig", "EstimatorConfig", "ModelsConfig", "OpenAIVLMConfig", "QosConfig", "RewardConfig",
     "SegmenterConfig", "SimCameraConfig", "SimConfig", "SpatialRewardConfig", "SyncConfig", "TopicsConfig",
-    "TransformersVLMConfig", "VLMConfig", "config_path", "from_flat", "from_mapping", "load_config", "load_yaml",
-    "node_params", "require", "to_flat", "unflatten",
+    "TransformersVLMConfig", "VLMConfig", "ViewpointConfig", "config_path", "from_flat", "from_mapping",
+    "load_config", "load_yaml", "node_params", "require", "to_flat", "unflatten",
 ]
