@@ -14,7 +14,8 @@ from spatialvlm_ros.config.models import (
     DEFAULT_FOVY_DEG, CaptionerConfig, ClipConfig, DepthModelConfig, DetectorConfig, ModelsConfig, SegmenterConfig,
 )
 from spatialvlm_ros.config.node import (
-    EstimatorConfig, QosConfig, RewardConfig, SpatialRewardConfig, SyncConfig, TopicsConfig,
+    CompletionConfig, EstimatorConfig, QosConfig, RewardConfig, SensorModelConfig, SpatialRewardConfig, SyncConfig,
+    TopicsConfig,
 )
 from spatialvlm_ros.config.schema import (
     config_path, from_flat, from_mapping, load_config, load_yaml, node_params, require, to_flat, unflatten,
@@ -23,9 +24,9 @@ from spatialvlm_ros.config.sim import DepthNoiseConfig, SimCameraConfig, SimConf
 from spatialvlm_ros.config.vlm import CompactVLMConfig, OpenAIVLMConfig, TransformersVLMConfig, VLMConfig
 
 __all__ = [
-    "DEFAULT_FOVY_DEG", "CaptionerConfig", "ClipConfig", "CompactVLMConfig", "DepthModelConfig", "DepthNoiseConfig",
-    "DetectorConfig", "EstimatorConfig", "ModelsConfig", "OpenAIVLMConfig", "QosConfig", "RewardConfig",
-    "SegmenterConfig", "SimCameraConfig", "SimConfig", "SpatialRewardConfig", "SyncConfig", "TopicsConfig",
-    "TransformersVLMConfig", "VLMConfig", "ViewpointConfig", "config_path", "from_flat", "from_mapping",
-    "load_config", "load_yaml", "node_params", "require", "to_flat", "unflatten",
+    "DEFAULT_FOVY_DEG", "CaptionerConfig", "ClipConfig", "CompactVLMConfig", "CompletionConfig", "DepthModelConfig",
+    "DepthNoiseConfig", "DetectorConfig", "EstimatorConfig", "ModelsConfig", "OpenAIVLMConfig", "QosConfig",
+    "RewardConfig", "SegmenterConfig", "SensorModelConfig", "SimCameraConfig", "SimConfig", "SpatialRewardConfig",
+    "SyncConfig", "TopicsConfig", "TransformersVLMConfig", "VLMConfig", "ViewpointConfig", "config_path",
+    "from_flat", "from_mapping", "load_config", "load_yaml", "node_params", "require", "to_flat", "unflatten",
 ]

@@ -7,8 +7,9 @@ for the lit and the shaded side of an object. What direction cannot tell apart, 
 object: white, silver, grey and black lie on one ray (the achromatic axis), and so, nearly, do orange
 and brown; :func:`lightness_name` picks among them from an object's bright pixels.
 
-Everything per pixel is a table look-up: a 64x64x64 RGB table (:func:`colour_table`, built once, 3 MB)
-holds, for each quantised colour, the angle to every word (half-degrees, uint8) and the lightness.
+Everything per pixel is a table look-up: a 64x64x64 RGB table (:func:`colour_table`, built once, 4 MB)
+holds, for each quantised colour, the angle to every word (half-degrees, uint8) and the lightness; a
+pixel's row is :func:`table_index` of its colour.
 
 Vocabulary (:data:`VOCABULARY`): white, silver, grey (gray), black, brown, beige, pink, magenta, purple
 (violet), red, orange, yellow, green, cyan, blue. The prototypes are the colours' usual sRGB looks,
@@ -75,8 +76,10 @@ VOCABULARY: tuple[ColourWord, ...] = (
 #: Colour word -> its index in :data:`VOCABULARY` (a column of the colour table).
 INDEX = {word.name: i for i, word in enumerate(VOCABULARY)}
 WORDS = {word.name: word for word in VOCABULARY}
-#: The column of the colour table holding CIELAB L (0..100).
+#: The column of the colour table holding CIELAB L (0..100), and the one holding the angle to the
+#: nearest word of the whole vocabulary.
 LIGHTNESS_COLUMN = len(VOCABULARY)
+NEAREST_COLUMN = len(VOCABULARY) + 1
 
 #: Pixels whose brightest channel is below this (0..255) are too dark to show a hue: only the
 #: achromatic axis (black) matches them.
@@ -122,9 +125,12 @@ def to_lab(rgb: np.ndarray) -> np.ndarray:
 
 @functools.cache
 def colour_table(min_value: int = MIN_CHROMATIC_VALUE, min_saturation: int = 0) -> np.ndarray:
-    """(64**3, K + 1) uint8: per quantised RGB, the angle to each word in half-degrees, then L (0..100).
+    """(K + 2, 64**3) uint8: per quantised RGB, the angle to each word in half-degrees, L, the nearest angle.
 
-    Built once per setting (about 0.3 s) and shared. Row index: :func:`table_index`.
+    One row per word (in :data:`VOCABULARY` order), then :data:`LIGHTNESS_COLUMN` (CIELAB L, 0..100) and
+    :data:`NEAREST_COLUMN` (the angle to the nearest word); one column per colour, :func:`table_index`.
+    Stored row by row, so looking up one quantity for many pixels is one contiguous ``take``. Built once
+    per setting (about 0.3 s) and shared.
 
     Args:
         min_value: colours whose brightest channel (0..255) is below this match only the achromatic
@@ -148,17 +154,17 @@ def colour_table(min_value: int = MIN_CHROMATIC_VALUE, min_saturation: int = 0) 
             angles[ratio < MIN_SATURATION_FRACTION * word.saturation, k] = 255.0
     angles[dark] = 255.0
     angles[dark, INDEX["white"]:LIGHTNESS_COLUMN] = 0.0
-    table = np.empty((len(rgb), len(VOCABULARY) + 1), np.uint8)
-    table[:, :-1] = np.round(angles)
-    table[:, -1] = np.round(np.clip(lab[:, 0], 0, 100))
+    table = np.empty((len(VOCABULARY) + 2, len(rgb)), np.uint8)
+    table[:LIGHTNESS_COLUMN] = np.round(angles).T
+    table[LIGHTNESS_COLUMN] = np.round(np.clip(lab[:, 0], 0, 100))
+    table[NEAREST_COLUMN] = table[:LIGHTNESS_COLUMN].min(axis=0)
     return table
 
 
 def table_index(rgb: np.ndarray) -> np.ndarray:
-    """Row of :func:`colour_table` of each pixel of an (..., 3) uint8 RGB array, as (...) intp."""
-    q = rgb >> _SHIFT
-    return ((q[..., 0].astype(np.intp) << (2 * _BITS)) | (q[..., 1].astype(np.intp) << _BITS)
-            | q[..., 2].astype(np.intp))
+    """Row of :func:`colour_table` of each pixel of an (..., 3) uint8 RGB array, as (...) int32."""
+    q = (rgb >> _SHIFT).astype(np.int32)
+    return (q[..., 0] << (2 * _BITS)) | (q[..., 1] << _BITS) | q[..., 2]
 
 
 def canonical(word: str) -> str:
@@ -207,7 +213,7 @@ def family(name: str) -> tuple[str, ...]:
     return (name,)
 
 
-def classify(rows: np.ndarray, groups: list[tuple[str, ...]], *, margin_deg: float,
+def classify(table: np.ndarray, index: np.ndarray, groups: list[tuple[str, ...]], *, margin_deg: float,
              max_angle_deg: float) -> np.ndarray:
     """Which group of named colours each pixel belongs to: (N,) int8 index into ``groups``, -1 for none.
 
@@ -217,23 +223,39 @@ def classify(rows: np.ndarray, groups: list[tuple[str, ...]], *, margin_deg: flo
     ``max_angle_deg`` of the pixel.
 
     Args:
-        rows: (N, K + 1) rows of :func:`colour_table` of the pixels.
+        table: :func:`colour_table`.
+        index: (N,) :func:`table_index` of the pixels.
         groups: the named colours' families (:func:`family`), one per class.
         margin_deg: how much farther than the vocabulary's nearest word a named group may be.
         max_angle_deg: farthest a pixel may be from its group.
 
     Example:
-        >>> rows = colour_table()[table_index(np.array([[240, 120, 20], [240, 210, 20], [90, 90, 90]], np.uint8))]
-        >>> classify(rows, [("yellow",), family("orange")], margin_deg=6.0, max_angle_deg=20.0).tolist()
+        >>> pixels = np.array([[240, 120, 20], [240, 210, 20], [90, 90, 90]], np.uint8)
+        >>> classify(colour_table(), table_index(pixels), [("yellow",), family("orange")], margin_deg=6.0,
+        ...          max_angle_deg=20.0).tolist()
         [1, 0, -1]
     """
-    angles = np.stack([rows[:, [INDEX[n] for n in group]].min(axis=1) for group in groups], axis=1)
-    best = np.argmin(angles, axis=1)
-    nearest_named = np.take_along_axis(angles, best[:, None], axis=1)[:, 0].astype(np.int16)
-    nearest_any = rows[:, :LIGHTNESS_COLUMN].min(axis=1).astype(np.int16)
-    ok = ((nearest_named <= nearest_any + int(round(2 * margin_deg)))
-          & (nearest_named <= int(round(2 * max_angle_deg))))
-    return np.where(ok, best, -1).astype(np.int8)
+    best = np.zeros(len(index), np.int8)
+    nearest: np.ndarray | None = None
+    for k, group in enumerate(groups):
+        angle = table[INDEX[group[0]]].take(index)
+        for name in group[1:]:
+            np.minimum(angle, table[INDEX[name]].take(index), out=angle)
+        if nearest is None:
+            nearest = angle
+        else:
+            best[angle < nearest] = k
+            np.minimum(nearest, angle, out=nearest)
+    assert nearest is not None
+    limit = np.minimum(table[NEAREST_COLUMN].take(index).astype(np.int16) + int(round(2 * margin_deg)),
+                       int(round(2 * max_angle_deg)))
+    best[nearest > limit] = -1
+    return best
+
+
+def lightness_of(table: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """(N,) uint8 CIELAB L (0..100) of pixels given by their :func:`table_index`."""
+    return table[LIGHTNESS_COLUMN].take(index)
 
 
 #: The percentile of an object's pixels' CIELAB L that stands for its lightness: its lit side, past

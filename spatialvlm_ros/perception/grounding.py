@@ -94,11 +94,13 @@ class _FrameState:
 
     def __init__(self, frame: Frame, table: np.ndarray, coarse: int) -> None:
         self.frame_ref = weakref.ref(frame)
-        h, w = frame.rgb.shape[:2]
         self.coarse = coarse
-        self.small_shape = (max(h // coarse, 1), max(w // coarse, 1))
-        small = cv2.resize(frame.rgb, self.small_shape[::-1], interpolation=cv2.INTER_AREA)
-        self.rows = table[colours.table_index(small)].reshape(-1, table.shape[1])
+        # The pixel at the centre of each coarse cell: an object of a cell's size is still seen.
+        small = frame.rgb[coarse // 2::coarse, coarse // 2::coarse]
+        self.small_shape = small.shape[:2]
+        self.index = colours.table_index(small).reshape(-1)
+        # Classes of the coarse pixels per set of competing colour groups.
+        self.classes: dict[tuple[tuple[str, ...], ...], np.ndarray] = {}
         self.support: SupportSurface | None | object = _UNSET
         self.foreground: np.ndarray | None | object = _UNSET
 
@@ -154,7 +156,7 @@ class ColourPromptGrounder:
     are found among what stands on the support plane (:mod:`~spatialvlm_ros.geometry.support`): pixels
     above the table, over it, split at depth discontinuities; without depth, by colour alone.
 
-    The work is done on a 1/``coarse`` image first, then at full resolution around what was found.
+    The work is done on every ``coarse``-th pixel first, then at full resolution around what was found.
     Two objects of the same colour cannot be told apart: name a colour that is unique in the scene.
 
     Args:
@@ -164,7 +166,7 @@ class ColourPromptGrounder:
         max_angle_deg: farthest a pixel may be from its colour.
         keep_ratio: keep components at least this fraction of the largest one.
         min_area_px: drop components smaller than this.
-        coarse: downscale factor of the first pass.
+        coarse: pixel stride of the first pass.
         min_height_m: how far above the table plane a pixel must be to stand on it.
 
     Example:
@@ -262,9 +264,8 @@ class ColourPromptGrounder:
             else:
                 hs, ws = state.small_shape
                 c = state.coarse
-                # The depth sample at the centre of each coarse cell.
-                vs = np.minimum(np.arange(hs) * c + c // 2, frame.depth_m.shape[0] - 1)
-                us = np.minimum(np.arange(ws) * c + c // 2, frame.depth_m.shape[1] - 1)
+                vs = np.arange(hs) * c + c // 2
+                us = np.arange(ws) * c + c // 2
                 state.foreground = _foreground(frame.depth_m[np.ix_(vs, us)], us, vs, frame, surface,
                                                self.min_height_m, self.max_height_m, spacing=c)[0]
         return state.foreground  # type: ignore[return-value]
@@ -335,8 +336,12 @@ class ColourPromptGrounder:
 
         # Coarse pass: where is it? (Family words are named per object at full resolution: at this scale
         # an object's rim mixes with its surroundings, and two objects touching in the image merge.)
-        classes = colours.classify(state.rows, groups, margin_deg=self.margin_deg, max_angle_deg=self.max_angle_deg)
-        lightness = state.rows[:, colours.LIGHTNESS_COLUMN].reshape(hs, ws)
+        key = tuple(groups)
+        if key not in state.classes:
+            state.classes[key] = colours.classify(self._table, state.index, groups, margin_deg=self.margin_deg,
+                                                  max_angle_deg=self.max_angle_deg)
+        classes = state.classes[key]
+        lightness = colours.lightness_of(self._table, state.index).reshape(hs, ws)
         binary = (classes == group).reshape(hs, ws) & self._lightness_band(lightness, colour, named)
         foreground = self._coarse_foreground(frame, state) if word.on_support else None
         if foreground is not None:
@@ -344,17 +349,17 @@ class ColourPromptGrounder:
         n, labels, stats, _ = cv2.connectedComponentsWithStats(binary.view(np.uint8), connectivity=8)
         areas = stats[1:, cv2.CC_STAT_AREA]
         if len(colours.family(colour)) > 1:
-            found = np.flatnonzero(areas >= 2) + 1
+            found = np.flatnonzero(areas >= 1) + 1
         else:
-            found = np.flatnonzero(areas >= max(2, 0.5 * self.keep_ratio * areas.max(initial=0))) + 1
+            found = np.flatnonzero(areas >= 0.5 * self.keep_ratio * areas.max(initial=0)) + 1
         if len(found) == 0:
             return mask
         c, pad = state.coarse, 2 * state.coarse
         rects = []
         for k in found:
-            x, y, bw, bh = stats[k, :4]
-            rects.append((max(int(y) * c - pad, 0), min(int(y + bh) * c + pad, h),
-                          max(int(x) * c - pad, 0), min(int(x + bw) * c + pad, w)))
+            x, y, bw, bh = (int(v) for v in stats[k, :4])
+            rects.append((max(y * c - pad, 0), min((y + bh) * c + pad, h),
+                          max(x * c - pad, 0), min((x + bw) * c + pad, w)))
         y0, y1 = min(r[0] for r in rects), max(r[1] for r in rects)
         x0, x1 = min(r[2] for r in rects), max(r[3] for r in rects)
 
@@ -366,10 +371,11 @@ class ColourPromptGrounder:
         lightness = np.zeros(shape, np.uint8)
         surface = self._support(frame, state) if foreground is not None else None
         for ry0, ry1, rx0, rx1 in rects:
-            rows = self._table[colours.table_index(frame.rgb[ry0:ry1, rx0:rx1])].reshape(-1, self._table.shape[1])
-            classes = colours.classify(rows, groups, margin_deg=self.margin_deg, max_angle_deg=self.max_angle_deg)
+            index = colours.table_index(frame.rgb[ry0:ry1, rx0:rx1]).reshape(-1)
+            classes = colours.classify(self._table, index, groups, margin_deg=self.margin_deg,
+                                       max_angle_deg=self.max_angle_deg)
             window = (slice(ry0 - y0, ry1 - y0), slice(rx0 - x0, rx1 - x0))
-            lit = rows[:, colours.LIGHTNESS_COLUMN].reshape(ry1 - ry0, rx1 - rx0)
+            lit = colours.lightness_of(self._table, index).reshape(ry1 - ry0, rx1 - rx0)
             band = self._lightness_band(lit, colour, named)
             coloured[window] |= (classes == group).reshape(ry1 - ry0, rx1 - rx0) & band
             lightness[window] = lit

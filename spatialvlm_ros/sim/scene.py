@@ -53,7 +53,7 @@ _PLACE_TRIES = 500
 # approach's elevation range, and the least angle between the approach and the line of sight (the
 # gripper straight between camera and target would hide the whole target).
 _VIEW_STREAM = 0x7AE
-_VIEW_APPROACH_ELEVATION_DEG = (20.0, 55.0)
+_VIEW_APPROACH_ELEVATION_DEG = (5.0, 50.0)
 _VIEW_MIN_ANGLE_TO_CAMERA_DEG = 30.0
 _VIEW_TRIES = 400
 
