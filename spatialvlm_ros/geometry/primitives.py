@@ -148,7 +148,7 @@ class Primitive:
 
 
 def _base_height(z: np.ndarray) -> float:
-    """The base of an upright solid: the table (0) when its lowest points are near it, else the lowest points."""
+    """The base of an upright solid: the table (0) when its lowest points are near it, else the lowest."""
     low = float(np.percentile(z, 2))
     return 0.0 if low < ON_TABLE_M else low
 
@@ -156,8 +156,9 @@ def _base_height(z: np.ndarray) -> float:
 def fit_cylinder(points: np.ndarray, frame: CanonicalFrame) -> Primitive | None:
     """An upright cylinder through canonical-frame ``points``; None when they do not pin one down.
 
-    The side comes from a circle fit, the top and base from the heights. The circle is fitted algebraically (Kasa) to the side points' x, y, then refined by Gauss-Newton on
-    the geometric residual; with too little side visible, to the outline of the top face.
+    The side comes from a circle fit, the top and base from the heights. The circle is fitted
+    algebraically (Kasa) to the side points' x, y, then refined by Gauss-Newton on the geometric
+    residual; with too little side visible, to the outline of the top face.
 
     Example:
         >>> from spatialvlm_ros.geometry.plane import Plane, canonical_frame

@@ -201,7 +201,8 @@ class ColourPromptGrounder:
         self.min_height_m = min_height_m
         self.max_height_m = 1.0
         self._kernel = np.ones((3, 3), np.uint8)
-        self._table: np.ndarray | None = None
+        # Built here (about 0.3 s, shared by every grounder with these settings), not on the first frame.
+        self._table = colours.colour_table(self.min_value, self.min_saturation)
         # What the phrases of the last frame share, and the colours competing in a ground_all call.
         self._state: _FrameState | None = None
         self._competition: tuple[weakref.ref, tuple[str, ...]] | None = None
@@ -246,8 +247,6 @@ class ColourPromptGrounder:
         state = self._state
         if state is not None and state.frame_ref() is frame:
             return state
-        if self._table is None:
-            self._table = colours.colour_table(self.min_value, self.min_saturation)
         self._state = _FrameState(frame, self._table, self.coarse)
         return self._state
 
