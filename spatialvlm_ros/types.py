@@ -96,6 +96,8 @@ class DistanceEstimate:
         gripper_point: gripper end of the measured segment (closest point or centre), metres.
         target_point: target end of the measured segment, metres.
         answer_text: the text a VLM answered (None for geometric backends).
+        surface: what the target's end of a gap lies on: ``"visible"`` (the surface the camera sees) or
+            the primitive the target was completed with (``"cylinder"``, ``"box"``, ``"sphere"``).
 
     Example:
         >>> e = DistanceEstimate(pair=Pair.parse("yellow gripper -> red can"), kind=DistanceKind.GAP,
@@ -117,6 +119,7 @@ class DistanceEstimate:
     gripper_point: Point3 | None = None
     target_point: Point3 | None = None
     answer_text: str | None = None
+    surface: str = "visible"
 
     @classmethod
     def invalid(cls, pair: Pair, kind: DistanceKind, reason: NoEstimateReason, detail: str, *,

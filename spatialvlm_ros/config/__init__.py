@@ -16,18 +16,20 @@ from spatialvlm_ros.config.models import (
 )
 from spatialvlm_ros.config.reasoning import LLMPlannerConfig, ReasoningConfig
 from spatialvlm_ros.config.node import (
-    EstimatorConfig, QosConfig, RewardConfig, SpatialRewardConfig, SyncConfig, TopicsConfig,
+    CompletionConfig, EstimatorConfig, QosConfig, RewardConfig, SensorModelConfig, SpatialRewardConfig, SyncConfig,
+    TopicsConfig,
 )
 from spatialvlm_ros.config.schema import (
     config_path, from_flat, from_mapping, load_config, load_yaml, node_params, require, to_flat, unflatten,
 )
-from spatialvlm_ros.config.sim import DepthNoiseConfig, SimCameraConfig, SimConfig
+from spatialvlm_ros.config.sim import DepthNoiseConfig, SimCameraConfig, SimConfig, ViewpointConfig
 from spatialvlm_ros.config.vlm import CompactVLMConfig, OpenAIVLMConfig, TransformersVLMConfig, VLMConfig
 
 __all__ = [
-    "DEFAULT_FOVY_DEG", "CaptionerConfig", "ClipConfig", "CompactVLMConfig", "DepthModelConfig", "DepthNoiseConfig",
-    "DetectorConfig", "EstimatorConfig", "LLMPlannerConfig", "ModelsConfig", "OpenAIVLMConfig", "QosConfig",
-    "ReasoningConfig", "RewardConfig", "SegmenterConfig", "SimCameraConfig", "SimConfig", "SpatialRewardConfig",
-    "SyncConfig", "TopicsConfig", "TransformersVLMConfig", "VLMConfig", "config_path", "from_flat", "from_mapping",
-    "load_config", "load_yaml", "node_params", "require", "to_flat", "unflatten"
+    "DEFAULT_FOVY_DEG", "CaptionerConfig", "ClipConfig", "CompactVLMConfig", "CompletionConfig", "DepthModelConfig",
+    "DepthNoiseConfig", "DetectorConfig", "EstimatorConfig", "LLMPlannerConfig", "ModelsConfig", "OpenAIVLMConfig",
+    "QosConfig", "ReasoningConfig", "RewardConfig", "SegmenterConfig", "SensorModelConfig", "SimCameraConfig",
+    "SimConfig", "SpatialRewardConfig", "SyncConfig", "TopicsConfig", "TransformersVLMConfig", "VLMConfig",
+    "ViewpointConfig", "config_path", "from_flat", "from_mapping", "load_config", "load_yaml", "node_params",
+    "require", "to_flat", "unflatten"
 ]

@@ -13,6 +13,45 @@ from spatialvlm_ros.types import DistanceKind, Pair
 
 
 @dataclasses.dataclass(frozen=True)
+class CompletionConfig:
+    """Shape completion of the target before a gap is measured (geometric backend).
+
+    Attributes:
+        enabled: fit an upright cylinder, upright box or sphere standing on the table to the target's
+            visible points (the noun picks it: can, cup, mug, bottle -> cylinder; box, cube, block -> box;
+            ball, sphere -> sphere; else the best fit) and measure the gap to its surface when the fit
+            explains the points; off measures between visible surfaces only
+        max_rms_sigmas: a fit is used when the visible points' RMS distance from it is at most this many
+            depth-noise sigmas (estimator.sensor.depth_sigma_at_1m_m at the target's range) plus 1.5 mm
+    """
+
+    enabled: bool = True
+    max_rms_sigmas: float = 2.0
+
+    def __post_init__(self) -> None:
+        require(self.max_rms_sigmas > 0, "estimator.completion.max_rms_sigmas", "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class SensorModelConfig:
+    """What the geometric backend's uncertainty assumes of the camera.
+
+    Attributes:
+        depth_sigma_at_1m_m: axial depth noise (1 sigma) at 1 m, metres; it grows with the square of the
+            range (RealSense D4xx: about 0.002)
+        edge_px: uncertainty (1 sigma) of a mask's edge, pixels (JPEG chroma subsampling blurs colour
+            edges by about one pixel)
+    """
+
+    depth_sigma_at_1m_m: float = 0.002
+    edge_px: float = 1.0
+
+    def __post_init__(self) -> None:
+        require(self.depth_sigma_at_1m_m >= 0, "estimator.sensor.depth_sigma_at_1m_m", "must be >= 0")
+        require(self.edge_px >= 0, "estimator.sensor.edge_px", "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class EstimatorConfig:
     """Which backend answers "how far is A from B", and how the geometric one works."""
 
@@ -28,6 +67,8 @@ class EstimatorConfig:
     vlm: VLMConfig = VLMConfig()       # backend "vlm": which spatial VLM, where, how many samples
     monocular_depth: bool = False      # frames without depth: estimate it with models.depth instead of NO_DEPTH
     models: ModelsConfig = ModelsConfig()   # transformers checkpoints (grounding open_vocab, monocular_depth)
+    completion: CompletionConfig = CompletionConfig()   # gap to the target's completed shape, not its visible side
+    sensor: SensorModelConfig = SensorModelConfig()     # depth noise and mask-edge blur the uncertainty assumes
 
     def __post_init__(self) -> None:
         require(self.min_pixels >= 1, "estimator.min_pixels", "must be >= 1")

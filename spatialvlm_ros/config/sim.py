@@ -27,6 +27,33 @@ class DepthNoiseConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ViewpointConfig:
+    """Random camera viewpoints around the target and approaches from any side (off: the canonical view).
+
+    Attributes:
+        random: draw, from the scene seed, a camera anywhere around the target and an approach from any
+            side of it, the camera's side included (the gripper then hides the near side of the target);
+            off keeps the camera in front of the table and the approach from the left
+        min_elevation_deg: lowest camera elevation above the table top, seen from the target, degrees
+        max_elevation_deg: highest camera elevation, degrees
+        min_distance_m: nearest camera distance from the target centre, metres
+        max_distance_m: farthest camera distance from the target centre, metres
+    """
+
+    random: bool = False
+    min_elevation_deg: float = 25.0
+    max_elevation_deg: float = 65.0
+    min_distance_m: float = 0.55
+    max_distance_m: float = 0.95
+
+    def __post_init__(self) -> None:
+        require(0 < self.min_elevation_deg <= self.max_elevation_deg < 90, "sim.viewpoint.min_elevation_deg",
+                "need 0 < min_elevation_deg <= max_elevation_deg < 90")
+        require(0.2 <= self.min_distance_m <= self.max_distance_m, "sim.viewpoint.min_distance_m",
+                "need 0.2 <= min_distance_m <= max_distance_m")
+
+
+@dataclasses.dataclass(frozen=True)
 class SimConfig:
     """A MuJoCo tabletop scene, its camera and the scripted approach."""
 
@@ -43,6 +70,7 @@ class SimConfig:
     start_gap_m: float = 0.30          # gripper-to-target surface gap at the first frame
     end_gap_m: float = 0.01            # ... and at the last
     depth_noise: DepthNoiseConfig = DepthNoiseConfig()
+    viewpoint: ViewpointConfig = ViewpointConfig()   # random cameras around the target (off: canonical view)
 
     def __post_init__(self) -> None:
         require(self.width >= 16 and self.height >= 16, "sim.width", "image must be at least 16x16")

@@ -1,8 +1,9 @@
 """Named colours and object phrases ("red can") for the simulated scenes.
 
-The object colours are deliberately saturated and spread over the hue circle so an HSV
-colour-threshold grounder finds them; the scenery (table, floor, walls) is low-saturation so it
-never matches a named hue.
+The data engine's colours (:data:`COLOURS`) are saturated and spread over the hue circle, plus white and
+black; :data:`MORE_COLOURS` adds the rest of the colour-prompt grounder's everyday vocabulary (grey,
+silver, brown, beige, pink). The scenery (table, floor, walls) is low-saturation: a grounder must tell an
+achromatic object from it by shape (it stands on the table), not by colour alone.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from spatialvlm_ros.errors import SimulationError
 
-#: Linear RGBA in [0, 1] of every colour word a phrase may use.
+#: Linear RGBA in [0, 1] of the colour words the data engine samples its scenes from.
 COLOURS: dict[str, tuple[float, float, float, float]] = {
     "red": (0.85, 0.06, 0.06, 1.0),
     "orange": (0.95, 0.45, 0.02, 1.0),
@@ -27,7 +28,21 @@ COLOURS: dict[str, tuple[float, float, float, float]] = {
     "black": (0.05, 0.05, 0.05, 1.0),
 }
 
-#: Scenery colours: low saturation (HSV S < 0.2) so no named hue matches them.
+#: More colour words the scenes may paint (an object or the gripper), beside :data:`COLOURS`: the rest of
+#: the everyday vocabulary of the colour-prompt grounder. Kept apart so the data engine, which samples
+#: its scenes from :data:`COLOURS`, draws the same scenes as before.
+MORE_COLOURS: dict[str, tuple[float, float, float, float]] = {
+    "grey": (0.42, 0.42, 0.42, 1.0),
+    "silver": (0.66, 0.67, 0.70, 1.0),
+    "brown": (0.42, 0.22, 0.08, 1.0),
+    "beige": (0.86, 0.76, 0.56, 1.0),
+    "pink": (0.98, 0.50, 0.68, 1.0),
+}
+
+#: Every colour word a phrase may use: :data:`COLOURS` and :data:`MORE_COLOURS`.
+PALETTE: dict[str, tuple[float, float, float, float]] = {**COLOURS, **MORE_COLOURS}
+
+#: Scenery colours: low saturation (HSV S < 0.2), so no vivid colour word matches them.
 TABLE_RGBA = (0.60, 0.56, 0.50, 1.0)
 FLOOR_RGBA = (0.36, 0.36, 0.38, 1.0)
 WALL_RGBA = (0.78, 0.78, 0.76, 1.0)
@@ -40,16 +55,16 @@ def colour_rgba(name: str) -> np.ndarray:
     """RGBA (4,) float array of a colour word.
 
     Raises:
-        SimulationError: the word is not in :data:`COLOURS`.
+        SimulationError: the word is not in :data:`PALETTE`.
 
     Example:
         >>> colour_rgba("red")[:3].round(2).tolist()
         [0.85, 0.06, 0.06]
     """
     try:
-        return np.asarray(COLOURS[name], dtype=np.float64)
+        return np.asarray(PALETTE[name], dtype=np.float64)
     except KeyError as err:
-        raise SimulationError(f"unknown colour {name!r}; known: {', '.join(COLOURS)}") from err
+        raise SimulationError(f"unknown colour {name!r}; known: {', '.join(PALETTE)}") from err
 
 
 def jitter_rgba(rgba: np.ndarray, rng: np.random.Generator, amount: float = 0.04) -> np.ndarray:
@@ -64,7 +79,7 @@ class ObjectSpec:
     """One object of the scene, named by its phrase.
 
     Attributes:
-        colour: colour word (a key of :data:`COLOURS`).
+        colour: colour word (a key of :data:`PALETTE`).
         kind: ``"gripper"`` or one of :data:`KINDS`.
     """
 

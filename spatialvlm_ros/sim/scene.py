@@ -3,6 +3,10 @@
 World frame: z up, metres; the table top is the plane ``z = TABLE_TOP_Z``; the camera sits in front
 of the table (world -y) looking along +y and down, so world +x is image right. The gripper comes from
 the left (world -x) and above, so it never hides the target and the gap stays visible.
+
+With ``viewpoint.random`` the camera is drawn anywhere around the target instead, and the approach from
+any side of it: behind the target (the target hides the gripper's near side), beside it, or between the
+camera and the target (the gripper hides the target's near side).
 """
 
 from __future__ import annotations
@@ -45,6 +49,13 @@ _CANONICAL_LOOK_AT = (-0.05, 0.06, 0.86)
 _CANONICAL_APPROACH = (np.pi, np.deg2rad(40.0))        # azimuth, elevation of target -> gripper
 _CANONICAL_LIGHT = (0.3, -0.4, 2.2)
 _PLACE_TRIES = 500
+# Random viewpoints: their own random stream (so turning them on leaves the other draws alone), the
+# approach's elevation range, and the least angle between the approach and the line of sight (the
+# gripper straight between camera and target would hide the whole target).
+_VIEW_STREAM = 0x7AE
+_VIEW_APPROACH_ELEVATION_DEG = (5.0, 50.0)
+_VIEW_MIN_ANGLE_TO_CAMERA_DEG = 30.0
+_VIEW_TRIES = 400
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,43 @@ class _Pinhole:
         return self.f * cam[..., :2] / z[..., None] + (self.size - 1) / 2.0, self.f * radius / z
 
 
+def _random_view(cfg: SimConfig, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Target xy, approach, camera eye and look-at of a random viewpoint (``cfg.viewpoint``), seeded.
+
+    Draws until the target and the gripper, at both ends of its path, are in view and in front of the
+    camera, and the approach does not point straight at the camera.
+
+    Raises:
+        SimulationError: no draw fits (a field of view too narrow for the distances asked).
+    """
+    vp = cfg.viewpoint
+    rng = np.random.default_rng([cfg.seed, _VIEW_STREAM])
+    for _ in range(_VIEW_TRIES):
+        target_xy = np.array([rng.uniform(-0.15, 0.15), rng.uniform(-0.05, 0.25)])
+        centre = np.array([*target_xy, TABLE_TOP_Z + HALF_HEIGHT[kind]])
+        azimuth = rng.uniform(-np.pi, np.pi)
+        to_camera = _approach_vector(azimuth, np.deg2rad(rng.uniform(vp.min_elevation_deg, vp.max_elevation_deg)))
+        eye = centre + rng.uniform(vp.min_distance_m, vp.max_distance_m) * to_camera
+        look_at = centre + rng.uniform(-0.03, 0.03, size=3)
+        approach = _approach_vector(azimuth + rng.uniform(-np.pi, np.pi),
+                                    np.deg2rad(rng.uniform(*_VIEW_APPROACH_ELEVATION_DEG)))
+        if approach @ to_camera > np.cos(np.deg2rad(_VIEW_MIN_ANGLE_TO_CAMERA_DEG)):
+            continue
+        camera = _Pinhole(cfg, eye, look_at)
+        # The gripper's bounding sphere (it reaches ~12 cm back from the grasp point), at both path ends.
+        reach = _bound_radius(kind) + np.array([cfg.start_gap_m, cfg.end_gap_m])
+        spheres = np.concatenate([centre[None], centre + (reach[:, None] + 0.05) * approach])
+        radii = np.array([_bound_radius(kind), 0.09, 0.09])
+        depth = (spheres - eye) @ camera.rot[2]
+        if np.any(depth - radii < 0.15):
+            continue
+        uv, r = camera.project(spheres, radii)
+        if np.all((uv - r[:, None] >= 0.02 * camera.size) & (uv + r[:, None] <= 0.98 * camera.size)):
+            return target_xy, approach, eye, look_at
+    raise SimulationError("no random viewpoint keeps the target and the gripper in view; widen sim.fovy_deg or "
+                          "move the camera away (sim.viewpoint.min_distance_m)")
+
+
 def _bound_radius(kind: str) -> float:
     return float(np.hypot(FOOTPRINT[kind], HALF_HEIGHT[kind]))
 
@@ -167,6 +215,8 @@ def make_layout(cfg: SimConfig) -> SceneLayout:
         approach = _approach_vector(*_CANONICAL_APPROACH)
         eye, look_at = np.array(_CANONICAL_EYE), np.array(_CANONICAL_LOOK_AT)
         light_pos, light_diffuse = np.array(_CANONICAL_LIGHT), 0.7
+    if cfg.viewpoint.random:
+        target_xy, approach, eye, look_at = _random_view(cfg, objects[0].kind)
     approach_xy = approach[:2] / np.linalg.norm(approach[:2])
     camera = _Pinhole(cfg, eye, look_at)
 
