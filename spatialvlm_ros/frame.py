@@ -24,6 +24,10 @@ class Frame:
         frame_id: the camera optical frame (x right, y down, z forward).
         segmentation: (H, W) int32 object ids from a simulator, -1 for background; None on a robot.
         labels: object name -> id in ``segmentation`` (simulator only).
+        gripper_pose: (4, 4) the gripper's reported frame in the camera optical frame at ``stamp_ns``
+            (from the robot's kinematics, tf, a pose topic or the simulator); None when unknown.
+            ``estimator.gripper.offset_*`` maps it onto the model's grasp point.
+        gripper_opening_m: opening between the finger pads, metres (a JointState); None when unknown.
     """
 
     rgb: np.ndarray
@@ -33,6 +37,8 @@ class Frame:
     frame_id: str = "camera_color_optical_frame"
     segmentation: np.ndarray | None = None
     labels: Mapping[str, int] = field(default_factory=dict)
+    gripper_pose: np.ndarray | None = None
+    gripper_opening_m: float | None = None
 
     def __post_init__(self) -> None:
         h, w = self.intrinsics.height, self.intrinsics.width
@@ -46,3 +52,8 @@ class Frame:
                 "depth must be registered (aligned) to the colour image")
         if self.segmentation is not None and self.segmentation.shape != (h, w):
             raise InputError(f"segmentation shape {self.segmentation.shape} does not match rgb {(h, w)}")
+        if self.gripper_pose is not None:
+            pose = np.asarray(self.gripper_pose, dtype=np.float64)
+            if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
+                raise InputError(f"gripper_pose must be a finite 4x4 transform, got shape {pose.shape}")
+            object.__setattr__(self, "gripper_pose", pose)

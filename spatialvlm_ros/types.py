@@ -36,6 +36,7 @@ class NoEstimateReason(str, enum.Enum):
     TIMEOUT = "timeout"                # a remote backend did not answer in time
     BACKEND_ERROR = "backend_error"    # the backend failed in an unexpected way
     BACKEND_UNAVAILABLE = "backend_unavailable"  # the backend is not asked: circuit open, or still loading
+    NO_GRIPPER_POSE = "no_gripper_pose"  # gripper.source pose, and no pose at (near) the image stamp
     INTERNAL_ERROR = "internal_error"  # an unexpected exception while processing the frame (a bug: see the log)
 
     def __str__(self) -> str:

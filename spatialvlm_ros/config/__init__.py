@@ -11,6 +11,7 @@ describes the settings of every part and never imports what it configures, so an
 * :mod:`~spatialvlm_ros.config.sim`: the MuJoCo tabletop and ``sim_camera_node``.
 """
 
+from spatialvlm_ros.config.gripper import GRIPPER_MODELS, GripperConfig
 from spatialvlm_ros.config.models import (
     DEFAULT_FOVY_DEG, CaptionerConfig, ClipConfig, DepthModelConfig, DetectorConfig, ModelsConfig, SegmenterConfig,
 )
@@ -27,7 +28,7 @@ from spatialvlm_ros.config.vlm import CompactVLMConfig, OpenAIVLMConfig, Transfo
 
 __all__ = [
     "DEFAULT_FOVY_DEG", "CaptionerConfig", "ClipConfig", "CompactVLMConfig", "CompletionConfig", "DepthModelConfig",
-    "DepthNoiseConfig", "DetectorConfig", "EstimatorConfig", "LLMPlannerConfig", "ModelsConfig", "OpenAIVLMConfig",
+    "DepthNoiseConfig", "DetectorConfig", "EstimatorConfig", "GRIPPER_MODELS", "GripperConfig", "LLMPlannerConfig", "ModelsConfig", "OpenAIVLMConfig",
     "QosConfig", "ReasoningConfig", "RewardConfig", "SegmenterConfig", "SensorModelConfig", "SimCameraConfig",
     "SimConfig", "SpatialRewardConfig", "SyncConfig", "TopicsConfig", "TransformersVLMConfig", "VLMConfig",
     "ViewpointConfig", "config_path", "from_flat", "from_mapping", "load_config", "load_yaml", "node_params",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from spatialvlm_ros.config.gripper import GripperConfig
 from spatialvlm_ros.config.models import ModelsConfig
 from spatialvlm_ros.config.reasoning import ReasoningConfig
 from spatialvlm_ros.config.schema import require
@@ -69,6 +70,7 @@ class EstimatorConfig:
     models: ModelsConfig = ModelsConfig()   # transformers checkpoints (grounding open_vocab, monocular_depth)
     completion: CompletionConfig = CompletionConfig()   # gap to the target's completed shape, not its visible side
     sensor: SensorModelConfig = SensorModelConfig()     # depth noise and mask-edge blur the uncertainty assumes
+    gripper: GripperConfig = GripperConfig()            # the gripper from vision or from the robot's pose
 
     def __post_init__(self) -> None:
         require(self.min_pixels >= 1, "estimator.min_pixels", "must be >= 1")

@@ -33,6 +33,7 @@ from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.pointcloud import (
     ObjectCloud, Separation, backproject, centre_distance, object_cloud, surface_gap,
 )
+from spatialvlm_ros.geometry.gripper import PosedGripper, model_from_config
 from spatialvlm_ros.geometry.primitives import Primitive, complete, shapes_for
 from spatialvlm_ros.geometry.support import SupportSurface, support_of
 from spatialvlm_ros.perception.experts import DepthSource, Grounder
@@ -81,6 +82,7 @@ class GeometricEstimator:
         self.grounder = GROUNDERS.create(config.grounding, config.models) if grounder is None else grounder
         self.depth_source: DepthSource | None = \
             DEPTH_SOURCES.create("monocular", config.models) if config.monocular_depth else None
+        self.gripper_model = model_from_config(config.gripper) if config.gripper.source == "pose" else None
 
     def estimate(self, frame: Frame, pairs: Sequence[Pair], kind: DistanceKind) -> list[DistanceEstimate]:
         """One estimate per pair; per-frame problems come back as invalid estimates, never raised.
@@ -94,7 +96,9 @@ class GeometricEstimator:
             depth = self.depth_source.depth(frame)
             frame = replace(frame, depth_m=depth.depth_m, intrinsics=depth.intrinsics)
         rng = np.random.default_rng(self.config.seed)
-        masks = self._ground(frame, pairs)
+        if self.gripper_model is not None:
+            return self._estimate_posed(frame, pairs, kind, rng, start)
+        masks = self._ground(frame, [p for pair in pairs for p in (pair.gripper, pair.target)])
         if frame.depth_m is not None:
             masks = _resolve_contested(masks, frame.depth_m)
         clouds: dict[str, _Object | _Unusable] = {}
@@ -106,9 +110,72 @@ class GeometricEstimator:
             results.append(self._measure(frame, pair, kind, clouds[pair.gripper], clouds[pair.target], start))
         return results
 
-    def _ground(self, frame: Frame, pairs: Sequence[Pair]) -> dict[str, np.ndarray | GroundingError]:
+    def _estimate_posed(self, frame: Frame, pairs: Sequence[Pair], kind: DistanceKind, rng: np.random.Generator,
+                        start: float) -> list[DistanceEstimate]:
+        """``estimator.gripper.source: pose``: the gripper is its model at the frame's pose; only targets are grounded."""
+        assert self.gripper_model is not None
+        if frame.gripper_pose is None:
+            return [DistanceEstimate.invalid(
+                pair, kind, NoEstimateReason.NO_GRIPPER_POSE,
+                "estimator.gripper.source is pose but the frame has no gripper pose at its stamp (none received, "
+                f"or none within estimator.gripper.pose_tolerance_s {self.config.gripper.pose_tolerance_s} s)",
+                stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, latency_ms=(time.perf_counter() - start) * 1e3)
+                for pair in pairs]
+        opening = self.config.gripper.opening_m
+        if opening < 0 and frame.gripper_opening_m is not None:
+            opening = frame.gripper_opening_m
+        gripper = PosedGripper(self.gripper_model, frame.gripper_pose, opening if opening >= 0 else None)
+        masks = self._ground(frame, [pair.target for pair in pairs])
+        if frame.depth_m is not None:
+            masks = _resolve_contested(masks, frame.depth_m)
+        clouds: dict[str, _Object | _Unusable] = {}
+        results = []
+        for pair in pairs:
+            if pair.target not in clouds:
+                clouds[pair.target] = self._cloud(frame, pair.target, masks[pair.target], rng)
+            results.append(self._measure_posed(frame, pair, kind, gripper, clouds[pair.target], start))
+        return results
+
+    def _measure_posed(self, frame: Frame, pair: Pair, kind: DistanceKind, gripper: PosedGripper,
+                       target: _Object | _Unusable, start: float) -> DistanceEstimate:
+        """Gap from the posed gripper model to the target's (completed) surface, or grasp point to its centre."""
+        if isinstance(target, _Unusable):
+            return DistanceEstimate.invalid(pair, kind, target.reason, target.detail, stamp_ns=frame.stamp_ns,
+                                            frame_id=frame.frame_id, latency_ms=(time.perf_counter() - start) * 1e3)
+        points = target.cloud.points
+        signed, on_gripper = gripper.distance(points)
+        inside = signed < -_POSE_INSIDE_M            # the gripper's own pixels grounded as the target
+        if np.count_nonzero(~inside) >= self.config.min_pixels:
+            points, signed, on_gripper = points[~inside], signed[~inside], on_gripper[~inside]
+            target = _Object(cloud=replace(target.cloud, points=points, centroid=points.mean(axis=0)),
+                             edges=target.edges)
+        prim = self._complete(frame, pair.target, target)
+        sensor, pose_sigma = self.config.sensor, self.config.gripper.pose_sigma_m
+        if kind is not DistanceKind.GAP:
+            centre = prim.centre_camera if prim is not None else target.cloud.centroid
+            grasp = gripper.grasp_point
+            spread = float(np.std(points, axis=0).max()) / np.sqrt(len(points)) if prim is None else prim.sigma_m
+            sigma = float(np.hypot(spread, pose_sigma))
+            return self._estimate(frame, pair, kind, float(np.linalg.norm(centre - grasp)), sigma, grasp, centre,
+                                  "visible" if prim is None else prim.shape, f"sigma {sigma * 1e3:.1f} mm", start)
+        best = int(np.argmin(signed))
+        gap, point_a, point_b, surface, hidden = float(signed[best]), on_gripper[best], points[best], "visible", 0.0
+        if prim is not None:
+            samples = gripper.surface_points()
+            distance, nearest = prim.closest(samples)
+            k = int(np.argmin(distance))
+            if distance[k] < gap:
+                gap, point_a, point_b, surface = float(distance[k]), samples[k], nearest[k], prim.shape
+                hidden = float(np.min(np.linalg.norm(points - point_b, axis=1)))
+        terms = _posed_terms(frame, point_a, point_b, target, prim, hidden, sensor.depth_sigma_at_1m_m,
+                             sensor.edge_px, pose_sigma)
+        sigma = float(np.sqrt(sum(v * v for v in terms.values())))
+        detail = "gripper from pose; sigma " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in terms.items()) + " mm"
+        return self._estimate(frame, pair, kind, gap, sigma, point_a, point_b, surface, detail, start)
+
+    def _ground(self, frame: Frame, phrases: Sequence[str]) -> dict[str, np.ndarray | GroundingError]:
         """Each distinct phrase's mask (or why it has none), all phrases together when the grounder can."""
-        phrases = list(dict.fromkeys(p for pair in pairs for p in (pair.gripper, pair.target)))
+        phrases = list(dict.fromkeys(phrases))
         ground_all = getattr(self.grounder, "ground_all", None)
         if ground_all is not None:
             return ground_all(frame, phrases)
@@ -238,6 +305,8 @@ OCCLUSION_RADIUS_M = 0.03
 OCCLUSION_REACH_M = 0.05
 # How far the gripper may go on behind its visible side (a finger's thickness, a finger behind the other).
 HIDDEN_DEPTH_M = 0.02
+# With the gripper from its pose, target points this deep inside the gripper model are its own pixels.
+_POSE_INSIDE_M = 0.002
 #: Weights of the uncertainty terms, fitted so that 68% / 95% of the errors fall within 1 / 2 sigma on
 #: 60 training approaches in the simulator (seeds 0-59, random viewpoints, JPEG, noisy depth; the held-out
 #: figures of benchmarks/estimator_accuracy.py use seeds from 2,000,000): depth noise along the gap;
@@ -430,6 +499,27 @@ def _uncertainty_terms(frame: Frame, sep: Separation, gripper: _Object, target: 
         "gripper_thickness": thickness,
     }
     return {name: SIGMA_WEIGHTS[name] * value for name, value in raw.items()}
+
+
+def _posed_terms(frame: Frame, a: np.ndarray, b: np.ndarray, target: _Object, prim: Primitive | None, hidden: float,
+                 sigma_at_1m: float, edge_px: float, pose_sigma: float) -> dict[str, float]:
+    """The one-sigma terms of a gap from a posed gripper: the target's side only, plus the pose's calibration."""
+    delta = b - a
+    gap = float(np.linalg.norm(delta))
+    along_z = abs(float(delta[2])) / gap if gap > 1e-9 else 1.0
+    across = np.sqrt(max(1.0 - along_z * along_z, 0.0))
+    zb = float(b[2])
+    raw = {
+        "depth": sigma_at_1m * zb * zb * along_z,
+        "edge": edge_px / frame.intrinsics.fx * zb * across,
+        "target_occluded": 0.0 if prim is not None else
+        target.occluded_near(b, frame, OCCLUSION_RADIUS_M) * min(gap, OCCLUSION_REACH_M),
+        "completion": 0.0 if prim is None else float(np.hypot(prim.rms_m, prim.sigma_m if hidden > 0.003 else 0.0)),
+        "hidden": hidden,
+    }
+    weighted = {name: SIGMA_WEIGHTS[name] * value for name, value in raw.items()}
+    weighted["pose"] = pose_sigma
+    return weighted
 
 
 def _point3(p: np.ndarray) -> tuple[float, float, float]:

@@ -40,6 +40,8 @@ _FINGER_HALF = (0.012, 0.006, 0.025)
 _FINGER_INNER = 0.022                # half the opening between the pads; < can radius so tips do not straddle
 _PALM_HALF = (0.02, 0.045, 0.012)
 _WRIST_RADIUS, _WRIST_HALF_LEN = 0.018, 0.03
+#: Opening between the finger pads (fixed): the ``sim`` model of spatialvlm_ros/geometry/gripper.py.
+GRIPPER_OPENING_M = 2 * _FINGER_INNER
 
 # Canonical (randomise=False) layout.
 _CANONICAL_TARGET_XY = (0.0, 0.05)

@@ -20,7 +20,8 @@ from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.sim.noise import apply_depth_noise
 from spatialvlm_ros.sim.render import GLContext, RgbdRenderer
-from spatialvlm_ros.sim.scene import CAMERA_NAME, GRIPPER_BODY, build_mjcf, gripper_axes, make_layout
+from spatialvlm_ros.sim.scene import (CAMERA_NAME, GRIPPER_BODY, GRIPPER_OPENING_M, build_mjcf, gripper_axes,
+                                      make_layout)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class GroundTruth:
         gripper_position_world: (3,) grasp point, world frame (z up, table top at z = 0.75), metres.
         object_positions_world: (3,) object centres, world frame, metres.
         camera_pose_world: (4, 4) pose of the optical frame in the world (maps optical points to world).
+        gripper_pose_cam: (4, 4) the gripper's grasp frame (origin = grasp point, z = approach, y = opening;
+            the ``sim`` gripper model's convention) in the camera optical frame.
     """
 
     gap_m: Mapping[str, float]
@@ -62,6 +65,7 @@ class GroundTruth:
     gripper_position_world: np.ndarray
     object_positions_world: Mapping[str, np.ndarray]
     camera_pose_world: np.ndarray
+    gripper_pose_cam: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,8 +139,9 @@ class TabletopSim:
         self._object_centres = np.stack([self.layout.centre(i) for i in range(len(self._phrases))])
         self._target_body = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "obj0")
 
+        self._gripper_axes = gripper_axes(self.layout.approach)
         quat = np.empty(4)
-        mujoco.mju_mat2Quat(quat, gripper_axes(self.layout.approach).reshape(-1))
+        mujoco.mju_mat2Quat(quat, self._gripper_axes.reshape(-1))
         self.data.mocap_quat[self._mocap] = quat
         self._trajectory = self._solve_trajectory()
 
@@ -312,11 +317,15 @@ class TabletopSim:
             obj_world[phrase].setflags(write=False)
             obj_cam[phrase] = to_cam(self._object_centres[k])
         grasp_cam = to_cam(grasp)
+        gripper_cam = np.eye(4)
+        gripper_cam[:3, :3] = rot.T @ self._gripper_axes
+        gripper_cam[:3, 3] = grasp_cam
+        gripper_cam.setflags(write=False)
         grasp.setflags(write=False)
         pose.setflags(write=False)
         return GroundTruth(gap_m=gap, centre_m=centre, gap_points_cam=points, gripper_position_cam=grasp_cam,
                            object_positions_cam=obj_cam, gripper_position_world=grasp, object_positions_world=obj_world,
-                           camera_pose_world=pose)
+                           camera_pose_world=pose, gripper_pose_cam=gripper_cam)
 
     # ------------------------------------------------------------------ rendering
 
@@ -363,7 +372,8 @@ class TabletopSim:
         rgb, depth, segmentation = self._renderer.render(self.data)
         depth = apply_depth_noise(depth, self.config.depth_noise, rng)
         frame = Frame(rgb=rgb, intrinsics=self._intrinsics, depth_m=depth, stamp_ns=stamp_ns,
-                      frame_id=OPTICAL_FRAME_ID, segmentation=segmentation, labels=self.labels)
+                      frame_id=OPTICAL_FRAME_ID, segmentation=segmentation, labels=self.labels,
+                      gripper_pose=truth.gripper_pose_cam, gripper_opening_m=GRIPPER_OPENING_M)
         logger.debug("rendered step %d in %.1f ms", index, 1e3 * (time.perf_counter() - start))
         return SimFrame(index=index, frame=frame, truth=truth)
 
