@@ -14,7 +14,9 @@ on (the sigma weights and thresholds were tuned on seeds 0-199; these start at 2
   found by its colour, frames JPEG-compressed (quality 90) and depth noisy and quantised to millimetres
   (16UC1). Reported: median and p95 |gap error|, near-contact (true gap < 5 cm) median, Spearman per
   trajectory (min and median), the share of errors within 1 and 2 sigma, the share of frames measured to
-  a completed shape, estimator ms per frame (one thread), and the same without completion;
+  a completed shape, estimator ms per frame (one thread), the same without completion, and the same with
+  the gripper from its pose (``estimator.gripper.source: pose``, model ``sim``: the simulator's exact
+  gripper pose in the camera frame, only the target seen by the camera);
 * ``--scenes`` random scenes of 2-4 objects, every colour of the vocabulary (gripper and objects): per
   colour, the share of its phrases grounded with mask IoU >= 0.8 against the simulator's masks, and
   the median IoU.
@@ -40,7 +42,7 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from spatialvlm_ros.config import (  # noqa: E402
-    CompletionConfig, DepthNoiseConfig, EstimatorConfig, SimCameraConfig, SimConfig, ViewpointConfig, config_path,
+    CompletionConfig, DepthNoiseConfig, EstimatorConfig, GripperConfig, SimCameraConfig, SimConfig, ViewpointConfig, config_path,
     load_config,
 )
 from spatialvlm_ros.errors import SimulationError  # noqa: E402
@@ -57,6 +59,7 @@ FIGURES = ("*.median_abs_error_m", "*.mae_m", "*.spearman", "*.invalid_rate", "*
            "held_out.p95_abs_error_m", "held_out.near_contact_median_abs_error_m", "held_out.spearman_min",
            "held_out.sigma_coverage_1", "held_out.sigma_coverage_2", "held_out.completed_share",
            "held_out.visible_only.median_abs_error_m", "held_out.visible_only.estimator_ms_p50",
+           "held_out.pose.median_abs_error_m", "held_out.pose.p95_abs_error_m", "held_out.pose.estimator_ms_p50",
            "held_out.grounding.*.success_rate", "held_out.grounding.*.iou_median")
 #: The seeds the held-out figures start at (tuning used seeds below 200), and the grounding scenes'.
 HELD_OUT_SEED = 2_000_000
@@ -130,7 +133,8 @@ def _trajectory_config(seed: int, frames: int, width: int, height: int) -> SimCo
 def held_out_trajectories(count: int, frames: int, width: int, height: int, seed: int) -> dict:
     """Gap error, Spearman, sigma coverage and timing over ``count`` random approaches (seeds ``seed``...)."""
     estimators = {"completed": build_estimator(EstimatorConfig()),
-                  "visible": build_estimator(EstimatorConfig(completion=CompletionConfig(enabled=False)))}
+                  "visible": build_estimator(EstimatorConfig(completion=CompletionConfig(enabled=False))),
+                  "pose": build_estimator(EstimatorConfig(gripper=GripperConfig(source="pose", model="sim")))}
     rows: dict[str, list[tuple[int, float, float, float, str]]] = {name: [] for name in estimators}
     ms: dict[str, list[float]] = {name: [] for name in estimators}
     for k in range(count):
@@ -149,6 +153,7 @@ def held_out_trajectories(count: int, frames: int, width: int, height: int, seed
     out["estimator_ms_p50"] = median(ms["completed"])
     out["estimator_ms_p95"] = percentile(ms["completed"], 95)
     out["visible_only"] = {**_trace_figures(rows["visible"]), "estimator_ms_p50": median(ms["visible"])}
+    out["pose"] = {**_trace_figures(rows["pose"]), "estimator_ms_p50": median(ms["pose"])}
     out["seeds"] = f"{seed}..{seed + count - 1}"
     return out
 
@@ -237,7 +242,8 @@ def main() -> None:
         results["held_out"] = held
         print(f"\nheld out ({args.trajectories} trajectories x {args.trajectory_frames} frames, seeds {held['seeds']}; "
               "JPEG q90, noisy 16UC1 depth)")
-        for name, m in (("completed", held), ("visible only", held["visible_only"])):
+        for name, m in (("completed", held), ("visible only", held["visible_only"]),
+                        ("gripper pose", held["pose"])):
             print(f"  {name:<13} median |err| {m['median_abs_error_m'] * 1e3:.1f} mm, p95 "
                   f"{m['p95_abs_error_m'] * 1e3:.1f} mm, near contact {m['near_contact_median_abs_error_m'] * 1e3:.1f}"
                   f" mm, Spearman min {m['spearman_min']:.3f}, within 1/2 sigma {m['sigma_coverage_1']:.2f} / "

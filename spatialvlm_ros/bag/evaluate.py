@@ -27,7 +27,9 @@ from spatialvlm_ros.bag.truth import load_truth, resolve_truth_topics
 from spatialvlm_ros.config import SpatialRewardConfig, config_path, load_config
 from spatialvlm_ros.errors import BagError
 from spatialvlm_ros.types import DistanceKind, Pair
-from spatialvlm_ros.messages.rosbag import camera_messages, message_count, open_bag, resolve_topics
+from spatialvlm_ros.messages.gripper_pose import GripperPoses
+from spatialvlm_ros.messages.rosbag import (camera_messages, describe_topics, deserialize, lookup_topic, message_count,
+                                            open_bag, read_messages, resolve_topics, topic_types)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,28 @@ def select_pair(config: SpatialRewardConfig, gripper: str | None = None, target:
     return dataclasses.replace(config, pairs=(pair,), estimator=dataclasses.replace(config.estimator, distance=kind))
 
 
+def with_gripper_pose(config: SpatialRewardConfig, pose_topic: str | None, model: str | None = None,
+                      opening_m: float | None = None) -> SpatialRewardConfig:
+    """``config`` with the gripper from a pose topic (``--gripper-pose-topic``, ``--gripper-model``,
+    ``--gripper-opening-m``); unchanged when ``pose_topic`` is None.
+
+    Example:
+        >>> cfg = with_gripper_pose(SpatialRewardConfig(), "/robot/tcp_pose", "robotiq_2f85", 0.05)
+        >>> g = cfg.estimator.gripper
+        >>> g.source, g.pose_topic, g.model, g.opening_m
+        ('pose', '/robot/tcp_pose', 'robotiq_2f85', 0.05)
+    """
+    if pose_topic is None:
+        return config
+    changes: dict[str, Any] = {"source": "pose", "pose_topic": pose_topic}
+    if model is not None:
+        changes["model"] = model
+    if opening_m is not None:
+        changes["opening_m"] = opening_m
+    gripper = dataclasses.replace(config.estimator.gripper, **changes)
+    return dataclasses.replace(config, estimator=dataclasses.replace(config.estimator, gripper=gripper))
+
+
 def default_out(bag: Path) -> Path:
     """``results/eval-<bag name>-<YYYYmmdd-HHMMSS>``."""
     name = bag.name if bag.is_dir() else bag.stem
@@ -133,8 +157,9 @@ def evaluate_bag(bag: str | Path, config: SpatialRewardConfig, *, out: str | Pat
         else:
             frames = camera_messages(reader, topics, slop_ns=int(config.sync.slop_s * 1e9),
                                      queue_size=config.sync.queue_size)
+            gripper = _gripper_poses(reader, config) if config.estimator.gripper.source == "pose" else None
             result = run_offline(frames, config, truth=truth,
-                                 total=colour_frames, workers=workers)
+                                 total=colour_frames, workers=workers, gripper=gripper)
         if not result.records and not result.error:
             raise BagError(f"no frames to evaluate on {topics.image}"
                            + (f" paired with {topics.depth}" if topics.depth else ""))
@@ -157,6 +182,41 @@ def evaluate_bag(bag: str | Path, config: SpatialRewardConfig, *, out: str | Pat
     return Evaluation(out=out, result=result, metrics=written)
 
 
+POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
+JOINT_STATE = "sensor_msgs/msg/JointState"
+
+
+def _gripper_poses(reader: Any, config: SpatialRewardConfig) -> GripperPoses:
+    """Every gripper pose (and opening) of the bag, by stamp (``estimator.gripper.pose_topic``, ``joint_state_topic``).
+
+    Raises:
+        BagError: the pose topic is missing or not a PoseStamped (naming the bag's topics).
+    """
+    cfg = config.estimator.gripper
+    types = topic_types(reader)
+    pose_topic = lookup_topic(types, cfg.pose_topic)
+    if pose_topic is None or types[pose_topic] != POSE_STAMPED:
+        found = f"is a {types[pose_topic]}" if pose_topic else "is not in the bag"
+        raise BagError(f"gripper pose topic {cfg.pose_topic!r} {found}; it must be a geometry_msgs/PoseStamped. "
+                       f"Topics: {describe_topics(types)}")
+    joint_topic = lookup_topic(types, cfg.joint_state_topic) if cfg.joint_state_topic else None
+    if cfg.joint_state_topic and (joint_topic is None or types[joint_topic] != JOINT_STATE):
+        raise BagError(f"joint state topic {cfg.joint_state_topic!r} is not a sensor_msgs/JointState in the bag. "
+                       f"Topics: {describe_topics(types)}")
+    poses = GripperPoses(cfg, capacity=message_count(reader, pose_topic) + 1)
+    if joint_topic:
+        poses.openings.capacity = message_count(reader, joint_topic) + 1
+    skipped = 0
+    for connection, _time, data in read_messages(reader, [t for t in (pose_topic, joint_topic) if t]):
+        msg = deserialize(reader, data, connection.msgtype)
+        if connection.topic == pose_topic:
+            skipped += not poses.add_pose_msg(msg)
+        else:
+            poses.add_joint_state_msg(msg)
+    log.info("%d gripper poses on %s (%d not finite, left out)", len(poses.poses), pose_topic, skipped)
+    return poses
+
+
 def evaluate_bag_cli(args: argparse.Namespace, live: LiveReplay | None = None) -> int:
     """``spatialvlm eval-bag``: run :func:`evaluate_bag` from parsed arguments; print the metrics as JSON.
 
@@ -167,6 +227,8 @@ def evaluate_bag_cli(args: argparse.Namespace, live: LiveReplay | None = None) -
     config_file = args.config if args.config is not None else config_path("spatial_reward.yaml")
     config = select_pair(load_config(SpatialRewardConfig, "spatial_reward_node", config_file),
                          args.gripper, args.target, args.distance)
+    config = with_gripper_pose(config, getattr(args, "gripper_pose_topic", None), getattr(args, "gripper_model", None),
+                               getattr(args, "gripper_opening_m", None))
     evaluation = evaluate_bag(args.bag, config, out=args.out, live=live, image_topic=args.image_topic,
                               depth_topic=args.depth_topic, info_topic=args.info_topic, truth_topic=args.truth_topic,
                               truth_tolerance_s=args.truth_tolerance, workers=args.workers)

@@ -27,6 +27,7 @@ from spatialvlm_ros.errors import BagError, InputError
 from spatialvlm_ros.types import DistanceEstimate, DistanceKind, NoEstimateReason, Pair
 from spatialvlm_ros.estimation import DistanceEstimator, build_estimator
 from spatialvlm_ros.messages.conversions import frame_from_messages, intrinsics_from_camera_info
+from spatialvlm_ros.messages.gripper_pose import GripperPoses
 from spatialvlm_ros.messages.rosbag import CameraMessages
 from spatialvlm_ros.reward import build_reward
 
@@ -41,8 +42,10 @@ def default_workers() -> int:
 class _Worker:
     """Decode + estimate one frame; one estimator per thread, as a backend need not be thread-safe."""
 
-    def __init__(self, config: SpatialRewardConfig, pair: Pair, kind: DistanceKind) -> None:
+    def __init__(self, config: SpatialRewardConfig, pair: Pair, kind: DistanceKind,
+                 gripper: GripperPoses | None = None) -> None:
         self._config = config
+        self._gripper = gripper
         self._pair = pair
         self._kind = kind
         self._local = threading.local()
@@ -74,6 +77,8 @@ class _Worker:
             frame = frame_from_messages(msgs.image, msgs.depth, intrinsics, self._config.topics.max_image_pixels)
         except InputError as err:
             return self._flagged(msgs, NoEstimateReason.BAD_INPUT, str(err))
+        if self._gripper is not None:
+            frame = self._gripper.attach(frame)
         [estimate] = self._estimator().estimate(frame, [self._pair], self._kind)
         return estimate
 
@@ -104,7 +109,8 @@ def _in_order(fn: Callable[[CameraMessages], tuple[DistanceEstimate, float]], it
 
 
 def run_offline(frames: Iterable[CameraMessages], config: SpatialRewardConfig, *,
-                truth: TruthTrace | None, total: int | None = None, workers: int | None = None) -> RunResult:
+                truth: TruthTrace | None, total: int | None = None, workers: int | None = None,
+                gripper: GripperPoses | None = None) -> RunResult:
     """Estimate and reward every frame of ``frames`` for ``config.pairs[0]``.
 
     Args:
@@ -113,10 +119,11 @@ def run_offline(frames: Iterable[CameraMessages], config: SpatialRewardConfig, *
         truth: ground truth to align to each frame, if any.
         total: expected number of frames, for the progress bar.
         workers: estimator threads (default :func:`default_workers`).
+        gripper: the bag's gripper poses (``estimator.gripper.source: pose``), paired to each frame by stamp.
     """
     pair, kind = config.pairs[0], config.estimator.distance
     reward = build_reward(config.reward, [pair])
-    worker = _Worker(config, pair, kind)
+    worker = _Worker(config, pair, kind, gripper)
     records = []
     # The bar goes to stderr: stdout's last line is the CLI's JSON result.
     progress = Progress(TextColumn("estimating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Callable
 
+from spatialvlm_ros.config.gripper import GRIPPER_MODELS
 from spatialvlm_ros.errors import SpatialVLMError
 
 
@@ -67,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     bag.add_argument("--gripper", default=None, help="gripper phrase (default: from the config's first pair)")
     bag.add_argument("--object", dest="target", default=None, help="object phrase (default: from the config)")
     bag.add_argument("--distance", choices=["gap", "centre"], default=None, help="which distance (default: config)")
+    bag.add_argument("--gripper-pose-topic", default=None,
+                     help="take the gripper from this geometry_msgs/PoseStamped topic (camera optical frame, or "
+                          "estimator.gripper.camera_from_pose_frame_*) instead of the image")
+    bag.add_argument("--gripper-model", choices=list(GRIPPER_MODELS), default=None,
+                     help="with --gripper-pose-topic: the gripper's shape (default: the config's, franka_hand)")
+    bag.add_argument("--gripper-opening-m", type=float, default=None,
+                     help="with --gripper-pose-topic: opening between the finger pads, metres (default: widest)")
     bag.add_argument("--workers", type=int, default=None, help="offline estimator threads (default: min(4, cores))")
     bag.add_argument("--domain-id", type=int, default=None, help="--live ROS_DOMAIN_ID (default: random 10-99)")
     bag.add_argument("--truth-tolerance", type=float, default=0.05,

@@ -16,7 +16,7 @@ from spatialvlm_ros.config import DepthNoiseConfig, SimConfig
 from spatialvlm_ros.errors import ConfigError
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.sim import TabletopSim
-from spatialvlm_ros.sim.scene import HALF_HEIGHT, TABLE_TOP_Z
+from spatialvlm_ros.sim.scene import GRIPPER_OPENING_M, HALF_HEIGHT, TABLE_TOP_Z
 
 # World frame (z up, metres). The workspace and target region keep gripper and can in the default camera's
 # view and the can clear of the canonical distractors (blue box at x 0.20, green ball at x 0.24).
@@ -123,6 +123,14 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
             rng = np.random.default_rng([self._episode_key, self._t])
             self._frame = self.sim.render_at(self._gripper, _CONTROL_PERIOD_NS * self._t, rng).frame
         return self._frame
+
+    def gripper_pose(self) -> tuple[np.ndarray, float]:
+        """The gripper's grasp frame in the camera optical frame (4x4) and its opening (metres), now.
+
+        What a robot knows from its joint angles; the spatial wrapper hands it to an estimator with
+        ``estimator.gripper.source: pose`` (model ``sim``). Frames from :meth:`render_rgbd` carry it too.
+        """
+        return np.array(self.sim.truth_at(self._gripper).gripper_pose_cam), GRIPPER_OPENING_M
 
     def render(self) -> np.ndarray | None:
         """The current state's RGB image (H, W, 3) uint8 for ``render_mode="rgb_array"``, else None."""

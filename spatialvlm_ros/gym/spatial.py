@@ -15,6 +15,7 @@ the env's info through, so it appears beside the spatial keys.
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Sequence, runtime_checkable
@@ -35,6 +36,30 @@ MODES: tuple[str, ...] = typing.get_args(Mode)
 #: The info keys the wrappers add (the env's own ``true_distance_m`` comes through when it has one).
 INFO_KEYS = ("spatial_distance_m", "spatial_distance_valid", "spatial_reason", "spatial_reward")
 RENDER_RGBD = "render_rgbd"
+#: An env that knows its gripper's pose (a robot's kinematics, a simulator) offers ``gripper_pose() ->
+#: (4x4 pose in the camera optical frame, opening in metres or None)``; the wrappers attach it to each frame
+#: that has none, for an estimator with ``estimator.gripper.source: pose``.
+GRIPPER_POSE = "gripper_pose"
+
+
+def attach_env_pose(frame: Frame, answer: Any) -> Frame:
+    """``frame`` with the pose an env's ``gripper_pose()`` gave (pose, opening), unless it has one already."""
+    if frame.gripper_pose is not None or answer is None:
+        return frame
+    pose, opening = answer if isinstance(answer, tuple) else (answer, None)
+    return dataclasses.replace(frame, gripper_pose=np.asarray(pose, dtype=np.float64),
+                               gripper_opening_m=None if opening is None else float(opening))
+
+
+def with_env_gripper_pose(env: Any, frame: Frame) -> Frame:
+    """``frame`` with the env's gripper pose when the env (or a wrapper below) offers ``gripper_pose()``."""
+    if frame.gripper_pose is not None:
+        return frame
+    try:
+        method = env.get_wrapper_attr(GRIPPER_POSE)
+    except AttributeError:
+        return frame
+    return attach_env_pose(frame, method())
 
 
 @runtime_checkable

@@ -16,7 +16,7 @@ from spatialvlm_ros.types import DistanceKind, Pair
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.gym.spatial import (
-    INFO_KEYS, RENDER_RGBD, Mode, SpatialObservation, SpatialTerm, check_rgbd_env,
+    GRIPPER_POSE, INFO_KEYS, RENDER_RGBD, Mode, SpatialObservation, SpatialTerm, attach_env_pose, check_rgbd_env,
 )
 
 
@@ -102,8 +102,16 @@ class SpatialRewardVectorWrapper(VectorWrapper[ObsType, ActType, ObsType, ActTyp
 
     def _frames(self) -> tuple[Frame, ...]:
         if self._term.intrinsics is None:
-            return self.env.call(RENDER_RGBD)
-        return tuple(self._term.rgb_frame(rgb) for rgb in self.env.render())
+            frames = tuple(self.env.call(RENDER_RGBD))
+        else:
+            frames = tuple(self._term.rgb_frame(rgb) for rgb in self.env.render())
+        if any(f.gripper_pose is None for f in frames):
+            try:
+                poses = self.env.call(GRIPPER_POSE)
+            except AttributeError:     # the sub-envs do not know their gripper pose
+                return frames
+            frames = tuple(attach_env_pose(f, p) for f, p in zip(frames, poses))
+        return frames
 
     def _observe(self) -> list[SpatialObservation]:
         return [self._term.observe(i, frame) for i, frame in enumerate(self._frames())]

@@ -12,7 +12,8 @@ from spatialvlm_ros.estimation.base import DistanceEstimator
 from spatialvlm_ros.types import DistanceKind, Pair
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
-from spatialvlm_ros.gym.spatial import RENDER_RGBD, Mode, SpatialObservation, SpatialTerm, check_rgbd_env
+from spatialvlm_ros.gym.spatial import (RENDER_RGBD, Mode, SpatialObservation, SpatialTerm, check_rgbd_env,
+                                        with_env_gripper_pose)
 
 
 class SpatialRewardWrapper(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.RecordConstructorArgs):
@@ -95,5 +96,7 @@ class SpatialRewardWrapper(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.
 
     def _frame(self) -> Frame:
         if self._term.intrinsics is None:
-            return self.env.get_wrapper_attr(RENDER_RGBD)()
-        return self._term.rgb_frame(self.env.render())
+            frame = self.env.get_wrapper_attr(RENDER_RGBD)()
+        else:
+            frame = self._term.rgb_frame(self.env.render())
+        return with_env_gripper_pose(self.env, frame)
