@@ -4,7 +4,9 @@ Publishes, with one header per frame (stamp = render time, frame_id = camera opt
     ``topics.image`` (sensor_msgs/Image rgb8), ``topics.depth`` (16UC1 mm or 32FC1 m, registered),
     ``topics.camera_info`` (sensor_msgs/CameraInfo),
     ``ground_truth`` (diagnostic_msgs/DiagnosticArray: per object ``gap_m`` and ``centre_m``),
-    ``ground_truth/distance`` (std_msgs/Float32: gripper-to-target surface gap, metres).
+    ``ground_truth/distance`` (std_msgs/Float32: gripper-to-target surface gap, metres),
+    ``gripper/pose`` (geometry_msgs/PoseStamped: the gripper's grasp frame in the camera optical frame,
+    the ``sim`` gripper model's convention; what a robot knows from its joint angles).
 With ``loop: false`` the node exits after the last trajectory frame, so a demo can wait for it.
 """
 
@@ -14,6 +16,7 @@ from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
@@ -22,10 +25,12 @@ from std_msgs.msg import Float32, Header
 from spatialvlm_ros.config import SimCameraConfig
 from spatialvlm_ros.errors import ConfigError, SpatialVLMError
 from spatialvlm_ros.messages.conversions import camera_info_fields, depth_to_image_fields, rgb_to_image_fields
+from spatialvlm_ros.messages.gripper_pose import matrix_to_pose_fields
 from spatialvlm_ros.ros import params
 from spatialvlm_ros.sim import TabletopSim
 
 NODE_NAME = "sim_camera_node"
+GRIPPER_POSE_TOPIC = "gripper/pose"
 
 
 class SimCameraNode(Node):
@@ -47,6 +52,7 @@ class SimCameraNode(Node):
         self._info_pub = self.create_publisher(CameraInfo, topics.camera_info, 10)
         self._truth_pub = self.create_publisher(DiagnosticArray, "ground_truth", 10)
         self._truth_distance_pub = self.create_publisher(Float32, "ground_truth/distance", 10)
+        self._gripper_pose_pub = self.create_publisher(PoseStamped, GRIPPER_POSE_TOPIC, 10)
         self._info = CameraInfo(**camera_info_fields(self.sim.intrinsics))
         self._timer = None
         self._start_timer = self.create_timer(self.config.start_delay_s, self._start)
@@ -87,6 +93,9 @@ class SimCameraNode(Node):
                 KeyValue(key="frame_index", value=str(sim_frame.index))])
             for name in truth.gap_m]))
         self._truth_distance_pub.publish(Float32(data=float(truth.gap_m[self.target])))
+        (px, py, pz), (qx, qy, qz, qw) = matrix_to_pose_fields(truth.gripper_pose_cam)
+        self._gripper_pose_pub.publish(PoseStamped(header=header, pose=Pose(
+            position=Point(x=px, y=py, z=pz), orientation=Quaternion(x=qx, y=qy, z=qz, w=qw))))
 
 
 def main(args: list[str] | None = None) -> None:

@@ -55,6 +55,7 @@ from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.messages.conversions import frame_from_messages, intrinsics_from_camera_info, stamp_to_ns
 from spatialvlm_ros.reward import CombinedReward, MultiPairReward, build_reward
 from spatialvlm_ros.ros import params
+from spatialvlm_ros.ros.gripper_source import GripperSource
 from spatialvlm_ros.ros.sync import make_synchronizer
 
 NODE_NAME = "spatial_reward_node"
@@ -198,6 +199,7 @@ class SpatialRewardNode(Node):
         self._pair_pubs: dict[str, tuple[Any, Any]] = {}
         self._ensure_pair_publishers(config.pairs)
         self._subscribe(config)
+        self._gripper_source = GripperSource(self, config.estimator.gripper)   # estimator.gripper.source: pose
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diag_timer = self.create_timer(config.diagnostics_period_s, self._publish_diagnostics)
         self._supervisor = self.create_timer(SUPERVISOR_PERIOD_S, self._supervise)
@@ -340,6 +342,7 @@ class SpatialRewardNode(Node):
                            or f"no valid CameraInfo received on {config.topics.camera_info!r} yet")
         try:
             frame = frame_from_messages(image_msg, depth_msg, intrinsics, config.topics.max_image_pixels)
+            frame = self._gripper_source.attach(frame)      # the robot's gripper pose at the image stamp
         except InputError as err:
             return flagged(NoEstimateReason.BAD_INPUT, str(err))
         if pipeline.estimator is None:
