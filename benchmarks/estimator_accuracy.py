@@ -42,7 +42,8 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from spatialvlm_ros.config import (  # noqa: E402
-    CompletionConfig, DepthNoiseConfig, EstimatorConfig, GripperConfig, SimCameraConfig, SimConfig, ViewpointConfig, config_path,
+    CompletionConfig, DepthNoiseConfig, EstimatorConfig, GripperConfig, SimCameraConfig, SimConfig, ViewpointConfig,
+    config_path,
     load_config,
 )
 from spatialvlm_ros.errors import SimulationError  # noqa: E402

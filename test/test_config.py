@@ -74,7 +74,7 @@ def test_the_config_is_a_leaf_that_loads_no_model_code() -> None:
             "c.config_path('spatial_reward.yaml')); "
             "print(sorted(m for m in sys.modules if m.startswith('spatialvlm_ros.') or m in ('cv2', 'torch')))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    parts = ("models", "node", "reasoning", "schema", "sim", "vlm")
+    parts = ("gripper", "models", "node", "reasoning", "schema", "sim", "vlm")
     assert eval(loaded) == ["spatialvlm_ros.config", *(f"spatialvlm_ros.config.{p}" for p in parts),
                             "spatialvlm_ros.errors", "spatialvlm_ros.types"]
 

@@ -75,7 +75,8 @@ def test_offset_maps_the_flange_onto_the_grasp_point() -> None:
 
 
 def test_custom_parts_and_errors() -> None:
-    parts = parse_parts("box 0.03 0.1 0.03 0 0 -0.07; finger box 0.01 0.005 0.02 0 0 -0.01; capsule 0.02 0 0 -0.1 0 0 -0.2"
+    parts = parse_parts("box 0.03 0.1 0.03 0 0 -0.07; finger box 0.01 0.005 0.02 0 0 -0.01; "
+                        "capsule 0.02 0 0 -0.1 0 0 -0.2"
                         "; cylinder 0.02 0.03 0 0 -0.15")
     assert [p.kind for p in parts] == ["box", "box", "capsule", "cylinder"] and parts[1].finger
     model = GripperModel("custom", parts, 0.06)
@@ -217,8 +218,8 @@ def _write_pose_bag(path: Path, seed: int) -> Path:
             ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(step.frame.rgb, cv2.COLOR_RGB2BGR),
                                     [cv2.IMWRITE_JPEG_QUALITY, 90])
             assert ok
-            put("image", stamp, t["sensor_msgs/msg/CompressedImage"](header=header, format="jpeg",
-                                                                       data=jpeg.reshape(-1)))
+            image = t["sensor_msgs/msg/CompressedImage"](header=header, format="jpeg", data=jpeg.reshape(-1))
+            put("image", stamp, image)
             fields = depth_to_image_fields(step.frame.depth_m, "16UC1")
             put("depth", stamp, t["sensor_msgs/msg/Image"](header=header, **{
                 **fields, "data": np.frombuffer(fields["data"], np.uint8)}))
@@ -237,9 +238,9 @@ def _write_pose_bag(path: Path, seed: int) -> Path:
             put("pose", pose_stamp, t["geometry_msgs/msg/PoseStamped"](
                 header=t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=psec, nanosec=pnsec),
                                                 frame_id="base"),
-                pose=t["geometry_msgs/msg/Pose"](position=t["geometry_msgs/msg/Point"](x=px, y=py, z=pz),
-                                                 orientation=t["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz,
-                                                                                              w=qw))))
+                pose=t["geometry_msgs/msg/Pose"](
+                    position=t["geometry_msgs/msg/Point"](x=px, y=py, z=pz),
+                    orientation=t["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw))))
             put("truth", stamp, t["std_msgs/msg/Float32"](data=step.truth.gap_m["red can"]))
     return path
 

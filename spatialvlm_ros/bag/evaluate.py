@@ -93,8 +93,9 @@ def select_pair(config: SpatialRewardConfig, gripper: str | None = None, target:
 
 def with_gripper_pose(config: SpatialRewardConfig, pose_topic: str | None, model: str | None = None,
                       opening_m: float | None = None) -> SpatialRewardConfig:
-    """``config`` with the gripper from a pose topic (``--gripper-pose-topic``, ``--gripper-model``,
-    ``--gripper-opening-m``); unchanged when ``pose_topic`` is None.
+    """``config`` with the gripper from a pose topic; unchanged when ``pose_topic`` is None.
+
+    The CLI's ``--gripper-pose-topic``, ``--gripper-model`` and ``--gripper-opening-m``.
 
     Example:
         >>> cfg = with_gripper_pose(SpatialRewardConfig(), "/robot/tcp_pose", "robotiq_2f85", 0.05)

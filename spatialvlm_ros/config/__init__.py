@@ -28,7 +28,8 @@ from spatialvlm_ros.config.vlm import CompactVLMConfig, OpenAIVLMConfig, Transfo
 
 __all__ = [
     "DEFAULT_FOVY_DEG", "CaptionerConfig", "ClipConfig", "CompactVLMConfig", "CompletionConfig", "DepthModelConfig",
-    "DepthNoiseConfig", "DetectorConfig", "EstimatorConfig", "GRIPPER_MODELS", "GripperConfig", "LLMPlannerConfig", "ModelsConfig", "OpenAIVLMConfig",
+    "DepthNoiseConfig", "DetectorConfig", "EstimatorConfig", "GRIPPER_MODELS", "GripperConfig",
+    "LLMPlannerConfig", "ModelsConfig", "OpenAIVLMConfig",
     "QosConfig", "ReasoningConfig", "RewardConfig", "SegmenterConfig", "SensorModelConfig", "SimCameraConfig",
     "SimConfig", "SpatialRewardConfig", "SyncConfig", "TopicsConfig", "TransformersVLMConfig", "VLMConfig",
     "ViewpointConfig", "config_path", "from_flat", "from_mapping", "load_config", "load_yaml", "node_params",

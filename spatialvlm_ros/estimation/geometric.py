@@ -112,7 +112,7 @@ class GeometricEstimator:
 
     def _estimate_posed(self, frame: Frame, pairs: Sequence[Pair], kind: DistanceKind, rng: np.random.Generator,
                         start: float) -> list[DistanceEstimate]:
-        """``estimator.gripper.source: pose``: the gripper is its model at the frame's pose; only targets are grounded."""
+        """``estimator.gripper.source: pose``: the gripper is its model at the frame's pose; only targets grounded."""
         assert self.gripper_model is not None
         if frame.gripper_pose is None:
             return [DistanceEstimate.invalid(

@@ -64,7 +64,7 @@ class Part:
         return replace(self, centre=tuple(c), end=tuple(e), finger=False)
 
     def distance(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Signed distance of (N, 3) gripper-frame points to the part (< 0 inside) and the nearest surface points."""
+        """Signed distances of (N, 3) gripper-frame points to the part (< 0 inside); the nearest surface points."""
         c = np.asarray(self.centre)
         if self.kind == "box":
             h = np.asarray(self.size)
@@ -211,7 +211,7 @@ class PosedGripper:
         return (np.asarray(points, dtype=np.float64) - self.origin) @ self.rotation
 
     def distance(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Signed distance (< 0 inside) of (N, 3) camera-frame points to the gripper, and its nearest points (camera)."""
+        """Signed distances (< 0 inside) of (N, 3) camera-frame points to the gripper; its nearest points (camera)."""
         q = self.to_gripper(points)
         best = np.full(len(q), np.inf)
         near = np.zeros((len(q), 3))

@@ -100,7 +100,8 @@ class StampBuffer(Generic[T]):
             if not self._stamps:
                 return None
             i = bisect.bisect_left(self._stamps, stamp)
-            best = min((j for j in (i - 1, i) if 0 <= j < len(self._stamps)), key=lambda j: abs(self._stamps[j] - stamp))
+            best = min((j for j in (i - 1, i) if 0 <= j < len(self._stamps)),
+                       key=lambda j: abs(self._stamps[j] - stamp))
             return self._values[best] if abs(self._stamps[best] - stamp) <= tolerance_ns else None
 
 
