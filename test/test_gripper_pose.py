@@ -283,9 +283,6 @@ def test_eval_bag_flags_frames_without_a_pose_and_names_a_missing_topic(tmp_path
 
 # ------------------------------------------------------------------ ROS
 
-@pytest.mark.xfail(reason="OPEN: across processes (shm transport) neither the test node nor spatial_reward_node "
-                   "receives sim_camera_node's gripper/pose, though in-process it arrives; not yet diagnosed",
-                   strict=False)
 def test_sim_camera_node_publishes_the_pose_and_the_node_uses_it(start_node: Any, test_node: Any) -> None:
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped
@@ -315,6 +312,6 @@ def test_sim_camera_node_publishes_the_pose_and_the_node_uses_it(start_node: Any
         values = {v.key: v.value for v in msg.status[0].values}
         stamp = stamp_to_ns(msg.header.stamp)
         if stamp in truth:
-            assert values["valid"] == "True", values
+            assert values["valid"] == "True", (values["reason"], msg.status[0].message)
             errors.append(abs(float(values["distance_m"]) - truth[stamp]))
     assert len(errors) >= 10 and np.median(errors) < 0.003

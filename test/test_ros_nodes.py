@@ -50,6 +50,7 @@ def test_sim_camera_and_reward_node_measure_the_approach(start_node: Any, test_n
                           "sim.height:=240", "-p", "rate_hz:=8.0", "-p", "start_delay_s:=0.5")
     assert sim_node.proc.wait(timeout=60) == 0, sim_node.log
     test_node.wait_for(lambda: len(test_node.received("estimates")) >= 19, 10, "estimates of the last frames")
+    test_node.wait_for(lambda: len(test_node.received("ground_truth")) >= 19, 5, "the ground truth of the frames")
 
     truth = {stamp_to_ns(m.header.stamp): float(_values(m.status[0])["gap_m"])
              for m in test_node.received("ground_truth") if m.status[0].name == "red can"}
@@ -58,7 +59,10 @@ def test_sim_camera_and_reward_node_measure_the_approach(start_node: Any, test_n
         (status,) = msg.status
         assert status.name == "yellow gripper -> red can"
         v = _values(status)
-        pairs.append((truth[stamp_to_ns(msg.header.stamp)], float(v["distance_m"]), v["valid"] == "True"))
+        stamp = stamp_to_ns(msg.header.stamp)
+        if stamp in truth:   # on a loaded machine a truth message can be lost (best-effort QoS) or late
+            pairs.append((truth[stamp], float(v["distance_m"]), v["valid"] == "True"))
+    assert len(pairs) >= 17, f"only {len(pairs)} estimates have their ground truth"
     true_d, est_d, valid = map(np.array, zip(*pairs))
     assert valid.mean() >= 0.9
     assert np.median(np.abs(est_d[valid] - true_d[valid])) < 0.03
