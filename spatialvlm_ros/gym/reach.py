@@ -196,3 +196,24 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
         return {"true_distance_m": gap, "target_moved_m": moved, "target_tilt_deg": tilt,
                 "target_disturbed": self._disturbed,
                 "is_success": bool(0.0 <= gap < self.success_threshold_m and not self._disturbed)}
+
+
+class TargetDisturbedPenalty(gym.Wrapper):
+    """Subtract ``penalty`` from the reward on every step whose ``info["target_disturbed"]`` is set.
+
+    The physical reach env puts this penalty into its own (true) reward. A camera reward from
+    :class:`~spatialvlm_ros.gym.wrapper.SpatialRewardWrapper` in ``"replace"`` mode measures distance only, so
+    pushing the can away would cost it nothing beyond the gap: wrap it in this to make both rewards pay the
+    same for a disturbed can (give ``penalty`` in the camera reward's units, e.g. ``0.5 m / scale_m``).
+    """
+
+    def __init__(self, env: gym.Env, penalty: float) -> None:
+        super().__init__(env)
+        if not penalty >= 0:
+            raise ConfigError(f"penalty: must be >= 0, got {penalty}")
+        self.penalty = float(penalty)
+
+    def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """Step the env; subtract the penalty when the target is disturbed."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, float(reward) - self.penalty * bool(info.get("target_disturbed", False)), terminated, truncated, info

@@ -217,6 +217,8 @@ def make_layout(cfg: SimConfig) -> SceneLayout:
         light_pos, light_diffuse = np.array(_CANONICAL_LIGHT), 0.7
     if cfg.viewpoint.random:
         target_xy, approach, eye, look_at = _random_view(cfg, objects[0].kind)
+    if any(cfg.camera_offset_m):
+        eye = eye + np.array(cfg.camera_offset_m)
     approach_xy = approach[:2] / np.linalg.norm(approach[:2])
     camera = _Pinhole(cfg, eye, look_at)
 
@@ -376,7 +378,14 @@ def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, 
         f'pos="{tx + sx * (hx - 0.05):.4g} {ty + sy * (hy - 0.05):.4g} {TABLE_TOP_Z / 2 - 0.02:.4g}" '
         'material="m_table"/>'
         for k, (sx, sy) in enumerate(((-1, -1), (-1, 1), (1, -1), (1, 1))))
-    light_diffuse = _fmt([layout.light_diffuse] * 3)
+    light_diffuse = _fmt([layout.light_diffuse * c for c in cfg.light_rgb])
+    extra_lights = ""
+    if cfg.extra_lights:   # the shift split's (spatialvlm_ros.sim.shift): dimmer lights above the table
+        rng = np.random.default_rng([cfg.seed, 0x11647])
+        extra_lights = "".join(
+            f'\n    <light name="extra{k}" pos="{_fmt([*rng.uniform(-0.8, 0.8, 2), rng.uniform(1.6, 2.4)])}" '
+            f'dir="0 0 -1" diffuse="{_fmt([0.25 * c for c in cfg.light_rgb])}" specular="0 0 0" castshadow="false"/>'
+            for k in range(cfg.extra_lights))
     quality = "" if tessellation is None else f' numslices="{tessellation[0]}" numstacks="{tessellation[1]}"'
     gripper = _gripper_body(layout).strip()
     physics = ""
@@ -404,7 +413,7 @@ def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, 
   </asset>
   <worldbody>
     <light name="key" pos="{_fmt(layout.light_pos)}" dir="{_fmt(light_dir)}" diffuse="{light_diffuse}"
-           specular="0.1 0.1 0.1" castshadow="true" cutoff="60"/>
+           specular="0.1 0.1 0.1" castshadow="true" cutoff="60"/>{extra_lights}
     <geom name="floor" type="plane" size="3 3 0.1" material="m_floor"/>
     <geom name="wall_back" type="box" size="3 0.02 1.5" pos="0 2.5 1.5" material="m_wall"/>
     <geom name="wall_left" type="box" size="0.02 3 1.5" pos="-2.5 0 1.5" material="m_wall"/>
