@@ -134,8 +134,10 @@ def train(reward: str, steps: int, eval_every: int, eval_episodes: int, seed: in
     while model.num_timesteps < steps:
         model.learn(min(eval_every, steps - model.num_timesteps), reset_num_timesteps=False, callback=counter)
         curve.append(evaluate(model, eval_env, eval_episodes, model.num_timesteps))
-        logger.info("%s seed %d: %d steps, success %.2f, final gap %.3f m, disturbed %.2f, %.0f s", reward, seed, curve[-1].steps,
-                    curve[-1].success_rate, curve[-1].mean_final_gap_m, curve[-1].disturbed_rate, time.perf_counter() - start)
+        last = curve[-1]
+        logger.info("%s seed %d: %d steps, success %.2f, final gap %.3f m, disturbed %.2f, %.0f s", reward, seed,
+                    last.steps, last.success_rate, last.mean_final_gap_m, last.disturbed_rate,
+                    time.perf_counter() - start)
     env.close()
     eval_env.close()
     invalid = counter.invalid / counter.steps if reward in CAMERA_ESTIMATORS and counter.steps else float("nan")
@@ -193,7 +195,8 @@ def main() -> None:
              for reward in rewards}
     final_by_seed = {reward: [r.curve[-1].success_rate for r in results if r.reward == reward] for reward in rewards}
     summary = {
-        "env": REACH_ID, "task": "kinematic" if args.kinematic else "physical", "algorithm": f"SAC (stable-baselines3 defaults, learning_starts=1000, net_arch={NET_ARCH})",
+        "env": REACH_ID, "task": "kinematic" if args.kinematic else "physical",
+        "algorithm": f"SAC (stable-baselines3 defaults, learning_starts=1000, net_arch={NET_ARCH})",
         "reward_scale_m": SCALE_M,
         "steps": args.steps, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "seeds": args.seeds,
         "spatial_reward_config": dataclasses.asdict(SPATIAL_REWARD),
@@ -205,8 +208,9 @@ def main() -> None:
             summary[f"{reward}_over_true"] = final[reward] / final["true"]
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     for r in results:
-        print(f"{r.reward:>9} reward, seed {r.seed}: success {r.curve[-1].success_rate:.2f} at {r.curve[-1].steps} steps, "
-              f"final gap {r.curve[-1].mean_final_gap_m:.3f} m, disturbed {r.curve[-1].disturbed_rate:.2f}, {r.wall_s:.0f} s")
+        last = r.curve[-1]
+        print(f"{r.reward:>9} reward, seed {r.seed}: success {last.success_rate:.2f} at {last.steps} steps, "
+              f"final gap {last.mean_final_gap_m:.3f} m, disturbed {last.disturbed_rate:.2f}, {r.wall_s:.0f} s")
     for reward in CAMERA_ESTIMATORS:
         if f"{reward}_over_true" in summary:
             print(f"{reward} / true success: {summary[f'{reward}_over_true']:.2f}")

@@ -592,6 +592,7 @@ def evaluate_vlm(vlm: SpatialVLM, data: Path, *, model: str = "", samples: int =
 
 
 __all__ = ["BANDS", "EVAL_SEED_OFFSET", "MIN_BAND_TRUTH_M", "PAPER_RESULTS", "AnswerRecord", "EvalQuestion",
-           "EvaluationReport", "SPLITS", "TrajectoryFrames", "TrajectoryResult", "answer_metrics", "approach_trajectories",
+           "EvaluationReport", "SPLITS",
+           "TrajectoryFrames", "TrajectoryResult", "answer_metrics", "approach_trajectories",
            "ask_questions", "check_held_out", "decide_label", "evaluate_vlm", "held_out_seed", "load_questions",
            "per_family", "score_answer", "score_trajectory", "warn_if_training_data"]

@@ -6,7 +6,8 @@ body welded to a mocap driver, so the gripper stops at the can's surface or push
 disturbing it*: a can moved by 1 cm or more, or tilted by 10 degrees or more, is flagged
 (``info["target_disturbed"]``, latched for the episode), is never a success and costs a penalty on
 every remaining step. ``physics=False`` gives the old kinematic task (a mocap gripper that passes through
-the can), kept to reproduce the figures measured on it. The env exists to compare a reward from the camera (:class:`~spatialvlm_ros.gym.wrapper.SpatialRewardWrapper`) with the
+the can), kept to reproduce the figures measured on it. The env exists to compare a reward from the camera
+(:class:`~spatialvlm_ros.gym.wrapper.SpatialRewardWrapper`) with the
 exact one on equal terms: both see the same low-dimensional observation, only the reward differs.
 """
 
@@ -216,4 +217,5 @@ class TargetDisturbedPenalty(gym.Wrapper):
     def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         """Step the env; subtract the penalty when the target is disturbed."""
         obs, reward, terminated, truncated, info = self.env.step(action)
-        return obs, float(reward) - self.penalty * bool(info.get("target_disturbed", False)), terminated, truncated, info
+        reward = float(reward) - self.penalty * bool(info.get("target_disturbed", False))
+        return obs, reward, terminated, truncated, info

@@ -407,8 +407,10 @@ class TabletopSim:
     # ------------------------------------------------------------------ physics (physics=True only)
 
     def reset_physics(self, gripper_world: np.ndarray, settle_steps: int = 40) -> None:
-        """Put the gripper at ``gripper_world`` (its nominal orientation), the target upright where
-        :meth:`move_target` put it, zero all velocities, and let the target settle on the table.
+        """Reset the physics: gripper, target, velocities; then let the target settle.
+
+        The gripper goes to ``gripper_world`` (its nominal orientation), the target stands upright where
+        :meth:`move_target` put it, all velocities are zeroed, and the target settles on the table.
 
         Raises:
             SimulationError: not a physics simulator.
@@ -427,8 +429,10 @@ class TabletopSim:
         self._set_gripper(gripper)
 
     def step_physics(self, driver_world: np.ndarray, substeps: int) -> None:
-        """Move the gripper's mocap driver to ``driver_world`` and run ``substeps`` MuJoCo steps: the weld
-        pulls the gripper after it, and contacts stop it at (or push) whatever it meets."""
+        """Move the gripper's mocap driver to ``driver_world`` and run ``substeps`` MuJoCo steps.
+
+        The weld pulls the gripper after the driver, and contacts stop it at (or push) whatever it meets.
+        """
         self._require_physics()
         self.data.mocap_pos[self._mocap] = driver_world
         for _ in range(substeps):
@@ -441,8 +445,10 @@ class TabletopSim:
         return self.data.xpos[self._gripper_body].copy()
 
     def target_pose(self) -> tuple[np.ndarray, float]:
-        """The target's centre (3,), world metres, and its tilt from upright (the angle of its body z axis
-        from world z), degrees."""
+        """Return the target's centre (3,), world metres, and its tilt from upright, degrees.
+
+        The tilt is the angle between the target body's z axis and world z.
+        """
         z_axis = self.data.xmat[self._target_body].reshape(3, 3)[:, 2]
         return self.data.xpos[self._target_body].copy(), float(np.degrees(np.arccos(np.clip(z_axis[2], -1.0, 1.0))))
 
