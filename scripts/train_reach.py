@@ -1,15 +1,25 @@
 """Train SAC on SpatialVLM/TabletopReach-v0 with the true reward and with rewards read off the camera.
 
 All runs share seeds, step budget, hyperparameters and observation (gripper and can positions); only the
-reward differs: (a) ``true``, the exact gap from the simulator, ``-max(gap, 0) / 0.1 m``; (b) ``spatial``, the
+reward differs: (a) ``true``, the exact gap from the simulator, ``-max(gap, 0) / 0.1 m``; (b) ``geometric`` (alias
+``spatial``), the
 geometric estimator's gap on the rendered RGB-D frame (colour-prompt grounding, sensor depth with
 RealSense-like noise); (c) ``vlm``, the packaged compact spatial VLM's answer to "What is the gap between the
 yellow gripper and the red can?" on the RGB frame alone (no depth). (b) and (c) are shaped ``negative`` with
 ``scale_m`` 0.1 (so they read ``-gap_estimate / 0.1 m``), no filter.
-Evaluation always uses the TRUE success criterion (true gap < 2 cm at the episode's last step), with a
-deterministic policy on fixed evaluation seeds. Writes a plot and a JSON file and prints the final figures.
 
-Usage: python scripts/train_reach.py [--steps 20000] [--eval-every 2000] [--reward true spatial vlm]
+The env is the physical reach task (a free can; pushing or toppling it is flagged ``target_disturbed``). The
+true reward carries the env's penalty for a disturbed can (0.5 m of gap per step, 5 in reward units); the
+camera rewards measure distance only, so :class:`TargetDisturbedPenalty` adds the same penalty from the env's
+info, and the three rewards differ only in how the gap is measured. ``--kinematic`` trains on the old
+kinematic task (the gripper passes through the can; no penalty).
+
+Evaluation always uses the TRUE success criterion (``is_success`` at the episode's last step: 0 <= true gap
+< 2 cm and the can undisturbed), with a deterministic policy on fixed evaluation seeds. Each reward is
+trained once per seed. Writes a plot and a JSON file and prints the final figures (mean and spread over seeds).
+
+Usage: python scripts/train_reach.py [--steps 20000] [--eval-every 2000] [--rewards true geometric vlm]
+       [--seeds 0 1 2] [--out docs/rl_reach]
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from stable_baselines3 import SAC
 from spatialvlm_ros.config import EstimatorConfig, RewardConfig
 from spatialvlm_ros.estimation import build_estimator
 from spatialvlm_ros.gym import REACH_ID, SpatialRewardWrapper
+from spatialvlm_ros.gym.reach import TargetDisturbedPenalty
 from spatialvlm_ros.config import VLMConfig
 
 logger = logging.getLogger("train_reach")
@@ -42,7 +53,7 @@ NET_ARCH = [64, 64]          # a 6-D observation needs no more; halves the updat
 EVAL_SEED_BASE = 1_000_000   # evaluation episodes never share a seed with training ones
 #: The estimators behind the camera rewards: geometric on RGB-D, and the compact VLM (greedy, one answer) on RGB.
 CAMERA_ESTIMATORS = {
-    "spatial": EstimatorConfig(backend="geometric", grounding="colour_prompt"),
+    "geometric": EstimatorConfig(backend="geometric", grounding="colour_prompt"),
     "vlm": EstimatorConfig(backend="vlm", vlm=VLMConfig(backend="compact", samples=1)),
 }
 
@@ -54,6 +65,7 @@ class EvalPoint:
     steps: int
     success_rate: float
     mean_final_gap_m: float
+    disturbed_rate: float = float("nan")   # episodes that ended with the can disturbed (physical task only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,23 +73,27 @@ class RunResult:
     """One training run: its reward source, learning curve and cost."""
 
     reward: str
+    seed: int
     curve: tuple[EvalPoint, ...]
     wall_s: float
     spatial_invalid_rate: float   # fraction of training steps whose estimate was invalid (NaN for true)
 
 
-def make_train_env(reward: str) -> gym.Env:
-    """The reach env, its reward from the simulator (``true``) or from the camera (``spatial``, ``vlm``)."""
-    env = gym.make(REACH_ID)
+def make_train_env(reward: str, kinematic: bool = False) -> gym.Env:
+    """The reach env, its reward from the simulator (``true``) or from the camera (``geometric``, ``vlm``)."""
+    env = gym.make(REACH_ID, physics=not kinematic)
     if reward in CAMERA_ESTIMATORS:
         estimator = build_estimator(CAMERA_ESTIMATORS[reward])
-        return SpatialRewardWrapper(env, estimator, PAIR, reward_config=SPATIAL_REWARD, mode="replace")
+        wrapped = SpatialRewardWrapper(env, estimator, PAIR, reward_config=SPATIAL_REWARD, mode="replace")
+        if kinematic:
+            return wrapped
+        return TargetDisturbedPenalty(wrapped, env.unwrapped.disturbed_penalty_m / SCALE_M)
     return gym.wrappers.TransformReward(env, lambda r: float(r) / SCALE_M)
 
 
 def evaluate(model: SAC, env: gym.Env, episodes: int, steps: int) -> EvalPoint:
     """Success rate by the true criterion at each episode's last step, deterministic actions."""
-    successes, gaps = [], []
+    successes, gaps, disturbed = [], [], []
     for k in range(episodes):
         obs, info = env.reset(seed=EVAL_SEED_BASE + k)
         done = False
@@ -87,7 +103,9 @@ def evaluate(model: SAC, env: gym.Env, episodes: int, steps: int) -> EvalPoint:
             done = terminated or truncated
         successes.append(bool(info["is_success"]))
         gaps.append(float(info["true_distance_m"]))
-    return EvalPoint(steps=steps, success_rate=float(np.mean(successes)), mean_final_gap_m=float(np.mean(gaps)))
+        disturbed.append(float(info.get("target_disturbed", np.nan)))
+    return EvalPoint(steps=steps, success_rate=float(np.mean(successes)), mean_final_gap_m=float(np.mean(gaps)),
+                     disturbed_rate=float(np.mean(disturbed)))
 
 
 class _InvalidCounter:
@@ -104,23 +122,26 @@ class _InvalidCounter:
         return True
 
 
-def train(reward: str, steps: int, eval_every: int, eval_episodes: int, seed: int) -> RunResult:
+def train(reward: str, steps: int, eval_every: int, eval_episodes: int, seed: int,
+          kinematic: bool = False) -> RunResult:
     """Train SAC for ``steps`` with ``reward``, evaluating every ``eval_every`` steps."""
     start = time.perf_counter()
-    env = make_train_env(reward)
-    eval_env = gym.make(REACH_ID)          # no rendering: evaluation reads the true success flag
+    env = make_train_env(reward, kinematic)
+    eval_env = gym.make(REACH_ID, physics=not kinematic)   # no rendering: evaluation reads the true success flag
     model = SAC("MlpPolicy", env, seed=seed, learning_starts=1000, policy_kwargs={"net_arch": NET_ARCH}, verbose=0)
     counter = _InvalidCounter()
     curve = [evaluate(model, eval_env, eval_episodes, 0)]
     while model.num_timesteps < steps:
         model.learn(min(eval_every, steps - model.num_timesteps), reset_num_timesteps=False, callback=counter)
         curve.append(evaluate(model, eval_env, eval_episodes, model.num_timesteps))
-        logger.info("%s: %d steps, success %.2f, final gap %.3f m, %.0f s", reward, curve[-1].steps,
-                    curve[-1].success_rate, curve[-1].mean_final_gap_m, time.perf_counter() - start)
+        last = curve[-1]
+        logger.info("%s seed %d: %d steps, success %.2f, final gap %.3f m, disturbed %.2f, %.0f s", reward, seed,
+                    last.steps, last.success_rate, last.mean_final_gap_m, last.disturbed_rate,
+                    time.perf_counter() - start)
     env.close()
     eval_env.close()
     invalid = counter.invalid / counter.steps if reward in CAMERA_ESTIMATORS and counter.steps else float("nan")
-    return RunResult(reward=reward, curve=tuple(curve), wall_s=time.perf_counter() - start,
+    return RunResult(reward=reward, seed=seed, curve=tuple(curve), wall_s=time.perf_counter() - start,
                      spatial_invalid_rate=invalid)
 
 
@@ -130,10 +151,15 @@ def plot(results: list[RunResult], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r in results:
-        ax.plot([p.steps for p in r.curve], [p.success_rate for p in r.curve], marker="o", label=f"{r.reward} reward")
+    for reward in dict.fromkeys(r.reward for r in results):
+        runs = [r for r in results if r.reward == reward]
+        steps = [p.steps for p in runs[0].curve]
+        rates = np.array([[p.success_rate for p in r.curve] for r in runs])
+        line, = ax.plot(steps, rates.mean(axis=0), marker="o", label=f"{reward} reward ({len(runs)} seeds)")
+        if len(runs) > 1:
+            ax.fill_between(steps, rates.min(axis=0), rates.max(axis=0), color=line.get_color(), alpha=0.2)
     ax.set_xlabel("training steps")
-    ax.set_ylabel("success rate (true gap < 2 cm)")
+    ax.set_ylabel("success rate (true criterion)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("SAC on SpatialVLM/TabletopReach-v0")
     ax.grid(alpha=0.3)
@@ -145,28 +171,36 @@ def plot(results: list[RunResult], path: Path) -> None:
 def main() -> None:
     """Parse arguments, train each reward, write the plot and JSON, print the final figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reward", dest="rewards", nargs="+", choices=("true", "spatial", "vlm"),
-                        default=["true", "spatial"], help="reward source(s) to train with, in order")
+    parser.add_argument("--rewards", "--reward", dest="rewards", nargs="+",
+                        choices=("true", "geometric", "spatial", "vlm"), default=["true", "geometric", "vlm"],
+                        help="reward source(s) to train with, in order (spatial = geometric)")
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--eval-every", type=int, default=2_000)
     parser.add_argument("--eval-episodes", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", "--seed", dest="seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--kinematic", action="store_true", help="the old kinematic task (the gripper passes "
+                        "through the can)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "rl_reach")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
 
-    results = [train(r, args.steps, args.eval_every, args.eval_episodes, args.seed) for r in args.rewards]
+    rewards = list(dict.fromkeys("geometric" if r == "spatial" else r for r in args.rewards))
+    results = [train(r, args.steps, args.eval_every, args.eval_episodes, seed, args.kinematic)
+               for r in rewards for seed in args.seeds]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(results, args.out.with_suffix(".png"))
-    final = {r.reward: r.curve[-1].success_rate for r in results}
+    final = {reward: float(np.mean([r.curve[-1].success_rate for r in results if r.reward == reward]))
+             for reward in rewards}
+    final_by_seed = {reward: [r.curve[-1].success_rate for r in results if r.reward == reward] for reward in rewards}
     summary = {
-        "env": REACH_ID, "algorithm": f"SAC (stable-baselines3 defaults, learning_starts=1000, net_arch={NET_ARCH})",
+        "env": REACH_ID, "task": "kinematic" if args.kinematic else "physical",
+        "algorithm": f"SAC (stable-baselines3 defaults, learning_starts=1000, net_arch={NET_ARCH})",
         "reward_scale_m": SCALE_M,
-        "steps": args.steps, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "seed": args.seed,
+        "steps": args.steps, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "seeds": args.seeds,
         "spatial_reward_config": dataclasses.asdict(SPATIAL_REWARD),
-        "final_success_rate": final,
+        "final_success_rate": final, "final_success_rate_by_seed": final_by_seed,
         "runs": [dataclasses.asdict(r) for r in results],
     }
     for reward in CAMERA_ESTIMATORS:
@@ -174,8 +208,9 @@ def main() -> None:
             summary[f"{reward}_over_true"] = final[reward] / final["true"]
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     for r in results:
-        print(f"{r.reward:>8} reward: success {r.curve[-1].success_rate:.2f} at {r.curve[-1].steps} steps, "
-              f"final gap {r.curve[-1].mean_final_gap_m:.3f} m, {r.wall_s:.0f} s")
+        last = r.curve[-1]
+        print(f"{r.reward:>9} reward, seed {r.seed}: success {last.success_rate:.2f} at {last.steps} steps, "
+              f"final gap {last.mean_final_gap_m:.3f} m, disturbed {last.disturbed_rate:.2f}, {r.wall_s:.0f} s")
     for reward in CAMERA_ESTIMATORS:
         if f"{reward}_over_true" in summary:
             print(f"{reward} / true success: {summary[f'{reward}_over_true']:.2f}")

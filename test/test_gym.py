@@ -100,7 +100,8 @@ def test_env_checker_passes(wrapped: bool, estimator: DistanceEstimator, closing
 def test_scripted_approach_reaches_and_spatial_distance_tracks_truth(
         width: int, height: int, max_median_error_m: float, estimator: DistanceEstimator, closing: Callable) -> None:
     sim_config = dataclasses.replace(DEFAULT_SIM, width=width, height=height)
-    env = closing(SpatialRewardWrapper(TabletopReachEnv(sim_config=sim_config), estimator, PAIR,
+    # Kinematic: full speed into the can would push the physical one away.
+    env = closing(SpatialRewardWrapper(TabletopReachEnv(sim_config=sim_config, physics=False), estimator, PAIR,
                                        reward_config=NEGATIVE))
     spatial, true = [], []
     for seed in (0, 1):
@@ -264,7 +265,58 @@ def test_vector_wrapper_refuses_same_step_autoreset(estimator: DistanceEstimator
     ({"max_step_m": 0.0}, "^max_step_m: "),
     ({"success_threshold_m": -1.0}, "^success_threshold_m: "),
     ({"sim_config": SimConfig(randomise=True)}, "^sim_config.randomise: "),
+    ({"substeps": 0}, "^substeps: "),
 ])
 def test_reach_env_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         TabletopReachEnv(**kwargs)
+
+
+def gentle_approach(obs: np.ndarray, gap_m: float) -> np.ndarray:
+    """Scripted policy: towards the can's centre, slowing down to stop about 8 mm short of its surface."""
+    direction = (obs[3:] - obs[:3]) / np.linalg.norm(obs[3:] - obs[:3])
+    return (direction * min(1.0, max(gap_m - 0.008, 0.0) / 0.012)).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_physical_reach_cannot_be_solved_by_pushing_through(seed: int, closing: Callable) -> None:
+    env = closing(gym.make(REACH_ID))
+    obs, info = env.reset(seed=seed)
+    gaps, rewards, infos = [], [], []
+    truncated = False
+    while not truncated:
+        obs, reward, terminated, truncated, info = env.step(towards_target(obs))
+        assert not terminated
+        gaps.append(info["true_distance_m"])
+        rewards.append(reward)
+        infos.append(info)
+    assert not any(i["is_success"] for i in infos[-10:]), "driving through the can must not count as reaching it"
+    assert info["target_disturbed"] and (info["target_moved_m"] >= 0.01 or info["target_tilt_deg"] >= 10.0)
+    # The gripper stops at (or pushes) the surface: no interpenetration beyond the soft contacts' give.
+    assert min(gaps) > -0.002, f"the gripper entered the can by {-min(gaps) * 1e3:.1f} mm"
+    # Once disturbed, every step pays the penalty: worse than any undisturbed step could be.
+    first = next(k for k, i in enumerate(infos) if i["target_disturbed"])
+    assert max(rewards[first:]) <= -0.5 < min(rewards[:first])
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_physical_reach_gentle_approach_succeeds(seed: int, closing: Callable) -> None:
+    env = closing(gym.make(REACH_ID))
+    obs, info = env.reset(seed=seed)
+    truncated = False
+    while not truncated:
+        obs, reward, _, truncated, info = env.step(gentle_approach(obs, info["true_distance_m"]))
+    assert info["is_success"] and not info["target_disturbed"]
+    assert 0.0 <= info["true_distance_m"] < 0.02 and info["target_moved_m"] < 1e-3
+    assert reward == -info["true_distance_m"]
+
+
+def test_physical_scene_is_an_option_and_the_static_scene_is_unchanged() -> None:
+    from spatialvlm_ros.sim.scene import build_mjcf, make_layout
+    cfg = SimConfig()
+    layout = make_layout(cfg)
+    static = build_mjcf(cfg, layout)
+    assert static == build_mjcf(cfg, layout, free_target=False)
+    assert "freejoint" not in static and "equality" not in static and 'mocap="true"' in static
+    physical = build_mjcf(cfg, layout, free_target=True)
+    assert physical.count("<freejoint") == 2 and "<weld" in physical

@@ -47,7 +47,7 @@ def test_sim_camera_and_reward_node_measure_the_approach(start_node: Any, test_n
     reward_node = start_node("spatial_reward_node", *RELIABLE)
     _wait_reward_node_ready(test_node, reward_node)
     sim_node = start_node("sim_camera_node", "-p", "sim.n_frames:=20", "-p", "sim.width:=320", "-p",
-                          "sim.height:=240", "-p", "rate_hz:=8.0", "-p", "start_delay_s:=0.5")
+                          "sim.height:=240", "-p", "rate_hz:=8.0", "-p", "start_delay_s:=2.0")
     assert sim_node.proc.wait(timeout=60) == 0, sim_node.log
     test_node.wait_for(lambda: len(test_node.received("estimates")) >= 19, 10, "estimates of the last frames")
     test_node.wait_for(lambda: len(test_node.received("ground_truth")) >= 19, 5, "the ground truth of the frames")

@@ -291,3 +291,32 @@ def test_failed_batches_are_wrong_answers_and_a_failed_first_batch_raises(datase
     assert all(not r.correct and math.isnan(r.value_m) for r in records[3:])
     with pytest.raises(VLMError, match="HTTP 503"):
         ask_questions(Flaky(True), questions, batch_size=3)
+
+
+def test_cli_shift_split_runs_on_the_packaged_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``evaluate --split shift``: held-out colours, rigs, lights, JPEG and noise, scored per family."""
+    from spatialvlm_ros.cli import main
+    out = tmp_path / "shift"
+    assert main(["evaluate", "--backend", "compact", "--split", "shift", "--scenes", "3", "--trajectories", "1",
+                 "--frames", "3", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["split"] == "shift" and summary["answers"] > 0 and summary["trajectory_frames"] == 3
+    assert summary["per_family"] and all(f["n"] > 0 for f in summary["per_family"].values())
+    from spatialvlm_ros.sim.shift import SHIFT_COLOURS
+    names = json.loads((out / "metrics.json").read_text())["trajectories"][0]["question"]
+    assert any(c in names for c in SHIFT_COLOURS)
+
+
+def test_shift_scenes_share_no_colour_or_rig_with_the_training_split() -> None:
+    from spatialvlm_ros.sim import COLOURS
+    from spatialvlm_ros.synthesis.config import SynthesisConfig
+    from spatialvlm_ros.synthesis.sources import SimSource
+    train = SimSource(20, SynthesisConfig(seed=0))
+    shift = SimSource(20, SynthesisConfig(seed=EVAL_SEED_OFFSET), shift=True)
+    for i in range(20):
+        t, s = train.scene_config(i), shift.scene_config(i)
+        assert t.fovy_deg == 58.0 and not 52.0 < s.fovy_deg < 66.0
+        assert t.light_rgb == (1.0, 1.0, 1.0) and s.light_rgb != t.light_rgb and s.extra_lights >= 1
+        assert abs(s.camera_offset_m[2]) >= 0.08 and t.camera_offset_m == (0.0, 0.0, 0.0)
+        colours = {s.gripper_colour, s.target_colour, *(d.split()[0] for d in s.distractors)}
+        assert not colours & set(COLOURS)

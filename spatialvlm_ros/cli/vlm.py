@@ -148,6 +148,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synthesis-config", type=Path, default=None,
                         help="data engine YAML for the held-out set (default: config/synthesis.yaml)")
     parser.add_argument("--scenes", type=int, default=20, help="held-out simulated scenes without --data")
+    parser.add_argument("--split", choices=("sim", "shift"), default="sim",
+                        help="held-out scenes without --data: 'sim' like the training split (default), or 'shift': "
+                             "held-out colours, camera rigs, lights, JPEG and sensor noise (spatialvlm_ros.sim.shift)")
     parser.add_argument("--seed", type=int, default=0,
                         help=f"held-out seed index: scenes and trajectories use {EVAL_SEED_OFFSET} + SEED")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
@@ -157,7 +160,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     add_vlm_arguments(parser, samples_default=1)
 
 
-def synthesize_held_out(out: Path, scenes: int, seed: int, synthesis_config: Path | None = None) -> Path:
+def synthesize_held_out(out: Path, scenes: int, seed: int, synthesis_config: Path | None = None,
+                        split: str = "sim") -> Path:
     """Synthesise ``scenes`` simulated scenes with the held-out ``seed`` into the dataset folder ``out``.
 
     Args:
@@ -165,6 +169,7 @@ def synthesize_held_out(out: Path, scenes: int, seed: int, synthesis_config: Pat
         scenes: number of ``sim:N`` scenes.
         seed: synthesis seed, already mapped by :func:`held_out_seed`.
         synthesis_config: data engine YAML (default: the shipped ``config/synthesis.yaml``).
+        split: ``"sim"`` (the training split's scene distribution) or ``"shift"`` (the held-out shift).
 
     Returns:
         ``out``.
@@ -174,10 +179,11 @@ def synthesize_held_out(out: Path, scenes: int, seed: int, synthesis_config: Pat
     """
     from spatialvlm_ros.synthesis.config import load_synthesis_config
     from spatialvlm_ros.synthesis.engine import run_local
-    from spatialvlm_ros.synthesis.sources import open_source
+    from spatialvlm_ros.synthesis.sources import SimSource, open_source
     check_held_out(seed)
     cfg = load_synthesis_config(synthesis_config, {"seed": seed})
-    summary = run_local(open_source(f"sim:{scenes}", cfg), out, cfg)
+    source = SimSource(scenes, cfg, shift=True) if split == "shift" else open_source(f"sim:{scenes}", cfg)
+    summary = run_local(source, out, cfg)
     logger.info("held-out set: %d scenes, %d questions, seed %d, in %s", summary.images, summary.rows, seed, out)
     return out
 
@@ -231,7 +237,8 @@ def evaluate_cli(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="spatialvlm-eval-") as tmp:
         data = args.data
         if data is None:
-            data = synthesize_held_out((args.out or Path(tmp)) / "dataset", args.scenes, seed, args.synthesis_config)
+            data = synthesize_held_out((args.out or Path(tmp)) / "dataset", args.scenes, seed, args.synthesis_config,
+                                       args.split)
         else:
             warn_if_training_data(data)
         section = getattr(estimator.vlm, estimator.vlm.backend, None)
@@ -241,7 +248,8 @@ def evaluate_cli(args: argparse.Namespace) -> int:
         report = evaluate_vlm(vlm, data, model=model, samples=estimator.vlm.samples,
                               batch_size=args.batch_size, limit=args.limit,
                               default_unit=getattr(section, "default_unit", "") or None, trajectories=args.trajectories,
-                              frames=args.frames, seed=seed, kind=estimator.distance)
+                              frames=args.frames, seed=seed, kind=estimator.distance,
+                              split="sim" if args.data is not None else args.split)
     summary = report.summary()
     if args.out is not None:
         report.write(args.out)

@@ -71,12 +71,19 @@ class SimConfig:
     end_gap_m: float = 0.01            # ... and at the last
     depth_noise: DepthNoiseConfig = DepthNoiseConfig()
     viewpoint: ViewpointConfig = ViewpointConfig()   # random cameras around the target (off: canonical view)
+    # Held-out shift options (spatialvlm_ros.sim.shift); the defaults leave the scene as it was.
+    camera_offset_m: tuple[float, ...] = (0.0, 0.0, 0.0)   # added to the camera's eye, world metres
+    light_rgb: tuple[float, ...] = (1.0, 1.0, 1.0)       # key light colour (times its intensity)
+    extra_lights: int = 0              # more lights above the table, seeded positions
 
     def __post_init__(self) -> None:
         require(self.width >= 16 and self.height >= 16, "sim.width", "image must be at least 16x16")
         require(0 < self.fovy_deg < 170, "sim.fovy_deg", "must be in (0, 170)")
         require(self.n_frames >= 2, "sim.n_frames", "must be >= 2")
         require(self.start_gap_m >= 0 and self.end_gap_m >= 0, "sim.start_gap_m", "gaps must be >= 0")
+        require(self.extra_lights >= 0, "sim.extra_lights", "must be >= 0")
+        require(len(self.camera_offset_m) == 3, "sim.camera_offset_m", "must be 3 numbers (x y z metres)")
+        require(len(self.light_rgb) == 3 and min(self.light_rgb) >= 0, "sim.light_rgb", "must be 3 numbers >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,6 +36,7 @@ seed is evaluated with a warning (it may be real images, which have no such conv
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -388,7 +389,7 @@ class TrajectoryFrames:
 
 
 def approach_trajectories(count: int, n_frames: int, seed: int, kind: DistanceKind | str = DistanceKind.GAP,
-                          width: int = 320, height: int = 240) -> Iterator[TrajectoryFrames]:
+                          width: int = 320, height: int = 240, shift: bool = False) -> Iterator[TrajectoryFrames]:
     """Render ``count`` scripted approaches (randomised layout, camera and light) of ``n_frames`` frames each.
 
     Trajectory ``k`` is the simulator scene of seed ``seed + k``: a yellow gripper closing from a 30 cm
@@ -401,20 +402,33 @@ def approach_trajectories(count: int, n_frames: int, seed: int, kind: DistanceKi
         kind: the truth: surface gap or centre distance.
         width: image width, pixels.
         height: image height, pixels.
+        shift: the held-out shift split (:mod:`spatialvlm_ros.sim.shift`): a grey gripper and a pink can,
+            a shifted camera rig and lights, JPEG and noise on every frame.
 
     Raises:
         ConfigError: a training seed, or bad image / trajectory sizes.
     """
     from spatialvlm_ros.sim import TabletopSim
+    from spatialvlm_ros.sim.shift import draw_shift
     kind = DistanceKind(kind)
     check_held_out(seed)
     for k in range(count):
         config = SimConfig(seed=seed + k, width=width, height=height, randomise=True, n_frames=n_frames)
+        draw = None
+        if shift:
+            rng = np.random.default_rng([seed + k, 0x5A1F7])
+            draw = draw_shift(rng)
+            config = draw.apply(dataclasses.replace(config, gripper_colour="grey", target_colour="pink",
+                                                    distractors=("brown box", "beige ball")))
         with TabletopSim(config) as sim:
             pair = Pair(sim.gripper_label, sim.target_label)
             steps = [sim.render(i) for i in range(n_frames)]
         distances = [(s.truth.gap_m if kind is DistanceKind.GAP else s.truth.centre_m)[pair.target] for s in steps]
-        yield TrajectoryFrames(seed + k, pair, kind, tuple(s.frame.rgb for s in steps), tuple(distances))
+        rgbs = [s.frame.rgb for s in steps]
+        if draw is not None:
+            noise = np.random.default_rng([seed + k, 0x1D6])
+            rgbs = [draw.degrade(rgb, noise) for rgb in rgbs]
+        yield TrajectoryFrames(seed + k, pair, kind, tuple(rgbs), tuple(distances))
 
 
 @dataclass(frozen=True)
@@ -518,10 +532,25 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+#: Evaluation splits: the in-distribution held-out scenes, and the held-out shift (:mod:`spatialvlm_ros.sim.shift`).
+SPLITS = ("sim", "shift")
+
+
+def per_family(records: Sequence[AnswerRecord]) -> dict[str, dict[str, Any]]:
+    """:func:`answer_metrics`' headline figures per question family (predicate, choice, classify, quantity, ...)."""
+    out: dict[str, dict[str, Any]] = {}
+    for family in sorted({r.question.family for r in records}):
+        m = answer_metrics([r for r in records if r.question.family == family])
+        out[family] = {k: m[k] for k in ("qualitative_accuracy", "number_rate", "within_0.5_2x", "within_0.75_1.25x")
+                       if k in m}
+        out[family]["n"] = sum(r.question.family == family for r in records)
+    return out
+
+
 def evaluate_vlm(vlm: SpatialVLM, data: Path, *, model: str = "", samples: int = 1, batch_size: int = 32,
                  limit: int | None = None, default_unit: str | None = None, trajectories: int = 2,
                  frames: int = 20, seed: int = EVAL_SEED_OFFSET, kind: DistanceKind | str = DistanceKind.GAP,
-                 size: tuple[int, int] = (320, 240)) -> EvaluationReport:
+                 size: tuple[int, int] = (320, 240), split: str = "sim") -> EvaluationReport:
     """Ask ``vlm`` every question of the dataset ``data`` and along ``trajectories`` approaches; score it all.
 
     Args:
@@ -537,6 +566,8 @@ def evaluate_vlm(vlm: SpatialVLM, data: Path, *, model: str = "", samples: int =
         seed: first simulator seed of the approaches (held out).
         kind: distance asked along the approaches.
         size: (width, height) of the approach frames.
+        split: ``"sim"`` (in-distribution approaches) or ``"shift"`` (the held-out shift's, see
+            :func:`approach_trajectories`); recorded in the metrics.
 
     Raises:
         ConfigError: bad counts or a training seed.
@@ -550,15 +581,18 @@ def evaluate_vlm(vlm: SpatialVLM, data: Path, *, model: str = "", samples: int =
     questions = load_questions(data, limit)
     logger.info("asking %d questions x %d samples from %s", len(questions), samples, data)
     records = ask_questions(vlm, questions, samples, batch_size, default_unit)
+    if split not in SPLITS:
+        raise ConfigError(f"split: {split!r} is not one of {list(SPLITS)}")
     scored = [score_trajectory(vlm, t, samples)
-              for t in approach_trajectories(trajectories, frames, seed, kind, *size)]
+              for t in approach_trajectories(trajectories, frames, seed, kind, *size, shift=split == "shift")]
     rhos = [t.metrics["spearman"] for t in scored if math.isfinite(t.metrics["spearman"])]
-    metrics = {**answer_metrics(records), "spearman": float(np.mean(rhos)) if rhos else math.nan,
-               "trajectory_frames": sum(len(t.truth_m) for t in scored)}
+    metrics = {"split": split, **answer_metrics(records), "spearman": float(np.mean(rhos)) if rhos else math.nan,
+               "trajectory_frames": sum(len(t.truth_m) for t in scored), "per_family": per_family(records)}
     return EvaluationReport(model, str(data), tuple(records), tuple(scored), metrics)
 
 
 __all__ = ["BANDS", "EVAL_SEED_OFFSET", "MIN_BAND_TRUTH_M", "PAPER_RESULTS", "AnswerRecord", "EvalQuestion",
-           "EvaluationReport", "TrajectoryFrames", "TrajectoryResult", "answer_metrics", "approach_trajectories",
+           "EvaluationReport", "SPLITS",
+           "TrajectoryFrames", "TrajectoryResult", "answer_metrics", "approach_trajectories",
            "ask_questions", "check_held_out", "decide_label", "evaluate_vlm", "held_out_seed", "load_questions",
-           "score_answer", "score_trajectory", "warn_if_training_data"]
+           "per_family", "score_answer", "score_trajectory", "warn_if_training_data"]

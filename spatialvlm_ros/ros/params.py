@@ -166,6 +166,10 @@ DESCRIPTIONS: dict[str, str] = {
                             "its last this many seconds",
     "publish_markers": "publish the measured segments on markers (visualization_msgs/MarkerArray)",
     "sim.seed": "seed of the scene and its randomisation",
+    "sim.camera_offset_m": "shift of the camera's eye, world x y z metres (the VLM's held-out shift split; "
+                         "0 0 0: none)",
+    "sim.light_rgb": "key light colour, linear RGB multiplying its intensity (1 1 1: white)",
+    "sim.extra_lights": "extra lights above the table at seeded positions (the held-out shift split; 0: none)",
     "sim.width": "image width, pixels",
     "sim.height": "image height, pixels",
     "sim.fovy_deg": "vertical field of view, degrees (RealSense D435 colour: 58)",

@@ -219,6 +219,8 @@ def make_layout(cfg: SimConfig) -> SceneLayout:
         light_pos, light_diffuse = np.array(_CANONICAL_LIGHT), 0.7
     if cfg.viewpoint.random:
         target_xy, approach, eye, look_at = _random_view(cfg, objects[0].kind)
+    if any(cfg.camera_offset_m):
+        eye = eye + np.array(cfg.camera_offset_m)
     approach_xy = approach[:2] / np.linalg.norm(approach[:2])
     camera = _Pinhole(cfg, eye, look_at)
 
@@ -309,7 +311,34 @@ def _camera_xyaxes(eye: np.ndarray, look_at: np.ndarray) -> tuple[np.ndarray, np
     return right, np.cross(right, forward)
 
 
-def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, int] | None = None) -> str:
+#: Physics mode (``build_mjcf(..., free_target=True)``): the dynamic gripper's mass (kg), the mocap body that
+#: drives it through a weld, and the soft-constraint references. The weld is 20x softer than a contact
+#: (time constant 0.1 s against 0.005 s), so a blocked gripper stays on the surface (under 1 mm in) instead
+#: of being pulled into it; 2 kg lets it push or topple a 0.42 kg can.
+GRIPPER_DRIVER_BODY = "gripper_driver"
+_PHYSICS_GRIPPER_MASS = 2.0
+_PHYSICS_WELD_SOLREF = "0.1 1"
+_PHYSICS_CONTACT_SOLREF = "0.005 1"     # every contact 4x stiffer than MuJoCo's default (needs a 2 ms step)
+PHYSICS_TIMESTEP = 0.002
+
+
+def _physical_gripper(gripper_xml: str) -> str:
+    """Turn the mocap gripper body into a free, gravity-compensated body welded to a mocap driver.
+
+    Works on :func:`_gripper_body`'s text (so that function stays as it is): ``mocap="true"`` becomes a
+    free joint plus an explicit inertial; the driver is a geom-less mocap body the simulator moves.
+    """
+    head, sep, rest = gripper_xml.partition(">")
+    if 'mocap="true"' not in head or not sep:
+        raise SimulationError("physics mode: the gripper body is not a mocap body; cannot make it free")
+    head = head.replace('mocap="true"', 'gravcomp="1"')
+    inner = (f'\n      <freejoint name="{GRIPPER_BODY}_free"/>'
+             f'\n      <inertial pos="0 0 0" mass="{_PHYSICS_GRIPPER_MASS}" diaginertia="0.01 0.01 0.01"/>')
+    return f'{head}>{inner}{rest}\n    <body name="{GRIPPER_DRIVER_BODY}" mocap="true"/>'
+
+
+def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, int] | None = None,
+               free_target: bool = False) -> str:
     """MJCF text of the room, table, objects, mocap gripper, key light and RGB-D camera.
 
     Rendering settings chosen for sensor-like output and CPU speed: no multisampling (segmentation ids
@@ -322,6 +351,11 @@ def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, 
         tessellation: (slices, stacks) of the drawn spheres, capsules and cylinders; default MuJoCo's (28, 16).
             A bowl is 24 capsules, so on CPU rendering the triangle count sets much of a frame's cost;
             (16, 8) cuts it to under a third and moves a drawn surface by under 1 mm (a can's side, a ball).
+        free_target: physics mode (the reach env's): the target gets a free joint (it rests on the table and
+            can be pushed or toppled), and the gripper becomes a dynamic body welded to a mocap driver
+            (``GRIPPER_DRIVER_BODY``), so it collides with the target and the table instead of passing
+            through. Default False: the static, kinematic scene of the data engine and the demo, whose
+            text is unchanged.
 
     Raises:
         SimulationError: ``tessellation`` below 3 slices or stacks (MuJoCo would accept it and draw garbage).
@@ -335,6 +369,8 @@ def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, 
     bodies = []
     for i, obj in enumerate(layout.objects):
         geoms = "\n      ".join(_object_geoms(obj.kind, f"m_obj{i}", f"obj{i}"))
+        if free_target and i == 0:
+            geoms = f'<freejoint name="obj{i}_free"/>\n      {geoms}'
         bodies.append(f'<body name="obj{i}" pos="{_fmt(layout.centre(i))}" euler="0 0 {layout.yaw[i]:.6g}">\n'
                       f'      {geoms}\n    </body>')
     tx, ty = TABLE_CENTRE_XY
@@ -344,10 +380,25 @@ def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, 
         f'pos="{tx + sx * (hx - 0.05):.4g} {ty + sy * (hy - 0.05):.4g} {TABLE_TOP_Z / 2 - 0.02:.4g}" '
         'material="m_table"/>'
         for k, (sx, sy) in enumerate(((-1, -1), (-1, 1), (1, -1), (1, 1))))
-    light_diffuse = _fmt([layout.light_diffuse] * 3)
+    light_diffuse = _fmt([layout.light_diffuse * c for c in cfg.light_rgb])
+    extra_lights = ""
+    if cfg.extra_lights:   # the shift split's (spatialvlm_ros.sim.shift): dimmer lights above the table
+        rng = np.random.default_rng([cfg.seed, 0x11647])
+        extra_lights = "".join(
+            f'\n    <light name="extra{k}" pos="{_fmt([*rng.uniform(-0.8, 0.8, 2), rng.uniform(1.6, 2.4)])}" '
+            f'dir="0 0 -1" diffuse="{_fmt([0.25 * c for c in cfg.light_rgb])}" specular="0 0 0" castshadow="false"/>'
+            for k in range(cfg.extra_lights))
     quality = "" if tessellation is None else f' numslices="{tessellation[0]}" numstacks="{tessellation[1]}"'
+    gripper = _gripper_body(layout).strip()
+    physics = ""
+    if free_target:
+        gripper = _physical_gripper(gripper)
+        physics = (f'\n  <option timestep="{PHYSICS_TIMESTEP}" o_solref="{_PHYSICS_CONTACT_SOLREF}">\n'
+                   '    <flag override="enable"/>\n  </option>'
+                   f'\n  <equality>\n    <weld body1="{GRIPPER_DRIVER_BODY}" '
+                   f'body2="{GRIPPER_BODY}" relpose="0 0 0 1 0 0 0" solref="{_PHYSICS_WELD_SOLREF}"/>\n  </equality>')
     return f"""<mujoco model="spatialvlm_tabletop">
-  <compiler angle="radian"/>
+  <compiler angle="radian"/>{physics}
   <statistic extent="2" center="0 0 0.8"/>
   <visual>
     <global offwidth="{cfg.width}" offheight="{cfg.height}"/>
@@ -364,7 +415,7 @@ def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, 
   </asset>
   <worldbody>
     <light name="key" pos="{_fmt(layout.light_pos)}" dir="{_fmt(light_dir)}" diffuse="{light_diffuse}"
-           specular="0.1 0.1 0.1" castshadow="true" cutoff="60"/>
+           specular="0.1 0.1 0.1" castshadow="true" cutoff="60"/>{extra_lights}
     <geom name="floor" type="plane" size="3 3 0.1" material="m_floor"/>
     <geom name="wall_back" type="box" size="3 0.02 1.5" pos="0 2.5 1.5" material="m_wall"/>
     <geom name="wall_left" type="box" size="0.02 3 1.5" pos="-2.5 0 1.5" material="m_wall"/>
@@ -374,7 +425,7 @@ def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, 
     <camera name="{CAMERA_NAME}" pos="{_fmt(layout.camera_eye)}" xyaxes="{_fmt(right)} {_fmt(up)}"
             fovy="{cfg.fovy_deg}"/>
     {chr(10).join('    ' + b for b in bodies).lstrip()}
-    {_gripper_body(layout).strip()}
+    {gripper}
   </worldbody>
 </mujoco>
 """

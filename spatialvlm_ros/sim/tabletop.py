@@ -20,7 +20,8 @@ from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.sim.noise import apply_depth_noise
 from spatialvlm_ros.sim.render import GLContext, RgbdRenderer
-from spatialvlm_ros.sim.scene import (CAMERA_NAME, GRIPPER_BODY, GRIPPER_OPENING_M, build_mjcf, gripper_axes,
+from spatialvlm_ros.sim.scene import (CAMERA_NAME, GRIPPER_BODY, GRIPPER_DRIVER_BODY, GRIPPER_OPENING_M, build_mjcf,
+                                      gripper_axes,
                                       make_layout)
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,10 @@ class TabletopSim:
         shadows: draw the key light's shadows; off halves a frame's cost on CPU rendering.
         tessellation: (slices, stacks) of the drawn round shapes, see :func:`~spatialvlm_ros.sim.scene.build_mjcf`;
             default MuJoCo's (28, 16). The ground truth uses the exact shapes either way.
+        physics: a free target and a dynamic gripper welded to a mocap driver (see
+            :func:`~spatialvlm_ros.sim.scene.build_mjcf`'s ``free_target``), stepped with
+            :meth:`reset_physics` / :meth:`step_physics`; the ground truth follows the target where it is.
+            Default False: the kinematic scene, unchanged.
 
     Raises:
         SimulationError: unknown colour or kind, objects that do not fit, no OpenGL context, ``gl_context``
@@ -111,10 +116,11 @@ class TabletopSim:
     """
 
     def __init__(self, config: SimConfig, *, gl_context: GLContext | None = None, shadows: bool = True,
-                 tessellation: tuple[int, int] | None = None) -> None:
+                 tessellation: tuple[int, int] | None = None, physics: bool = False) -> None:
         self.config = config
+        self.physics = physics
         self.layout = make_layout(config)
-        self._xml = build_mjcf(config, self.layout, tessellation=tessellation)
+        self._xml = build_mjcf(config, self.layout, tessellation=tessellation, free_target=physics)
         try:
             self.model = mujoco.MjModel.from_xml_string(self._xml)
         except ValueError as err:
@@ -122,7 +128,9 @@ class TabletopSim:
         self.data = mujoco.MjData(self.model)
 
         gripper_body = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, GRIPPER_BODY)
-        self._mocap = int(self.model.body_mocapid[gripper_body])
+        self._gripper_body = gripper_body
+        driver = GRIPPER_DRIVER_BODY if physics else GRIPPER_BODY
+        self._mocap = int(self.model.body_mocapid[mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, driver)])
         self._cam = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA_NAME)
         self.gripper_label = f"{config.gripper_colour} gripper"
         self._phrases = [o.phrase for o in self.layout.objects]
@@ -143,6 +151,11 @@ class TabletopSim:
         quat = np.empty(4)
         mujoco.mju_mat2Quat(quat, self._gripper_axes.reshape(-1))
         self.data.mocap_quat[self._mocap] = quat
+        if physics:
+            self._gripper_qpos = int(self.model.jnt_qposadr[self.model.body_jntadr[gripper_body]])
+            self._target_qpos = int(self.model.jnt_qposadr[self.model.body_jntadr[self._target_body]])
+            self._target_dof = int(self.model.jnt_dofadr[self.model.body_jntadr[self._target_body]])
+            self.data.qpos[self._gripper_qpos + 3:self._gripper_qpos + 7] = quat
         self._trajectory = self._solve_trajectory()
 
         self._intrinsics = CameraIntrinsics.from_fov(config.width, config.height, float(self.model.cam_fovy[self._cam]))
@@ -188,6 +201,8 @@ class TabletopSim:
 
     def _set_gripper(self, position_world: np.ndarray) -> None:
         self.data.mocap_pos[self._mocap] = position_world
+        if self.physics:   # the gripper body itself is free: place it (its orientation stays as it is)
+            self.data.qpos[self._gripper_qpos:self._gripper_qpos + 3] = position_world
         # Kinematics only: body/geom poses, then camera and light poses (which mj_kinematics leaves out).
         mujoco.mj_kinematics(self.model, self.data)
         mujoco.mj_comPos(self.model, self.data)
@@ -299,6 +314,8 @@ class TabletopSim:
         if grasp.shape != (3,) or not np.all(np.isfinite(grasp)):
             raise SimulationError(f"gripper position must be 3 finite numbers (world metres), got {position_world!r}")
         self._set_gripper(grasp)
+        if self.physics:
+            self._object_centres[0] = self.data.xpos[self._target_body]
         pose = self._camera_pose()
         rot, eye = pose[:3, :3], pose[:3, 3]
 
@@ -391,7 +408,66 @@ class TabletopSim:
             raise SimulationError(f"target position must be 2 finite numbers (world x, y metres), got {xy_world!r}")
         self._object_centres[0, :2] = xy
         self.model.body_pos[self._target_body] = self._object_centres[0]
+        if self.physics:
+            self._object_centres[0, 2] = self.layout.centre(0)[2]
+            self.data.qpos[self._target_qpos:self._target_qpos + 3] = self._object_centres[0]
+            self.data.qpos[self._target_qpos + 3:self._target_qpos + 7] = self.model.body_quat[self._target_body]
         self._trajectory = self._solve_trajectory()
+
+    # ------------------------------------------------------------------ physics (physics=True only)
+
+    def reset_physics(self, gripper_world: np.ndarray, settle_steps: int = 40) -> None:
+        """Reset the physics: gripper, target, velocities; then let the target settle.
+
+        The gripper goes to ``gripper_world`` (its nominal orientation), the target stands upright where
+        :meth:`move_target` put it, all velocities are zeroed, and the target settles on the table.
+
+        Raises:
+            SimulationError: not a physics simulator.
+        """
+        self._require_physics()
+        self.data.qvel[:] = 0.0
+        self.data.qpos[self._gripper_qpos + 3:self._gripper_qpos + 7] = self.data.mocap_quat[self._mocap]
+        self._set_gripper(np.asarray(gripper_world, dtype=np.float64))
+        self.data.qacc_warmstart[:] = 0.0
+        for _ in range(settle_steps):
+            mujoco.mj_step(self.model, self.data)
+        self._sync_target()
+        # The scripted approach follows the target where it settled (solving it moves the gripper: put it back).
+        gripper = self.gripper_position()
+        self._trajectory = self._solve_trajectory()
+        self._set_gripper(gripper)
+
+    def step_physics(self, driver_world: np.ndarray, substeps: int) -> None:
+        """Move the gripper's mocap driver to ``driver_world`` and run ``substeps`` MuJoCo steps.
+
+        The weld pulls the gripper after the driver, and contacts stop it at (or push) whatever it meets.
+        """
+        self._require_physics()
+        self.data.mocap_pos[self._mocap] = driver_world
+        for _ in range(substeps):
+            mujoco.mj_step(self.model, self.data)
+        mujoco.mj_camlight(self.model, self.data)
+        self._sync_target()
+
+    def gripper_position(self) -> np.ndarray:
+        """The grasp point where the simulation has it, world metres (3,) (a copy)."""
+        return self.data.xpos[self._gripper_body].copy()
+
+    def target_pose(self) -> tuple[np.ndarray, float]:
+        """Return the target's centre (3,), world metres, and its tilt from upright, degrees.
+
+        The tilt is the angle between the target body's z axis and world z.
+        """
+        z_axis = self.data.xmat[self._target_body].reshape(3, 3)[:, 2]
+        return self.data.xpos[self._target_body].copy(), float(np.degrees(np.arccos(np.clip(z_axis[2], -1.0, 1.0))))
+
+    def _sync_target(self) -> None:
+        self._object_centres[0] = self.data.xpos[self._target_body]
+
+    def _require_physics(self) -> None:
+        if not self.physics:
+            raise SimulationError("physics steps need TabletopSim(..., physics=True)")
 
     def close(self) -> None:
         """Free the renderer, and its OpenGL context unless it was given one (idempotent)."""

@@ -27,6 +27,7 @@ Image id: ``<bag name>-<colour header stamp, ns>`` (``run-1700000000100000000``)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 
     from spatialvlm_ros.messages.rosbag import CameraMessages, CameraTopics
     from spatialvlm_ros.sim.render import GLContext
+    from spatialvlm_ros.sim.shift import ShiftDraw
 
 logger = logging.getLogger(__name__)
 
@@ -88,12 +90,15 @@ class SimSource:
     Args:
         n: number of scenes.
         cfg: the synthesis settings (``cfg.sim`` and ``cfg.seed``).
+        shift: the held-out shift split (:mod:`spatialvlm_ros.sim.shift`): held-out colours, camera rigs,
+            lights, JPEG and sensor noise; for evaluation only. Default False: the training split, unchanged.
     """
 
-    def __init__(self, n: int, cfg: SynthesisConfig) -> None:
+    def __init__(self, n: int, cfg: SynthesisConfig, *, shift: bool = False) -> None:
         if n < 1:
             raise InputError(f"sim:{n}: need at least one scene")
         self.cfg = cfg
+        self.shift = shift
         self._ids = tuple(f"sim{i:06d}" for i in range(n))
         self._gl: GLContext | None = None         # made by the first load, in the process that renders
 
@@ -111,6 +116,8 @@ class SimSource:
         from spatialvlm_ros.sim import COLOURS, KINDS
         s = self.cfg.sim
         rng = np.random.default_rng([self.cfg.seed, index, 0x5151])
+        if self.shift:
+            return self._shift_scene(index)[0]
         colours = list(COLOURS)
         gripper = colours[int(rng.integers(len(colours)))]
         phrases: list[str] = []
@@ -124,6 +131,28 @@ class SimSource:
                          gripper_colour=gripper, target=target, target_colour=target_colour,
                          distractors=tuple(phrases[1:]), randomise=True, n_frames=2,
                          start_gap_m=float(rng.uniform(0.03, 0.3)), end_gap_m=0.01, depth_noise=s.depth_noise)
+
+    def _shift_scene(self, index: int) -> tuple[SimConfig, ShiftDraw]:
+        """The shift split's scene ``index``: held-out colours, then :func:`~spatialvlm_ros.sim.shift.draw_shift`."""
+        from spatialvlm_ros.sim import KINDS
+        from spatialvlm_ros.sim.shift import SHIFT_COLOURS, draw_shift
+        s = self.cfg.sim
+        rng = np.random.default_rng([self.cfg.seed, index, 0x5A1F7])
+        colours = list(SHIFT_COLOURS)
+        gripper = colours[int(rng.integers(len(colours)))]
+        phrases: list[str] = []
+        n_objects = 1 + int(rng.integers(s.min_distractors, s.max_distractors + 1))
+        while len(phrases) < n_objects:
+            phrase = f"{colours[int(rng.integers(len(colours)))]} {KINDS[int(rng.integers(len(KINDS)))]}"
+            if phrase not in phrases:
+                phrases.append(phrase)
+        target_colour, target = phrases[0].split()
+        draw = draw_shift(rng)
+        config = SimConfig(seed=int(rng.integers(2**31)), width=s.width, height=s.height, gripper_colour=gripper,
+                           target=target, target_colour=target_colour, distractors=tuple(phrases[1:]),
+                           randomise=True, n_frames=2, start_gap_m=float(rng.uniform(0.03, 0.3)), end_gap_m=0.01,
+                           depth_noise=s.depth_noise)
+        return draw.apply(config), draw
 
     def load(self, image_id: str) -> Sample:
         """Build and render the scene of ``image_id``; distractors that do not fit on the table are left out."""
@@ -146,6 +175,11 @@ class SimSource:
                 config = SimConfig(**{**config.__dict__, "distractors": config.distractors[:-1]})
         with sim:
             step = sim.render(0)
+        if self.shift:
+            index = int(image_id.removeprefix("sim"))
+            draw = self._shift_scene(index)[1]
+            rgb = draw.degrade(step.frame.rgb, np.random.default_rng([self.cfg.seed, index, 0x1D6]))
+            step = dataclasses.replace(step, frame=dataclasses.replace(step.frame, rgb=rgb))
         attributes = {name: dict(zip(("colour", "kind"), name.split())) for name in step.frame.labels}
         return Sample(image_id=image_id, frame=step.frame, attributes=attributes,
                       support_mask=table_top_mask(step.frame, step.truth.camera_pose_world))
