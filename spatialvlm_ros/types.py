@@ -37,6 +37,7 @@ class NoEstimateReason(str, enum.Enum):
     BACKEND_ERROR = "backend_error"    # the backend failed in an unexpected way
     BACKEND_UNAVAILABLE = "backend_unavailable"  # the backend is not asked: circuit open, or still loading
     INTERNAL_ERROR = "internal_error"  # an unexpected exception while processing the frame (a bug: see the log)
+    ABSTAINED = "abstained"            # a VLM answered that it cannot tell ("I can't tell from this image"): no error
 
     def __str__(self) -> str:
         return self.value
