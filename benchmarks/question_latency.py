@@ -88,7 +88,7 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 
 def memory(pid: int) -> dict[str, float]:
-    """VmRSS and its heap (RssAnon) and library-page (RssFile) parts, MB."""
+    """The resident set (VmRSS) with its heap (RssAnon) and library-page (RssFile) parts, MB."""
     return {field: rss_mb(pid, field) for field in ("VmRSS", "RssAnon", "RssFile")}
 
 

@@ -168,6 +168,19 @@ def test_a_configure_that_fails_leaves_the_node_unconfigured(harness: HarnessNod
     status = watch.status_in("unconfigured", len(watch.diagnostics()))
     assert status.level == status.WARN and "unknown 'magic'" in status.message
     assert managed.alive()
+    # Unconfigured, an estimator setting only changes what configure builds; autostart is read at start only.
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+    client = AsyncParameterClient(harness.node, watch.node_name)
+    assert client.wait_for_services(timeout_sec=10)
+    future = client.set_parameters([Parameter("estimator.backend", value="geometric"),
+                                    Parameter("autostart", value=True)])
+    harness.wait_for(future.done, 10, "set_parameters")
+    fixed, autostart = future.result().results
+    assert fixed.successful, fixed.reason
+    assert not autostart.successful and "read at start only" in autostart.reason
+    assert watch.lifecycle.walk("configure") == "inactive"
+    assert "estimator geometric/colour_prompt built" in managed.log
     # With autostart (the default) the same configuration stops the node at start, naming the problem.
     auto = start_node("spatial_reward_node", "-r", "__ns:=/auto", "-p", "estimator.backend:=magic")
     assert auto.proc.wait(timeout=30) == 2

@@ -1,6 +1,6 @@
 """spatial_reward_node: camera frames in, gripper-to-object distance and a dense reward out.
 
-Subscribes (relative names, remap freely):
+Subscribes (relative names, remap freely; while active):
     ``topics.image`` (sensor_msgs/Image, or ``<image>/compressed`` CompressedImage),
     ``topics.depth`` (sensor_msgs/Image 16UC1 mm or 32FC1 m, registered to colour; "" = none),
     ``topics.camera_info`` (sensor_msgs/CameraInfo).
@@ -34,9 +34,9 @@ estimates it, so a slow estimate drops frames instead of building a backlog.
 
 The worker never dies of a frame: any exception while processing one becomes a flagged
 ``internal_error`` estimate (exception type, frame stamp) and the next frame is processed. A supervisor
-timer restarts the worker should it ever stop, and /diagnostics says ERROR. Estimators are built in a
-background thread (at start and on a parameter change): the old one keeps serving until the new one is
-ready, and one that fails to build is refused and its parameters set back.
+timer restarts the worker should it ever stop, and /diagnostics says ERROR. An estimator parameter changed
+on a configured node builds the new estimator in a background thread: the old one keeps serving until the
+new one is ready, and one that fails to build is refused and its parameters set back.
 """
 
 from __future__ import annotations
@@ -265,15 +265,18 @@ class SpatialRewardNode(LifecycleNode):
         rss_before, started = _rss_mb(), time.monotonic()
         self._loading = (started, name)
         self._publish_diagnostics()
+        step = f"cannot build the estimator ({name})"
         try:
             estimator = build_estimator(config.estimator)
+            step = f"cannot make the {config.reasoning.planner} planner"
             planner = _make_planner(config.reasoning)
+            step = "cannot create the publishers"
             self._make_outputs(config.pairs)
         except Exception as err:   # noqa: BLE001 - configure fails, naming why; the node stays unconfigured
             self._loading = None
             self._destroy_outputs()
             detail = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
-            return self._failed("configure", f"cannot build the estimator ({name}): {detail}")
+            return self._failed("configure", f"{step}: {detail}")
         load_s, rss_after = time.monotonic() - started, _rss_mb()
         self._pipeline = _Pipeline(config, estimator, build_reward(config.reward, config.pairs))
         self._planner = planner
@@ -286,7 +289,8 @@ class SpatialRewardNode(LifecycleNode):
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Enable the publishers, then subscribe to the camera."""
+        """Enable the publishers, then subscribe to the camera (questions wait for a fresh frame)."""
+        self._latest_frame = None
         result = super().on_activate(state)
         if result != SUCCESS:
             return result
@@ -334,12 +338,19 @@ class SpatialRewardNode(LifecycleNode):
         return FAILURE
 
     def _release(self) -> None:
-        """Drop the estimator, a swap in progress, the planner, the last frame and the publishers; return memory."""
-        if self._swap is not None:
-            self._swap.cancelled = True
+        """Drop the estimator, a swap in progress, the planner, the last frame and the publishers; return memory.
+
+        A swap in progress is dropped, but its settings (the parameters already say them) are what the next
+        configure builds.
+        """
+        pipeline, swap = self._pipeline, self._swap
+        config = pipeline.config
+        if swap is not None:
+            swap.cancelled = True
             self._swap = None
+            config = dataclasses.replace(config, estimator=swap.config)
         self._destroy_outputs()
-        self._pipeline = dataclasses.replace(self._pipeline, estimator=None)
+        self._pipeline = dataclasses.replace(pipeline, config=config, estimator=None)
         self._planner = None
         self._latest_frame = None
         self._intrinsics, self._camera_info_key, self._camera_info_error = None, None, ""
@@ -941,6 +952,11 @@ class SpatialRewardNode(LifecycleNode):
                 self._release()
             except Exception as err:   # noqa: BLE001 - the node goes anyway
                 self.get_logger().warning(f"releasing on destroy: {type(err).__name__}: {err}")
+        # rclpy's LifecycleNode leaves its state machine to the garbage collector, whose finalizer then touches
+        # the destroyed node: in a process forked later (multiprocessing), that is a segmentation fault.
+        machine = getattr(self, "_state_machine", None)
+        if machine is not None:
+            machine.destroy_when_not_in_use()
         super().destroy_node()
 
 
