@@ -23,6 +23,7 @@ bench: setup   # figures for the README's table (several minutes; run on a quiet
 	$(VENV)/bin/python benchmarks/vlm_speed.py
 	$(VENV)/bin/python benchmarks/vlm_reach_frames.py
 	$(VENV)/bin/python benchmarks/soak.py 10
+	$(VENV)/bin/python benchmarks/question_latency.py
 
 clean:
 	rm -rf build install log results

@@ -4,6 +4,8 @@ Arguments:
     config: parameter file (default: this package's config/spatial_reward.yaml)
     namespace: namespace for the node and its relative topics
     use_sim_time: follow /clock (bag replay, simulation)
+    autostart: configure and activate the lifecycle node at start (default true); false leaves it
+        unconfigured for a lifecycle manager (``ros2 lifecycle set /spatial_reward_node configure``)
     image / depth / camera_info: topics to remap the node's inputs to (e.g. a RealSense's)
 
 Example (RealSense ROS 2 wrapper, default names, one command line):
@@ -33,6 +35,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("config", default_value=os.path.join(share, "config", "spatial_reward.yaml")),
         DeclareLaunchArgument("namespace", default_value=""),
         DeclareLaunchArgument("use_sim_time", default_value="false"),
+        DeclareLaunchArgument("autostart", default_value="true"),
     ] + [DeclareLaunchArgument(name, default_value=topic) for name, topic in NODE_TOPICS.items()]
     node = Node(
         package="spatialvlm_ros",
@@ -40,7 +43,8 @@ def generate_launch_description() -> LaunchDescription:
         name="spatial_reward_node",
         namespace=LaunchConfiguration("namespace"),
         parameters=[LaunchConfiguration("config"),
-                    {"use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)}],
+                    {"use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
+                     "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool)}],
         remappings=[(topic, LaunchConfiguration(name)) for name, topic in NODE_TOPICS.items()],
         output="screen",
     )

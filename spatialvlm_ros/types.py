@@ -38,6 +38,7 @@ class NoEstimateReason(str, enum.Enum):
     BACKEND_UNAVAILABLE = "backend_unavailable"  # the backend is not asked: circuit open, or still loading
     NO_GRIPPER_POSE = "no_gripper_pose"  # gripper.source pose, and no pose at (near) the image stamp
     INTERNAL_ERROR = "internal_error"  # an unexpected exception while processing the frame (a bug: see the log)
+    ABSTAINED = "abstained"            # a VLM answered that it cannot tell ("I can't tell from this image"): no error
 
     def __str__(self) -> str:
         return self.value

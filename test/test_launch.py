@@ -50,6 +50,25 @@ def test_launch_file_names_real_executables_and_configs(path: Path) -> None:
             load_config(NODE_CONFIGS[name], name, config_path(literal))
 
 
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_parameters_set_in_launch_files_are_known(path: Path) -> None:
+    # A parameter a launch file sets in a dict (e.g. autostart from a launch argument) must be one the node knows.
+    from spatialvlm_ros.config import to_flat
+    for node in _calls(ast.parse(path.read_text()), "Node"):
+        known = set(to_flat(NODE_CONFIGS[ast.literal_eval(_kwarg(node, "name"))]())) | {"use_sim_time"}
+        parameters = _kwarg(node, "parameters")
+        for entry in getattr(parameters, "elts", []):
+            if isinstance(entry, ast.Dict):
+                names = {ast.literal_eval(key) for key in entry.keys}
+                assert names <= known, f"{path.name}: unknown parameters {names - known}"
+
+
+def test_spatial_reward_launch_passes_autostart() -> None:
+    text = (REPO / "launch" / "spatial_reward.launch.py").read_text()
+    assert 'DeclareLaunchArgument("autostart", default_value="true")' in text
+    assert '"autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool)' in text
+
+
 def test_remapped_topics_are_the_nodes_own_defaults() -> None:
     # The launch file remaps the node's default input names; they must be the names the node uses.
     spec = (REPO / "launch" / "spatial_reward.launch.py").read_text()

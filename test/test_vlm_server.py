@@ -330,6 +330,43 @@ def test_estimator_failures_become_flagged_estimates(fake: FakeVLMServer, sim_fr
     assert [e.reason for e in estimates] == [NoEstimateReason.TIMEOUT]
 
 
+@pytest.mark.parametrize("text, hedged", [
+    ("I can't tell from this image.", True), ("I cannot say.", True), ("I'm unsure.", True),
+    ("It is impossible to say from this view.", True), ("I am not able to determine the distance.", True),
+    ("The can is hidden, so I cannot estimate it.", True), ("It cannot be determined.", True),
+    ("Hard to tell.", True), ("No idea.", True), ("<think>I can't tell yet...</think> About 30 cm.", False),
+    ("No, it is not.", False), ("About 30 cm.", False), ("I can see both; 30 cm.", False),
+])
+def test_hedges_says_when_the_model_cannot_tell(text: str, hedged: bool) -> None:
+    from spatialvlm_ros.vlm.labels import hedges
+    assert hedges(text) is hedged
+
+
+def test_an_answer_that_cannot_tell_is_abstained_not_unparseable(fake: FakeVLMServer,
+                                                                 sim_frame: tuple[Frame, float]) -> None:
+    frame, _ = sim_frame
+    estimator = VLMDistanceEstimator(config(fake, samples=2, retries=0))
+    fake.default = ("answer", "I can't tell from this image.")
+    for _ in range(4):   # the model declining is an answer: the circuit breaker never opens on it
+        [estimate] = estimator.estimate(frame, [PAIR], "gap")
+        assert (estimate.valid, estimate.reason) == (False, NoEstimateReason.ABSTAINED)
+    assert np.isnan(estimate.distance_m) and estimator.breaker.allow()
+    assert estimate.detail == "2/2 answers abstained: \"I can't tell from this image.\""
+    assert estimate.answer_text == "I can't tell from this image.\n---\nI can't tell from this image."
+
+    fake.default = ("answer", "I cannot tell whether they are touching.")   # no "touching" = 0 m
+    assert estimator.estimate(frame, [PAIR], "gap")[0].reason is NoEstimateReason.ABSTAINED
+    fake.default = ("answer", "They are far apart.")                        # no hedge, no number
+    assert estimator.estimate(frame, [PAIR], "gap")[0].reason is NoEstimateReason.UNPARSEABLE
+
+    fake.script = [("answer", "I'm not sure."), ("answer", "About 30 cm.")]  # one declines, one measures
+    [estimate] = estimator.estimate(frame, [PAIR], "gap")
+    assert estimate.valid and estimate.distance_m == pytest.approx(0.30)
+    assert estimate.detail == "1/2 answers parsed: 0.3 m; 1 abstained"
+    fake.default = ("answer", "Hard to say, maybe 30 cm.")                  # a hedged number is an estimate
+    assert estimator.estimate(frame, [PAIR], "gap")[0].distance_m == pytest.approx(0.30)
+
+
 def test_circuit_breaker_flags_at_once_probes_and_resumes(fake: FakeVLMServer,
                                                           sim_frame: tuple[Frame, float]) -> None:
     frame, _ = sim_frame

@@ -159,6 +159,7 @@ class SpatialRewardConfig:
     diagnostics_period_s: float = 1.0
     publish_markers: bool = True
     diagnostics_window_s: float = 5.0  # rates, error counts and the valid ratio of /diagnostics cover this window
+    autostart: bool = True             # lifecycle: configure and activate at start (false: wait for change_state)
 
     def __post_init__(self) -> None:
         require(len(self.pairs) >= 1, "pairs", "name at least one 'GRIPPER -> OBJECT' pair")

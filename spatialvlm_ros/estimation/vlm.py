@@ -16,6 +16,7 @@ from spatialvlm_ros.errors import InputError
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.types import DistanceEstimate, DistanceKind, NoEstimateReason, Pair
 from spatialvlm_ros.vlm.base import SpatialVLM, VLMAnswer, VLMError, VLMTimeoutError
+from spatialvlm_ros.vlm.labels import hedges
 from spatialvlm_ros.vlm.prompts import distance_question
 from spatialvlm_ros.vlm.registry import build_vlm
 
@@ -106,9 +107,11 @@ class VLMDistanceEstimator:
       single parsed answer, the half-range it stated ("20-30 cm": 5 cm), else NaN (unknown);
     * ``answer_text``: every answer, joined by :data:`ANSWER_SEPARATOR`; ``detail``: the parsed values.
 
-    No parsed answer gives UNPARSEABLE; a backend timeout TIMEOUT, any other backend failure
-    BACKEND_ERROR, a question the model cannot read (e.g. longer than its context) BAD_INPUT, for every
-    pair of the frame. ``latency_ms`` is the wall time of the whole call.
+    An answer that says the model cannot tell ("I can't tell from this image": :func:`abstains`) is not
+    averaged; when no answer has a number and at least one abstained, the estimate is ABSTAINED (the model
+    declined: not an error), else no parsed answer gives UNPARSEABLE. A backend timeout gives TIMEOUT, any
+    other backend failure BACKEND_ERROR, a question the model cannot read (e.g. longer than its context)
+    BAD_INPUT, for every pair of the frame. ``latency_ms`` is the wall time of the whole call.
 
     After ``config.breaker_failures`` frames in a row without an answer, or at once after a timeout (every
     further frame would wait the whole deadline), the backend is not asked any more (a
@@ -196,7 +199,15 @@ class VLMDistanceEstimator:
     def _combine(self, frame: Frame, pair: Pair, kind: DistanceKind, answers: Sequence[VLMAnswer],
                  latency_ms: float) -> DistanceEstimate:
         text = ANSWER_SEPARATOR.join(a.text for a in answers)
-        parsed = [a.parsed for a in answers if a.parsed.valid]
+        declined = [abstains(a) for a in answers]
+        abstained = [a for a, d in zip(answers, declined) if d]
+        parsed = [a.parsed for a, d in zip(answers, declined) if a.parsed.valid and not d]
+        if not parsed and abstained:
+            invalid = DistanceEstimate.invalid(pair, kind, NoEstimateReason.ABSTAINED,
+                                               f"{len(abstained)}/{len(answers)} answers abstained: "
+                                               f"{_shorten(abstained[0].text)!r}", stamp_ns=frame.stamp_ns,
+                                               frame_id=frame.frame_id, latency_ms=latency_ms)
+            return dataclasses.replace(invalid, answer_text=text)
         if not parsed:
             reasons = "; ".join(sorted({str(a.parsed.reason) for a in answers}))
             invalid = DistanceEstimate.invalid(pair, kind, NoEstimateReason.UNPARSEABLE,
@@ -209,6 +220,29 @@ class VLMDistanceEstimator:
         else:
             uncertainty = parsed[0].spread_m if parsed[0].spread_m > 0 else math.nan
         detail = f"{len(parsed)}/{len(answers)} answers parsed: " + ", ".join(f"{v:.3g} m" for v in values)
+        if abstained:
+            detail += f"; {len(abstained)} abstained"
         return DistanceEstimate(pair=pair, kind=kind, distance_m=float(values.mean()), uncertainty_m=uncertainty,
                                 valid=True, detail=detail, latency_ms=latency_ms, stamp_ns=frame.stamp_ns,
                                 frame_id=frame.frame_id, answer_text=text)
+
+
+def abstains(answer: VLMAnswer) -> bool:
+    """Whether the model said it cannot tell (:func:`~spatialvlm_ros.vlm.labels.hedges`) and gave no measured number.
+
+    A hedge with a number and its unit ("hard to say, maybe 30 cm") is an estimate; a hedge without one,
+    or with only a word the parser reads as contact ("I cannot tell whether they are touching"), abstains.
+
+    Example:
+        >>> from spatialvlm_ros.vlm.parsing import parse_answer
+        >>> [abstains(VLMAnswer(t, parse_answer(t), 1.0)) for t in (
+        ...     "I can't tell from this image.", "I cannot tell whether they are touching.",
+        ...     "Hard to say, maybe 30 cm.", "No number here.")]
+        [True, True, False, False]
+    """
+    return hedges(answer.text) and (not answer.parsed.valid or answer.parsed.unit is None)
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."

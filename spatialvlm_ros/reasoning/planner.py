@@ -15,6 +15,11 @@ The rules (shared with the evaluation that synthesises questions with known trut
 * ``farthest_pair``: which two of three objects are farthest apart;
 * ``collinear``: the triangle's height over its longest side is under :data:`COLLINEAR_RATIO` of that side;
 * ``reach``: the objects whose surface gap to the gripper is within the radius.
+
+It also answers the atomic questions (:data:`ATOMIC_KINDS`) with one query each, so a question on the
+reward node's ``~/question`` topic may be a plain measurement: ``distance`` ("How far is A from B?",
+centres), ``gap`` ("What is the gap between A and B?", surfaces), ``relation`` ("Is A to the left of B?")
+and ``size`` ("How tall is A?"). Their answers carry the measurement's uncertainty.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ COLLINEAR_RATIO = 0.10
 DEFAULT_OPENING_M = 0.08
 
 KINDS = ("nearest", "farthest", "rank", "between", "fit", "triangle", "farthest_pair", "collinear", "reach")
+#: One query each: a measurement asked as a question.
+ATOMIC_KINDS = ("distance", "gap", "relation", "size")
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class ReasoningAnswer:
         reason: why not, when invalid (``no_plan``, ``missing_measurement``, ``timeout``, ``backend_error``, ...).
         steps: every atomic query made, in order.
         planner: which planner answered.
+        uncertainty_m: one standard deviation of a metric ``value`` (NaN when unknown or not metric).
     """
 
     question: str
@@ -69,6 +77,7 @@ class ReasoningAnswer:
     reason: str = ""
     steps: list[Step] = field(default_factory=list)
     planner: str = "deterministic"
+    uncertainty_m: float = math.nan
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable view (steps with their measurements)."""
@@ -158,6 +167,20 @@ def between_detour(ab: float, bc: float, ac: float) -> float:
     return (ab + bc - ac) / ac if ac > 0 else math.inf
 
 
+def _merge_alternatives(groups: dict[str, str | None]) -> dict[str, str]:
+    """One pattern with alternatives names its groups ``a``, ``a2``, ...: keep the one that matched, as ``a``."""
+    out: dict[str, str] = {}
+    for key, value in groups.items():
+        if value is not None:
+            out.setdefault(key.rstrip("234"), value)
+    return out
+
+
+def _metres(m: Measurement) -> str:
+    sigma = f" ± {m.sigma_m:.3f} m" if m.sigma_m == m.sigma_m else ""
+    return f"{m.value:.3f} m{sigma}"
+
+
 class DeterministicPlanner:
     """Answers the composite questions of :data:`KINDS` without a language model.
 
@@ -201,6 +224,18 @@ class DeterministicPlanner:
             ("collinear", re.compile(rf"are {ref('a')}, {ref('b')},? and {ref('c')} (?:roughly |approximately )?"
                                      rf"(?:collinear|in a (?:straight )?line|on one line)$"), self._collinear),
             ("reach", re.compile(rf"which objects are within (?P<r>[0-9.]+ ?[a-z\"']+) of {ref('g')}$"), self._reach),
+            # The atomic kinds: one query each (gap before size: "how wide is the gap between ...").
+            ("distance", re.compile(rf"(?:what is|what's) the (?:centre-to-centre |center-to-center )?distance "
+                                    rf"(?:between {ref('a')} and|from {ref('a2')} to) {ref('b')}$"
+                                    rf"|how far apart are {ref('a3')} and {ref('b2')}$"
+                                    rf"|how far (?:away )?is {ref('a4')} from {ref('b3')}$"), self._distance),
+            ("gap", re.compile(rf"(?:(?:what is|what's) the (?:gap|clearance|free space)"
+                               rf"|how much (?:free )?space is there|how wide is the gap) between {ref('a')} and "
+                               rf"{ref('b')}$|how close is {ref('a2')} to {ref('b2')}$"), self._gap),
+            ("relation", re.compile(rf"is {ref('a')} (?P<rel>(?:to the )?(?:left|right) of|above|below|behind|"
+                                    rf"in front of) {ref('b')}$"), self._relation),
+            ("size", re.compile(rf"how (?P<dim>tall|wide) is {ref('a')}$|(?:what is|what's) the "
+                                rf"(?P<dim2>height|width) of {ref('a2')}$"), self._size),
         ]
 
     def answer(self, question: str, tools: SpatialTools, options: Mapping[str, Any] | None = None) -> ReasoningAnswer:
@@ -212,7 +247,8 @@ class DeterministicPlanner:
             m = pattern.match(text)
             if m is None:
                 continue
-            groups = {k: (_clean(v) if k not in ("shape", "r") else v) for k, v in m.groupdict().items()}
+            groups = {k: (_clean(v) if k not in ("shape", "r", "rel", "dim") else v)
+                      for k, v in _merge_alternatives(m.groupdict()).items()}
             try:
                 words, value = solve(session, options, **groups)
             except _MissingMeasurement as err:
@@ -221,7 +257,8 @@ class DeterministicPlanner:
             except ValueError as err:   # a question that names too few objects, an unreadable radius
                 return ReasoningAnswer(question, kind, f"I cannot tell: {err}", valid=False, reason="bad_question",
                                        steps=session.steps)
-            return ReasoningAnswer(question, kind, words, value, steps=session.steps)
+            sigma = session.steps[-1].result.sigma_m if kind in ATOMIC_KINDS and session.steps else math.nan
+            return ReasoningAnswer(question, kind, words, value, steps=session.steps, uncertainty_m=sigma)
         return ReasoningAnswer(question, "unknown", "I do not know how to break this question down.", valid=False,
                                reason="no_plan")
 
@@ -282,6 +319,35 @@ class DeterministicPlanner:
         held = ratio < COLLINEAR_RATIO
         return (f"{'Yes' if held else 'No'}: they stray {100 * ratio:.0f}% of the longest side from one line.",
                 held)
+
+    # ------------------------------------------------------------------ the atomic kinds
+
+    @staticmethod
+    def _measured(s: _Session, tool: str, *args: str) -> Measurement:
+        result = s.call(tool, *args)
+        if not result.ok:
+            raise _MissingMeasurement(result)
+        return result
+
+    def _distance(self, s: _Session, options: Mapping[str, Any], a: str, b: str) -> tuple[str, Any]:
+        m = self._measured(s, "distance", a, b)
+        return f"The {a} and the {b} are {_metres(m)} apart (centre to centre).", m.value
+
+    def _gap(self, s: _Session, options: Mapping[str, Any], a: str, b: str) -> tuple[str, Any]:
+        m = self._measured(s, "gap", a, b)
+        return f"The gap between the {a} and the {b} is {_metres(m)}.", m.value
+
+    def _relation(self, s: _Session, options: Mapping[str, Any], a: str, rel: str, b: str) -> tuple[str, Any]:
+        words = rel.replace("to the ", "")
+        relation = {"left of": "left", "right of": "right", "in front of": "front"}.get(words, words)
+        held = self._measured(s, "relation", a, relation, b).value
+        words = f"to the {words}" if relation in ("left", "right") else words
+        return f"{'Yes' if held else 'No'}: the {a} is {'' if held else 'not '}{words} the {b}.", held
+
+    def _size(self, s: _Session, options: Mapping[str, Any], a: str, dim: str) -> tuple[str, Any]:
+        dimension = {"tall": "height", "wide": "width"}.get(dim, dim)
+        m = self._measured(s, "size", a, dimension)
+        return f"The {a} is {_metres(m)} {'tall' if dimension == 'height' else 'wide'}.", m.value
 
     def _reach(self, s: _Session, options: Mapping[str, Any], g: str, r: str) -> tuple[str, Any]:
         radius = parse_answer(r)

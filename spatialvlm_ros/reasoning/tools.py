@@ -21,12 +21,13 @@ import numpy as np
 
 from spatialvlm_ros.estimation.base import DistanceEstimator
 from spatialvlm_ros.estimation.geometric import GeometricEstimator
+from spatialvlm_ros.estimation.vlm import abstains
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.plane import fit_plane
 from spatialvlm_ros.geometry.pointcloud import backproject
 from spatialvlm_ros.types import DistanceEstimate, DistanceKind, Pair
 from spatialvlm_ros.vlm.base import SpatialVLM, VLMAnswer, VLMError
-from spatialvlm_ros.vlm.labels import yes_no
+from spatialvlm_ros.vlm.labels import hedges, yes_no
 from spatialvlm_ros.vlm.prompts import reference
 from spatialvlm_ros.vlm.templates import QUANTITY_QUESTIONS, RELATION_WORDS
 
@@ -221,6 +222,8 @@ class VLMTools:
         if isinstance(answer, Measurement):
             return answer
         parsed = answer.parsed
+        if abstains(answer):
+            return Measurement(query, None, note=f"abstained: {answer.text!r}")
         if not parsed.valid:
             return Measurement(query, None, note=f"unparseable: {answer.text!r}")
         sigma = parsed.spread_m if parsed.spread_m > 0 else math.nan
@@ -247,6 +250,8 @@ class VLMTools:
         if isinstance(answer, Measurement):
             return answer
         label = yes_no(answer.text, (reference(a), reference(b)))
+        if label is None and hedges(answer.text):
+            return Measurement(query, None, note=f"abstained: {answer.text!r}")
         if label is None:
             return Measurement(query, None, note=f"no yes/no in {answer.text!r}")
         return Measurement(query, label == "yes", note=f"asked {question!r}: {answer.text!r}")

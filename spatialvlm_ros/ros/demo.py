@@ -3,10 +3,15 @@
 Starts ``spatial_reward_node`` and ``sim_camera_node`` as separate processes on a private DDS
 domain, records everything they publish into a rosbag2 (mcap), prints a live table, and writes a
 plot and ``summary.json`` scoring the estimate against the simulator's ground truth.
+
+The reward node starts unconfigured (``autostart: false``); the demo drives it through the standard
+lifecycle services (``configure``, ``activate``, checked with ``get_state``), asks it one spatial question
+on ``~/question`` once the approach has ended, and shuts it down (``finalized``) before stopping it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import subprocess
@@ -27,7 +32,7 @@ from rich.console import Console
 from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import Float32
+from std_msgs.msg import Float32, String
 from visualization_msgs.msg import MarkerArray
 
 from spatialvlm_ros.config import SimCameraConfig, SpatialRewardConfig, config_path, load_config
@@ -35,9 +40,12 @@ from spatialvlm_ros.types import Pair
 from spatialvlm_ros.evaluation.metrics import distance_metrics, latency_metrics
 from spatialvlm_ros.evaluation.report import plot_trace, write_json
 from spatialvlm_ros.messages.conversions import stamp_to_ns
+from spatialvlm_ros.ros.lifecycle import LifecycleClient, LifecycleError
 from spatialvlm_ros.ros.transport import joined_domain, node_command, ros_environment, stop_process
 
 log = logging.getLogger(__name__)
+
+REWARD_NODE = "/spatial_reward_node"
 
 
 @dataclass
@@ -85,6 +93,9 @@ class _Recorder(Node):
         self._writer.open()
         self._write_lock = threading.Lock()
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self.answers: list[dict[str, Any]] = []
+        self.question_pub = self.create_publisher(String, f"{REWARD_NODE}/question", 10)
+        self.create_subscription(String, f"{REWARD_NODE}/answer", self._on_answer, 10)
         for topic, msg_type in topics.items():
             type_name = f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}"
             # Bags name topics absolutely, as `ros2 bag record` does (the nodes run in the root namespace).
@@ -101,6 +112,22 @@ class _Recorder(Node):
             elif topic == "ground_truth":
                 self._on_truth(deserialize_message(data, msg_type))
         return callback
+
+    def _on_answer(self, msg: String) -> None:
+        with self.trace.lock:
+            self.answers.append(json.loads(msg.data))
+
+    def ask(self, question: str, timeout_s: float) -> dict[str, Any]:
+        """Ask the reward node ``question`` on ``~/question``; its JSON answer."""
+        qid = f"demo-{time.monotonic_ns()}"
+        _wait(lambda: self.question_pub.get_subscription_count() > 0, timeout_s, "the reward node's ~/question")
+        self.question_pub.publish(String(data=json.dumps({"question": question, "id": qid})))
+
+        def answer() -> dict[str, Any] | None:
+            with self.trace.lock:
+                return next((a for a in self.answers if a.get("id") == qid), None)
+        _wait(lambda: answer() is not None, timeout_s, f"an answer to {question!r}")
+        return answer()  # type: ignore[return-value]
 
     def _on_truth(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -174,9 +201,15 @@ def run_demo(config_file: Path | None = None, out_root: Path = Path("results"), 
     spin.start()
     logs = {name: open(out / f"{name}.log", "w") for name in ("spatial_reward_node", "sim_camera_node")}
     procs: dict[str, subprocess.Popen] = {}
+    lifecycle = LifecycleClient(recorder, REWARD_NODE)
+    extra: dict[str, Any] = {}
     try:
-        procs["spatial_reward_node"] = _start_node("spatial_reward_node", config_file, env, logs)
-        _wait(lambda: recorder.count_publishers("estimates") > 0, 30, "spatial_reward_node to start")
+        procs["spatial_reward_node"] = _start_node("spatial_reward_node", config_file, env, logs,
+                                                   {"autostart": "false"})
+        if not lifecycle.wait_for_services(30):
+            raise TimeoutError(f"spatial_reward_node's lifecycle services did not appear; see "
+                               f"{out / 'spatial_reward_node.log'}")
+        extra["lifecycle"] = _bring_up(lifecycle, console, out)
         _wait(lambda: recorder.count_subscribers(sim_cfg.topics.image) >= 1, 30, "the reward node's subscription")
         console.print(f"[bold]{'frame':>5}  {'estimate (cm)':>16}  {'truth':>7}  {'reward':>7}  {'lat ms':>7}[/]")
         procs["sim_camera_node"] = _start_node("sim_camera_node", config_file, env, logs, sim_overrides)
@@ -184,6 +217,10 @@ def run_demo(config_file: Path | None = None, out_root: Path = Path("results"), 
         if procs["sim_camera_node"].wait(timeout=timeout) != 0:
             raise RuntimeError(f"sim_camera_node failed; see {out / 'sim_camera_node.log'}")
         _wait_quiet(recorder.trace, quiet_s=1.0, timeout_s=10.0)
+        extra["question"] = _ask(recorder, console, f"What is the gap between the {reward_cfg.pairs[0].gripper} "
+                                                    f"and the {reward_cfg.pairs[0].target}?")
+        extra["lifecycle"]["final_state"] = lifecycle.walk("shutdown")
+        console.print(f"lifecycle: shutdown -> {extra['lifecycle']['final_state']}")
     finally:
         for proc in procs.values():
             stop_process(proc, timeout_s=5)
@@ -194,7 +231,7 @@ def run_demo(config_file: Path | None = None, out_root: Path = Path("results"), 
         rclpy.try_shutdown(context=context)
         for f in logs.values():
             f.close()
-    summary = _summarise(recorder.trace, out, reward_cfg, sim_cfg, env)
+    summary = _summarise(recorder.trace, out, reward_cfg, sim_cfg, env, extra)
     console.print_json(data={k: summary[k] for k in ("median_abs_error_m", "mae_m", "spearman", "latency_ms_p50",
                                                      "latency_ms_p95", "output_hz", "invalid_rate")})
     console.print(f"results in [bold]{out}[/] (bag/, trace.png, summary.json, node logs)")
@@ -214,6 +251,31 @@ def _start_node(name: str, config_file: Path, env: dict[str, str], logs: dict[st
                             stderr=subprocess.STDOUT)
 
 
+def _bring_up(lifecycle: LifecycleClient, console: Console, out: Path) -> dict[str, Any]:
+    """configure, then activate the reward node through its lifecycle services; check it is active."""
+    states = [lifecycle.state()]
+    timings = {}
+    for transition in ("configure", "activate"):
+        start = time.monotonic()
+        if not lifecycle.change(transition):
+            raise LifecycleError(f"spatial_reward_node: {transition} failed; see {out / 'spatial_reward_node.log'}")
+        timings[f"{transition}_s"] = time.monotonic() - start
+        states.append(lifecycle.state())
+    if states[-1] != "active":
+        raise LifecycleError(f"spatial_reward_node is {states[-1]} after configure and activate")
+    console.print(f"lifecycle: {' -> '.join(states)} (configure {timings['configure_s']:.2f} s, activate "
+                  f"{timings['activate_s']:.2f} s)")
+    return {"states": states, **timings}
+
+
+def _ask(recorder: _Recorder, console: Console, question: str) -> dict[str, Any]:
+    """One question on ~/question about the last frame; printed, and kept for summary.json."""
+    answer = recorder.ask(question, timeout_s=10.0)
+    console.print(f"asked {question!r}: {answer['text']} ({answer['latency_ms']:.1f} ms)")
+    keep = ("question", "valid", "reason", "text", "value", "unit", "uncertainty_m", "kind", "stamp", "latency_ms")
+    return {k: answer.get(k) for k in keep}
+
+
 def _wait_quiet(trace: _Trace, quiet_s: float, timeout_s: float) -> None:
     """Wait until no new estimate arrived for ``quiet_s`` (the last frames are still in flight)."""
     deadline = time.monotonic() + timeout_s
@@ -228,7 +290,7 @@ def _wait_quiet(trace: _Trace, quiet_s: float, timeout_s: float) -> None:
 
 
 def _summarise(trace: _Trace, out: Path, reward_cfg: SpatialRewardConfig, sim_cfg: SimCameraConfig,
-               env: dict[str, str]) -> dict[str, Any]:
+               env: dict[str, str], extra: dict[str, Any]) -> dict[str, Any]:
     with trace.lock:
         rows = sorted((stamp, row) for stamp, row in trace.rows.items() if row.frame_index >= 0)
     # Frames the node skipped (latest frame wins under load) are "dropped", not "invalid".
@@ -253,6 +315,7 @@ def _summarise(trace: _Trace, out: Path, reward_cfg: SpatialRewardConfig, sim_cf
         "resolution": f"{sim_cfg.sim.width}x{sim_cfg.sim.height}", "rate_hz": sim_cfg.rate_hz,
         "ros_domain_id": int(env["ROS_DOMAIN_ID"]),
         "fastdds_profile": env.get("FASTDDS_DEFAULT_PROFILES_FILE", "default"),
+        **extra,
     }
     write_json(out / "summary.json", summary)
     return summary

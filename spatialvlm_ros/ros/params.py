@@ -165,6 +165,8 @@ DESCRIPTIONS: dict[str, str] = {
     "diagnostics_window_s": "the sliding window of /diagnostics: rates, error counts and the valid ratio cover "
                             "its last this many seconds",
     "publish_markers": "publish the measured segments on markers (visualization_msgs/MarkerArray)",
+    "autostart": "lifecycle: configure and activate on its own at start (true), or start unconfigured and wait "
+                 "for <node>/change_state (false, for a lifecycle manager); read at start only",
     "sim.seed": "seed of the scene and its randomisation",
     "sim.camera_offset_m": "shift of the camera's eye, world x y z metres (the VLM's held-out shift split; "
                          "0 0 0: none)",

@@ -15,22 +15,23 @@ Tap = Callable[[int, Any], None]
 
 
 def make_synchronizer(node: Any, first_sub_args: tuple, second_sub_args: tuple, callback: PairCallback,
-                      slop_s: float, queue_size: int, tap: Tap | None = None) -> tuple[str, Any]:
+                      slop_s: float, queue_size: int, tap: Tap | None = None) -> tuple[str, Any, list[Any]]:
     """Subscribe to two topics and call ``callback(first, second)`` on stamp-matched pairs.
 
     ``*_sub_args`` are ``(msg_type, topic, qos)``. Uses message_filters when importable, else
     :class:`StampPairer`. ``tap``, if given, sees every message of either stream as it arrives (so the
-    caller can tell "no images" from "images that never pair"). Returns which one was used (for the log)
-    and the object the caller must keep alive for as long as it wants pairs.
+    caller can tell "no images" from "images that never pair"). Returns which one was used (for the log),
+    the object the caller must keep alive for as long as it wants pairs, and the two rclpy subscriptions
+    (``node.destroy_subscription`` each to stop: a lifecycle node's deactivate).
     """
     try:
         import message_filters  # type: ignore[import-not-found]
     except ImportError:
         pairer = StampPairer(callback, slop_ns=int(slop_s * 1e9), queue_size=queue_size)
         streams = ((first_sub_args, pairer.add_first), (second_sub_args, pairer.add_second))
-        for index, ((msg_type, topic, qos), add) in enumerate(streams):
-            node.create_subscription(msg_type, topic, add if tap is None else _tapped(tap, index, add), qos)
-        return "local StampPairer", pairer
+        created = [node.create_subscription(msg_type, topic, add if tap is None else _tapped(tap, index, add), qos)
+                   for index, ((msg_type, topic, qos), add) in enumerate(streams)]
+        return "local StampPairer", pairer, created
     subs = [message_filters.Subscriber(node, t, topic, qos_profile=qos)
             for (t, topic, qos) in (first_sub_args, second_sub_args)]
     if tap is not None:
@@ -38,7 +39,7 @@ def make_synchronizer(node: Any, first_sub_args: tuple, second_sub_args: tuple, 
             sub.registerCallback(lambda msg, index=index: tap(index, msg))
     sync = message_filters.ApproximateTimeSynchronizer(subs, queue_size, slop_s)
     sync.registerCallback(callback)
-    return "message_filters.ApproximateTimeSynchronizer", (subs, sync)
+    return "message_filters.ApproximateTimeSynchronizer", (subs, sync), [sub.sub for sub in subs]
 
 
 def _tapped(tap: Tap, index: int, add: Callable[[Any], None]) -> Callable[[Any], None]:

@@ -22,8 +22,13 @@ _NO = r"no|nope|not|incorrect|false|wrong|\w+n't"
 _YES_NO = re.compile(rf"\b(?:(?P<yes>{_YES})|(?P<no>{_NO}))\b")
 _NEGATED = re.compile(r"(?:\bnot|n't)\s+$")
 #: Hedges: an answer that says it cannot tell gives no label, whatever else it says ("I don't know" is no "no").
-_UNSURE = re.compile(r"\b(?:(?:do|does|did)n'?t know|not sure|unsure|unclear|can(?:no|')t (?:tell|say|determine)|"
-                     r"impossible to (?:tell|say))\b")
+_JUDGE = r"(?:tell|say|determine|judge|estimate|know|measure|see)"
+_UNSURE = re.compile(
+    r"\b(?:(?:do|does|did)n'?t know|(?:do|does|did) not know|not (?:sure|certain)|unsure|uncertain|unclear|no idea|"
+    rf"(?:can(?:no|')?t|can not|could ?n'?t|could not|(?:am |is |are )?(?:unable|not able) to) "
+    rf"(?:really |reliably )?{_JUDGE}|"
+    r"cannot be (?:determined|told|estimated|measured)|can't be (?:determined|told|estimated|measured)|"
+    rf"(?:impossible|not possible|hard|difficult) to {_JUDGE}|no way to {_JUDGE})\b")
 _DETERMINER = re.compile(r"^(?:the|a|an)\s+")
 #: Words that tell two object references apart no better than chance.
 _FILLER = frozenset({"the", "a", "an", "that", "that's", "is", "more", "to", "of", "image", "in", "on", "one", "and"})
@@ -55,9 +60,17 @@ def final_answer(text: str) -> str:
 def hedges(text: str) -> bool:
     """Whether the answer says it cannot tell ("I don't know" is no "no"): then it gives no label.
 
+    Recognised: "don't know", "not sure", "unsure", "uncertain", "unclear", "no idea"; "can't / cannot /
+    unable to / not able to" + tell, say, determine, judge, estimate, know, measure or see; "cannot be
+    determined"; "impossible / not possible / hard / difficult / no way to" + the same verbs. Only the
+    answer's own span is read (:func:`final_answer`): a hedge inside ``<think>`` does not count.
+
     Example:
         >>> hedges("I can't tell from this image."), hedges("No, it is not.")
         (True, False)
+        >>> [hedges(t) for t in ("It is impossible to say.", "I'm unable to determine the distance.",
+        ...                      "It cannot be determined from this image.", "About 30 cm.")]
+        [True, True, True, False]
     """
     return _UNSURE.search(final_answer(text)) is not None
 

@@ -1,0 +1,187 @@
+"""spatial_reward_node as a lifecycle node: real processes, the standard lifecycle services, frames flowing.
+
+The walk configure -> activate -> deactivate -> activate -> cleanup -> shutdown goes through
+``/spatial_reward_node/change_state`` and ``get_state`` (lifecycle_msgs), as ``ros2 lifecycle set`` and a
+lifecycle manager call them, while a camera publishes at 10 Hz throughout. Each state is checked by what
+the node publishes: estimates and reward only while active; /diagnostics always, naming the state; ``~/answer``
+refusing questions unless active. Resident memory (VmRSS of the node process) is read before configure, after
+configure and after cleanup (``pytest -s`` prints the figures).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import HarnessNode
+from node_rig import FAST, IMAGE, FrameStream, Watch, values
+from spatialvlm_ros.config import SimConfig
+from spatialvlm_ros.sim import TabletopSim
+
+GAP_QUESTION = "What is the gap between the yellow gripper and the red can?"
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of process ``pid`` (VmRSS, or another kB field of its /proc status: RssAnon, RssFile), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field}")
+
+
+@pytest.fixture(scope="module")
+def sim_frame() -> Any:
+    with TabletopSim(SimConfig(width=320, height=240, n_frames=2)) as sim:
+        return sim.render(0).frame
+
+
+@pytest.fixture
+def harness(ros_env: dict[str, str]) -> Iterator[HarnessNode]:
+    node = HarnessNode()
+    yield node
+    node.close()
+
+
+def test_walk_through_every_state_with_frames_flowing(harness: HarnessNode, start_node: Any, sim_frame: Any) -> None:
+    node = start_node("spatial_reward_node", "-p", "autostart:=false", *FAST)
+    watch = Watch(harness)
+    assert watch.lifecycle.wait_for_services(30), node.log
+    camera = FrameStream(harness.node, sim_frame, rate_hz=10.0)
+    try:
+        # unconfigured: nothing loaded, no subscription, /diagnostics OK and saying so.
+        assert watch.lifecycle.state() == "unconfigured"
+        status = watch.status_in("unconfigured", 0)
+        assert status.level == status.OK and values(status)["estimator"] == "(none: not configured)"
+        assert harness.node.count_subscribers(IMAGE) == 0 and watch.quiet_for(0.5) == 0
+        refused = watch.ask(GAP_QUESTION)
+        assert (refused["valid"], refused["reason"], refused["state"]) == (False, "inactive", "unconfigured")
+        time.sleep(1.0)                  # settled: the figure cleanup is compared with
+        rss_unconfigured, anon_unconfigured = rss_mb(node.proc.pid), rss_mb(node.proc.pid, "RssAnon")
+        file_unconfigured = rss_mb(node.proc.pid, "RssFile")
+
+        # configure -> inactive: the estimator is loaded, nothing is subscribed or published.
+        assert watch.lifecycle.change("configure") and watch.lifecycle.state() == "inactive"
+        rss_configured = rss_mb(node.proc.pid)
+        status = watch.status_in("inactive", len(watch.diagnostics()))
+        assert status.level == status.OK and values(status)["estimator"] == "geometric/colour_prompt"
+        assert float(values(status)["load_s"]) >= 0 and "resident memory" in node.log
+        assert harness.node.count_subscribers(IMAGE) == 0 and watch.quiet_for(0.5) == 0
+        assert watch.ask(GAP_QUESTION)["reason"] == "inactive"
+
+        # activate: estimates and reward flow, questions are answered about the frames.
+        assert watch.lifecycle.change("activate") and watch.lifecycle.state() == "active"
+        harness.wait_for(lambda: len(watch.estimates()) >= 5, 10, "estimates once active")
+        harness.wait_for(lambda: len(watch.rewards()) >= 5, 5, "rewards once active")
+        assert values(watch.estimates()[-1].status[0])["valid"] == "True"
+        status = watch.status_in("active", len(watch.diagnostics()))
+        assert status.message in ("ok",) or status.level == status.OK, status.message
+        answer = watch.ask(GAP_QUESTION)
+        assert answer["valid"] and answer["unit"] == "m" and 0.2 < answer["value"] < 0.45, answer
+        stamp_ns = answer["stamp"]["sec"] * 10**9 + answer["stamp"]["nanosec"]
+        assert stamp_ns in camera.published() and answer["frame_id"] == "camera_color_optical_frame"
+
+        # deactivate: output stops, the estimator stays loaded (no rebuild on the next activate).
+        assert watch.lifecycle.change("deactivate") and watch.lifecycle.state() == "inactive"
+        time.sleep(0.3)                  # an estimate in flight
+        assert watch.quiet_for(1.0) == 0 and harness.node.count_subscribers(IMAGE) == 0
+        assert watch.ask(GAP_QUESTION)["reason"] == "inactive"
+        status = watch.status_in("inactive", len(watch.diagnostics()))
+        assert values(status)["estimator"] == "geometric/colour_prompt" and status.level == status.OK
+
+        # activate again: output resumes.
+        assert watch.lifecycle.change("activate")
+        before = len(watch.estimates())
+        harness.wait_for(lambda: len(watch.estimates()) >= before + 5, 10, "estimates after re-activating")
+        assert node.log.count(": configured: estimator") == 1
+
+        # deactivate + cleanup: the estimator is released and the memory with it.
+        assert watch.lifecycle.change("deactivate") and watch.lifecycle.change("cleanup")
+        assert watch.lifecycle.state() == "unconfigured"
+        status = watch.status_in("unconfigured", len(watch.diagnostics()))
+        assert values(status)["estimator"] == "(none: not configured)" and status.level == status.OK
+        rss_cleaned, anon_cleaned = rss_mb(node.proc.pid), rss_mb(node.proc.pid, "RssAnon")
+        file_cleaned = rss_mb(node.proc.pid, "RssFile")
+        assert watch.quiet_for(0.5) == 0
+
+        # A second round builds a fresh estimator, and gives back what it took: nothing accumulates.
+        assert watch.lifecycle.walk("configure", "activate") == "active"
+        before = len(watch.estimates())
+        harness.wait_for(lambda: len(watch.estimates()) >= before + 10, 10, "estimates in the second round")
+        assert watch.lifecycle.walk("deactivate", "cleanup") == "unconfigured"
+        assert node.log.count(": configured: estimator") == 2
+        time.sleep(0.5)
+        rss_second = rss_mb(node.proc.pid)
+
+        # shutdown: finalized, still answering get_state and /diagnostics, then a clean exit.
+        assert watch.lifecycle.change("shutdown") and watch.lifecycle.state() == "finalized"
+        status = watch.status_in("finalized", len(watch.diagnostics()))
+        assert status.level == status.OK
+        assert watch.ask(GAP_QUESTION)["reason"] == "inactive"
+    finally:
+        camera.close()
+    print(f"\nRSS of the node process: before configure {rss_unconfigured:.1f} MB, after configure "
+          f"{rss_configured:.1f} MB, after cleanup {rss_cleaned:.1f} MB "
+          f"({100 * (rss_cleaned / rss_unconfigured - 1):+.1f}%); heap (RssAnon) {anon_unconfigured:.1f} -> "
+          f"{anon_cleaned:.1f} MB; library pages (RssFile) {file_unconfigured:.1f} -> {file_cleaned:.1f} MB; "
+          f"after a second configure-activate-cleanup round {rss_second:.1f} MB")
+    # VmRSS also counts the shared libraries' code pages that running touched once (they stay mapped);
+    # the heap (RssAnon) is what configure and the frames allocated.
+    assert abs(rss_cleaned - rss_unconfigured) <= 0.1 * rss_unconfigured
+    assert abs(anon_cleaned - anon_unconfigured) <= 0.1 * anon_unconfigured
+    assert abs(rss_second - rss_cleaned) <= 0.03 * rss_cleaned
+    assert node.stop() == 0 and "Traceback" not in node.log, node.log
+
+
+def test_shutdown_is_clean_from_every_state(harness: HarnessNode, start_node: Any, sim_frame: Any) -> None:
+    nodes, watches = {}, {}
+    for state in ("unconfigured", "inactive", "active"):
+        nodes[state] = start_node("spatial_reward_node", "-r", f"__ns:=/{state}", "-p", "autostart:=false", *FAST)
+        watches[state] = Watch(harness, state)
+    cameras = [FrameStream(harness.node, sim_frame, rate_hz=10.0, ns=state) for state in nodes]
+    try:
+        for state, watch in watches.items():
+            assert watch.lifecycle.wait_for_services(30), nodes[state].log
+            steps = {"unconfigured": (), "inactive": ("configure",), "active": ("configure", "activate")}[state]
+            assert watch.lifecycle.walk(*steps) == state
+        harness.wait_for(lambda: len(watches["active"].estimates()) >= 3, 10, "the active node's estimates")
+        for state, watch in watches.items():
+            assert watch.lifecycle.change("shutdown"), f"shutdown from {state}"
+            assert watch.lifecycle.state() == "finalized"
+            assert f"finalized (from {state})" in nodes[state].log
+        assert watches["active"].quiet_for(1.0) == 0
+    finally:
+        for camera in cameras:
+            camera.close()
+    for state, node in nodes.items():
+        assert node.stop() == 0 and "Traceback" not in node.log, node.log
+
+
+def test_a_configure_that_fails_leaves_the_node_unconfigured(harness: HarnessNode, start_node: Any) -> None:
+    managed = start_node("spatial_reward_node", "-r", "__ns:=/managed", "-p", "autostart:=false",
+                         "-p", "estimator.backend:=magic", *FAST)
+    watch = Watch(harness, "managed")
+    assert watch.lifecycle.wait_for_services(30), managed.log
+    assert not watch.lifecycle.change("configure") and watch.lifecycle.state() == "unconfigured"
+    status = watch.status_in("unconfigured", len(watch.diagnostics()))
+    assert status.level == status.WARN and "unknown 'magic'" in status.message
+    assert managed.alive()
+    # Unconfigured, an estimator setting only changes what configure builds; autostart is read at start only.
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+    client = AsyncParameterClient(harness.node, watch.node_name)
+    assert client.wait_for_services(timeout_sec=10)
+    future = client.set_parameters([Parameter("estimator.backend", value="geometric"),
+                                    Parameter("autostart", value=True)])
+    harness.wait_for(future.done, 10, "set_parameters")
+    fixed, autostart = future.result().results
+    assert fixed.successful, fixed.reason
+    assert not autostart.successful and "read at start only" in autostart.reason
+    assert watch.lifecycle.walk("configure") == "inactive"
+    assert "estimator geometric/colour_prompt built" in managed.log
+    # With autostart (the default) the same configuration stops the node at start, naming the problem.
+    auto = start_node("spatial_reward_node", "-r", "__ns:=/auto", "-p", "estimator.backend:=magic")
+    assert auto.proc.wait(timeout=30) == 2
+    assert "unknown 'magic'" in auto.log and "Traceback" not in auto.log, auto.log
