@@ -73,6 +73,7 @@ from spatialvlm_ros.estimation.vlm import VLMDistanceEstimator
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.messages.conversions import frame_from_messages, intrinsics_from_camera_info, stamp_to_ns
+from spatialvlm_ros.perception.colours import colour_table
 from spatialvlm_ros.reasoning.llm import LLMPlanner
 from spatialvlm_ros.reasoning.planner import DeterministicPlanner
 from spatialvlm_ros.reasoning.tools import EstimatorTools, SpatialTools, VLMTools
@@ -356,6 +357,7 @@ class SpatialRewardNode(LifecycleNode):
         self._planner = None
         self._latest_frame = None
         self._intrinsics, self._camera_info_key, self._camera_info_error = None, None, ""
+        colour_table.cache_clear()   # the colour prompt's lookup table (4.4 MB), rebuilt by the next configure
         gc.collect()
         _trim_heap()
         self._load_figures["rss_mb_after_cleanup"] = f"{_rss_mb():.1f}"
