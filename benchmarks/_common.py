@@ -15,6 +15,7 @@ This module is not a benchmark: its name starts with ``_``, so the test does not
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import math
 import sys
@@ -53,6 +54,16 @@ class BenchmarkParser(argparse.ArgumentParser):
         if smoke is not _FULL_ONLY:
             self._smoke[action.dest] = smoke
         return action
+
+    def add_domain_id(self, what: str = "a random one") -> None:
+        """Add ``--domain-id``, the ROS_DOMAIN_ID of the node processes.
+
+        Its default is the inherited ROS_DOMAIN_ID, so a test can hand the benchmark its private domain;
+        without one, ``what``.
+        """
+        inherited = os.environ.get("ROS_DOMAIN_ID", "")
+        self.add_argument("--domain-id", type=int, default=int(inherited) if inherited.isdigit() else None,
+                          help=f"ROS_DOMAIN_ID (default: the inherited one if set, else {what})")
 
     def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                    namespace: argparse.Namespace | None = None) -> argparse.Namespace:

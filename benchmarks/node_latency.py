@@ -569,9 +569,7 @@ def read_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, smoke=0.5,
                         help="seconds excluded at the start (default 2)")
     parser.add_argument("--repeats", type=int, default=3, smoke=1, help="estimator timing passes over the frames")
-    inherited = os.environ.get("ROS_DOMAIN_ID", "")
-    parser.add_argument("--domain-id", type=int, default=int(inherited) if inherited.isdigit() else None,
-                        help="ROS_DOMAIN_ID of the runs (default: the inherited one if set, else random per transport)")
+    parser.add_domain_id("a random one per transport")
     internal = parser.add_argument_group("internal (processes the benchmark starts)")
     internal.add_argument("--role", choices=["estimator", "measure", "camera", "echo"], help=argparse.SUPPRESS)
     internal.add_argument("--data", type=Path, help=argparse.SUPPRESS)

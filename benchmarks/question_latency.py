@@ -221,9 +221,7 @@ def read_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, smoke=0.5, help="excluded at the start, s (default 2)")
     parser.add_argument("--question-hz", type=float, default=2.0, help="questions per second (default 2)")
     parser.add_argument("--frames", type=int, default=30, smoke=4, help="pre-rendered frames the camera cycles")
-    inherited = os.environ.get("ROS_DOMAIN_ID", "")
-    parser.add_argument("--domain-id", type=int, default=int(inherited) if inherited.isdigit() else None,
-                        help="ROS_DOMAIN_ID (default: the inherited one if set, else a random one)")
+    parser.add_domain_id()
     internal = parser.add_argument_group("internal (the camera process the benchmark starts)")
     internal.add_argument("--role", choices=["camera"], help=argparse.SUPPRESS)
     internal.add_argument("--data", type=Path, help=argparse.SUPPRESS)

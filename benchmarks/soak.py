@@ -294,9 +294,7 @@ def read_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sample-s", type=float, default=5.0, smoke=1.0, help="RSS sampling period, s")
     parser.add_argument("--cap-steady-s", type=float, default=5.0, smoke=2.0,
                         help="steady input before the cap check's large messages, s")
-    inherited = os.environ.get("ROS_DOMAIN_ID", "")
-    parser.add_argument("--domain-id", type=int, default=int(inherited) if inherited.isdigit() else None,
-                        help="ROS_DOMAIN_ID (default: the inherited one if set, else random)")
+    parser.add_domain_id()
     internal = parser.add_argument_group("internal (the camera process the benchmark starts)")
     internal.add_argument("--role", choices=["camera"], help=argparse.SUPPRESS)
     internal.add_argument("--data", type=Path, help=argparse.SUPPRESS)

@@ -123,6 +123,15 @@ def test_node(ros_env: dict[str, str]) -> Iterator[HarnessNode]:
 
 
 @pytest.fixture(scope="module")
+def qvga_frame() -> Any:
+    """A simulated 320x240 tabletop frame (the lifecycle and question tests stream it)."""
+    from spatialvlm_ros.config import SimConfig
+    from spatialvlm_ros.sim import TabletopSim
+    with TabletopSim(SimConfig(width=320, height=240, n_frames=2)) as sim:
+        return sim.render(0).frame
+
+
+@pytest.fixture(scope="module")
 def offline() -> Iterator[None]:
     """HF_HUB_OFFLINE=1 for the whole module: the transformers tests may never try the network."""
     with pytest.MonkeyPatch.context() as mp:

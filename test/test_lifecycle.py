@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Iterator
-
-import pytest
+from typing import Any
 
 from conftest import HarnessNode
 from node_rig import FAST, IMAGE, FrameStream, Watch, values
-from spatialvlm_ros.config import SimConfig
-from spatialvlm_ros.sim import TabletopSim
 
 GAP_QUESTION = "What is the gap between the yellow gripper and the red can?"
 
@@ -32,30 +28,17 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
     raise AssertionError(f"no {field}")
 
 
-@pytest.fixture(scope="module")
-def sim_frame() -> Any:
-    with TabletopSim(SimConfig(width=320, height=240, n_frames=2)) as sim:
-        return sim.render(0).frame
-
-
-@pytest.fixture
-def harness(ros_env: dict[str, str]) -> Iterator[HarnessNode]:
-    node = HarnessNode()
-    yield node
-    node.close()
-
-
-def test_walk_through_every_state_with_frames_flowing(harness: HarnessNode, start_node: Any, sim_frame: Any) -> None:
+def test_walk_through_every_state_with_frames_flowing(test_node: HarnessNode, start_node: Any, qvga_frame: Any) -> None:
     node = start_node("spatial_reward_node", "-p", "autostart:=false", *FAST)
-    watch = Watch(harness)
+    watch = Watch(test_node)
     assert watch.lifecycle.wait_for_services(30), node.log
-    camera = FrameStream(harness.node, sim_frame, rate_hz=10.0)
+    camera = FrameStream(test_node.node, qvga_frame, rate_hz=10.0)
     try:
         # unconfigured: nothing loaded, no subscription, /diagnostics OK and saying so.
         assert watch.lifecycle.state() == "unconfigured"
         status = watch.status_in("unconfigured", 0)
         assert status.level == status.OK and values(status)["estimator"] == "(none: not configured)"
-        assert harness.node.count_subscribers(IMAGE) == 0 and watch.quiet_for(0.5) == 0
+        assert test_node.node.count_subscribers(IMAGE) == 0 and watch.quiet_for(0.5) == 0
         refused = watch.ask(GAP_QUESTION)
         assert (refused["valid"], refused["reason"], refused["state"]) == (False, "inactive", "unconfigured")
         time.sleep(1.0)                  # settled: the figure cleanup is compared with
@@ -68,13 +51,13 @@ def test_walk_through_every_state_with_frames_flowing(harness: HarnessNode, star
         status = watch.status_in("inactive", len(watch.diagnostics()))
         assert status.level == status.OK and values(status)["estimator"] == "geometric/colour_prompt"
         assert float(values(status)["load_s"]) >= 0 and "resident memory" in node.log
-        assert harness.node.count_subscribers(IMAGE) == 0 and watch.quiet_for(0.5) == 0
+        assert test_node.node.count_subscribers(IMAGE) == 0 and watch.quiet_for(0.5) == 0
         assert watch.ask(GAP_QUESTION)["reason"] == "inactive"
 
         # activate: estimates and reward flow, questions are answered about the frames.
         assert watch.lifecycle.change("activate") and watch.lifecycle.state() == "active"
-        harness.wait_for(lambda: len(watch.estimates()) >= 5, 10, "estimates once active")
-        harness.wait_for(lambda: len(watch.rewards()) >= 5, 5, "rewards once active")
+        test_node.wait_for(lambda: len(watch.estimates()) >= 5, 10, "estimates once active")
+        test_node.wait_for(lambda: len(watch.rewards()) >= 5, 5, "rewards once active")
         assert values(watch.estimates()[-1].status[0])["valid"] == "True"
         status = watch.status_in("active", len(watch.diagnostics()))
         assert status.message in ("ok",) or status.level == status.OK, status.message
@@ -86,7 +69,7 @@ def test_walk_through_every_state_with_frames_flowing(harness: HarnessNode, star
         # deactivate: output stops, the estimator stays loaded (no rebuild on the next activate).
         assert watch.lifecycle.change("deactivate") and watch.lifecycle.state() == "inactive"
         time.sleep(0.3)                  # an estimate in flight
-        assert watch.quiet_for(1.0) == 0 and harness.node.count_subscribers(IMAGE) == 0
+        assert watch.quiet_for(1.0) == 0 and test_node.node.count_subscribers(IMAGE) == 0
         assert watch.ask(GAP_QUESTION)["reason"] == "inactive"
         status = watch.status_in("inactive", len(watch.diagnostics()))
         assert values(status)["estimator"] == "geometric/colour_prompt" and status.level == status.OK
@@ -94,7 +77,7 @@ def test_walk_through_every_state_with_frames_flowing(harness: HarnessNode, star
         # activate again: output resumes.
         assert watch.lifecycle.change("activate")
         before = len(watch.estimates())
-        harness.wait_for(lambda: len(watch.estimates()) >= before + 5, 10, "estimates after re-activating")
+        test_node.wait_for(lambda: len(watch.estimates()) >= before + 5, 10, "estimates after re-activating")
         assert node.log.count(": configured: estimator") == 1
 
         # deactivate + cleanup: the estimator is released and the memory with it.
@@ -109,7 +92,7 @@ def test_walk_through_every_state_with_frames_flowing(harness: HarnessNode, star
         # A second round builds a fresh estimator, and gives back what it took: nothing accumulates.
         assert watch.lifecycle.walk("configure", "activate") == "active"
         before = len(watch.estimates())
-        harness.wait_for(lambda: len(watch.estimates()) >= before + 10, 10, "estimates in the second round")
+        test_node.wait_for(lambda: len(watch.estimates()) >= before + 10, 10, "estimates in the second round")
         assert watch.lifecycle.walk("deactivate", "cleanup") == "unconfigured"
         assert node.log.count(": configured: estimator") == 2
         time.sleep(0.5)
@@ -137,18 +120,18 @@ def test_walk_through_every_state_with_frames_flowing(harness: HarnessNode, star
     assert node.stop() == 0 and "Traceback" not in node.log, node.log
 
 
-def test_shutdown_is_clean_from_every_state(harness: HarnessNode, start_node: Any, sim_frame: Any) -> None:
+def test_shutdown_is_clean_from_every_state(test_node: HarnessNode, start_node: Any, qvga_frame: Any) -> None:
     nodes, watches = {}, {}
     for state in ("unconfigured", "inactive", "active"):
         nodes[state] = start_node("spatial_reward_node", "-r", f"__ns:=/{state}", "-p", "autostart:=false", *FAST)
-        watches[state] = Watch(harness, state)
-    cameras = [FrameStream(harness.node, sim_frame, rate_hz=10.0, ns=state) for state in nodes]
+        watches[state] = Watch(test_node, state)
+    cameras = [FrameStream(test_node.node, qvga_frame, rate_hz=10.0, ns=state) for state in nodes]
     try:
         for state, watch in watches.items():
             assert watch.lifecycle.wait_for_services(30), nodes[state].log
             steps = {"unconfigured": (), "inactive": ("configure",), "active": ("configure", "activate")}[state]
             assert watch.lifecycle.walk(*steps) == state
-        harness.wait_for(lambda: len(watches["active"].estimates()) >= 3, 10, "the active node's estimates")
+        test_node.wait_for(lambda: len(watches["active"].estimates()) >= 3, 10, "the active node's estimates")
         for state, watch in watches.items():
             assert watch.lifecycle.change("shutdown"), f"shutdown from {state}"
             assert watch.lifecycle.state() == "finalized"
@@ -161,10 +144,10 @@ def test_shutdown_is_clean_from_every_state(harness: HarnessNode, start_node: An
         assert node.stop() == 0 and "Traceback" not in node.log, node.log
 
 
-def test_a_configure_that_fails_leaves_the_node_unconfigured(harness: HarnessNode, start_node: Any) -> None:
+def test_a_configure_that_fails_leaves_the_node_unconfigured(test_node: HarnessNode, start_node: Any) -> None:
     managed = start_node("spatial_reward_node", "-r", "__ns:=/managed", "-p", "autostart:=false",
                          "-p", "estimator.backend:=magic", *FAST)
-    watch = Watch(harness, "managed")
+    watch = Watch(test_node, "managed")
     assert watch.lifecycle.wait_for_services(30), managed.log
     assert not watch.lifecycle.change("configure") and watch.lifecycle.state() == "unconfigured"
     status = watch.status_in("unconfigured", len(watch.diagnostics()))
@@ -173,11 +156,11 @@ def test_a_configure_that_fails_leaves_the_node_unconfigured(harness: HarnessNod
     # Unconfigured, an estimator setting only changes what configure builds; autostart is read at start only.
     from rclpy.parameter import Parameter
     from rclpy.parameter_client import AsyncParameterClient
-    client = AsyncParameterClient(harness.node, watch.node_name)
+    client = AsyncParameterClient(test_node.node, watch.node_name)
     assert client.wait_for_services(timeout_sec=10)
     future = client.set_parameters([Parameter("estimator.backend", value="geometric"),
                                     Parameter("autostart", value=True)])
-    harness.wait_for(future.done, 10, "set_parameters")
+    test_node.wait_for(future.done, 10, "set_parameters")
     fixed, autostart = future.result().results
     assert fixed.successful, fixed.reason
     assert not autostart.successful and "read at start only" in autostart.reason

@@ -9,7 +9,7 @@ chat-completions server.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from std_msgs.msg import String
@@ -17,26 +17,12 @@ from std_msgs.msg import String
 from chat_server import ChatCompletionsServer, completion
 from conftest import HarnessNode
 from node_rig import FAST, FrameStream, Watch, values
-from spatialvlm_ros.config import EstimatorConfig, SimConfig
+from spatialvlm_ros.config import EstimatorConfig
 from spatialvlm_ros.estimation.geometric import GeometricEstimator
 from spatialvlm_ros.reasoning.planner import DeterministicPlanner
 from spatialvlm_ros.reasoning.tools import EstimatorTools
-from spatialvlm_ros.sim import TabletopSim
 
 OBJECTS = ["yellow gripper", "red can", "blue box", "green ball"]
-
-
-@pytest.fixture(scope="module")
-def sim_frame() -> Any:
-    with TabletopSim(SimConfig(width=320, height=240, n_frames=2)) as sim:
-        return sim.render(0).frame
-
-
-@pytest.fixture
-def harness(ros_env: dict[str, str]) -> Iterator[HarnessNode]:
-    node = HarnessNode()
-    yield node
-    node.close()
 
 
 def _here(frame: Any, question: str, options: dict[str, Any] | None = None) -> Any:
@@ -45,20 +31,21 @@ def _here(frame: Any, question: str, options: dict[str, Any] | None = None) -> A
     return DeterministicPlanner().answer(question, tools, {"opening_m": 0.08, **(options or {})})
 
 
-def test_questions_are_answered_about_the_latest_frame(harness: HarnessNode, start_node: Any, sim_frame: Any) -> None:
+def test_questions_are_answered_about_the_latest_frame(test_node: HarnessNode, start_node: Any,
+                                                       qvga_frame: Any) -> None:
     node = start_node("spatial_reward_node", *FAST)
-    watch = Watch(harness)
+    watch = Watch(test_node)
     assert watch.lifecycle.wait_for_services(30), node.log
     assert watch.lifecycle.state() == "active"          # autostart (the default)
     early = watch.ask("What is the gap between the yellow gripper and the red can?")
     assert (early["valid"], early["reason"], early["state"]) == (False, "no_frame", "active")
 
-    camera = FrameStream(harness.node, sim_frame, rate_hz=10.0)
+    camera = FrameStream(test_node.node, qvga_frame, rate_hz=10.0)
     try:
-        harness.wait_for(lambda: len(watch.estimates()) >= 3, 15, "estimates")
+        test_node.wait_for(lambda: len(watch.estimates()) >= 3, 15, "estimates")
         # An atomic question: metres with their uncertainty, the frame's stamp and id, the trace.
         gap = watch.ask("What is the gap between the yellow gripper and the red can?")
-        expected = _here(sim_frame, "What is the gap between the yellow gripper and the red can?")
+        expected = _here(qvga_frame, "What is the gap between the yellow gripper and the red can?")
         assert gap["valid"] and gap["kind"] == "gap" and gap["unit"] == "m", gap
         assert gap["value"] == pytest.approx(expected.value, abs=1e-6)
         assert gap["uncertainty_m"] == pytest.approx(expected.uncertainty_m, abs=1e-6) and gap["uncertainty_m"] > 0
@@ -70,16 +57,16 @@ def test_questions_are_answered_about_the_latest_frame(harness: HarnessNode, sta
         options = {"objects": OBJECTS}
         watch.question_pub.publish(String(data=json.dumps(
             {"question": "Which object is closest to the red can?", "options": options, "id": 42})))
-        harness.wait_for(lambda: any(json.loads(m.data)["id"] == 42 for m in harness.received(
+        test_node.wait_for(lambda: any(json.loads(m.data)["id"] == 42 for m in test_node.received(
             "/spatial_reward_node/answer")), 10, "the answer with id 42")
-        nearest = next(a for a in map(json.loads, (m.data for m in harness.received(
+        nearest = next(a for a in map(json.loads, (m.data for m in test_node.received(
             "/spatial_reward_node/answer"))) if a["id"] == 42)
         assert nearest["valid"] and nearest["value"] == _here(
-            sim_frame, "Which object is closest to the red can?", options).value
+            qvga_frame, "Which object is closest to the red can?", options).value
         assert nearest["unit"] is None and nearest["uncertainty_m"] is None and len(nearest["trace"]["steps"]) == 2
         between_question = "Is the green ball between the red can and the blue box?"
         between = watch.ask(between_question)
-        assert between["value"] == ("yes" if _here(sim_frame, between_question).value else "no")
+        assert between["value"] == ("yes" if _here(qvga_frame, between_question).value else "no")
         # Without objects in the question's options, the candidates are the pairs' phrases.
         too_few = watch.ask("Which object is closest to the red can?")
         assert (too_few["valid"], too_few["reason"]) == (False, "bad_question")
@@ -87,9 +74,9 @@ def test_questions_are_answered_about_the_latest_frame(harness: HarnessNode, sta
         # Plain text works; what cannot be planned or read is flagged, never guessed.
         assert watch.ask("What colour is the sky?")["reason"] == "no_plan"
         watch.question_pub.publish(String(data='{"question": 3}'))
-        harness.wait_for(lambda: any(json.loads(m.data)["reason"] == "bad_question" and
-                                     json.loads(m.data)["question"] == "" for m in harness.received(
-                                         "/spatial_reward_node/answer")), 5, "a bad_question answer")
+        test_node.wait_for(lambda: any(json.loads(m.data)["reason"] == "bad_question" and
+                                       json.loads(m.data)["question"] == "" for m in test_node.received(
+                                           "/spatial_reward_node/answer")), 5, "a bad_question answer")
 
         # The reward keeps its pace while questions come in.
         before_frames, before_estimates = len(camera.published()), len(watch.estimates())
@@ -118,24 +105,24 @@ class AbstainingServer(ChatCompletionsServer):
         return 200, completion("The model cannot tell how far apart they are.")
 
 
-def test_an_abstaining_vlm_is_flagged_and_counted_not_an_error(harness: HarnessNode, start_node: Any,
-                                                               sim_frame: Any) -> None:
+def test_an_abstaining_vlm_is_flagged_and_counted_not_an_error(test_node: HarnessNode, start_node: Any,
+                                                               qvga_frame: Any) -> None:
     server = AbstainingServer()
     try:
         node = start_node("spatial_reward_node", "-r", "__ns:=/vlm", *FAST, "-p", "topics.depth:=''",
                           "-p", "estimator.backend:=vlm", "-p", "estimator.vlm.backend:=openai",
                           "-p", f"estimator.vlm.openai.url:={server.url}", "-p", "estimator.vlm.openai.retries:=0",
                           "-p", "reasoning.planner:=llm", "-p", f"reasoning.llm.url:={server.url}")
-        watch = Watch(harness, "vlm")
+        watch = Watch(test_node, "vlm")
         assert watch.lifecycle.wait_for_services(30), node.log
-        camera = FrameStream(harness.node, sim_frame, rate_hz=10.0, ns="vlm")
+        camera = FrameStream(test_node.node, qvga_frame, rate_hz=10.0, ns="vlm")
         try:
-            harness.wait_for(lambda: len(watch.estimates()) >= 5, 15, "estimates from the VLM node")
+            test_node.wait_for(lambda: len(watch.estimates()) >= 5, 15, "estimates from the VLM node")
             estimate = values(watch.estimates()[-1].status[0])
             assert (estimate["valid"], estimate["reason"]) == ("False", "abstained")
             assert "1/1 answers abstained" in watch.estimates()[-1].status[0].message
-            harness.wait_for(lambda: values(watch.diagnostics()[-1])["abstain_rate"] == "1.000", 5,
-                             "/diagnostics: abstain rate 1")
+            test_node.wait_for(lambda: values(watch.diagnostics()[-1])["abstain_rate"] == "1.000", 5,
+                               "/diagnostics: abstain rate 1")
             status = watch.diagnostics()[-1]
             assert status.level == status.OK and "abstained" in status.message, status.message
             assert values(status)["errors"] == "0"
