@@ -113,32 +113,21 @@ class SimSource:
 
     def scene_config(self, index: int) -> SimConfig:
         """The simulator settings of scene ``index`` (deterministic in ``(cfg.seed, index)``)."""
-        from spatialvlm_ros.sim import COLOURS, KINDS
+        from spatialvlm_ros.sim import COLOURS
         s = self.cfg.sim
         rng = np.random.default_rng([self.cfg.seed, index, 0x5151])
         if self.shift:
             return self._shift_scene(index)[0]
-        colours = list(COLOURS)
-        gripper = colours[int(rng.integers(len(colours)))]
-        phrases: list[str] = []
-        n_objects = 1 + int(rng.integers(s.min_distractors, s.max_distractors + 1))
-        while len(phrases) < n_objects:
-            phrase = f"{colours[int(rng.integers(len(colours)))]} {KINDS[int(rng.integers(len(KINDS)))]}"
-            if phrase not in phrases:
-                phrases.append(phrase)
-        target_colour, target = phrases[0].split()
+        gripper, target_colour, target, phrases = self._draw_objects(rng, list(COLOURS))
         return SimConfig(seed=int(rng.integers(2**31)), width=s.width, height=s.height, fovy_deg=s.fovy_deg,
                          gripper_colour=gripper, target=target, target_colour=target_colour,
                          distractors=tuple(phrases[1:]), randomise=True, n_frames=2,
                          start_gap_m=float(rng.uniform(0.03, 0.3)), end_gap_m=0.01, depth_noise=s.depth_noise)
 
-    def _shift_scene(self, index: int) -> tuple[SimConfig, ShiftDraw]:
-        """The shift split's scene ``index``: held-out colours, then :func:`~spatialvlm_ros.sim.shift.draw_shift`."""
+    def _draw_objects(self, rng: np.random.Generator, colours: list[str]) -> tuple[str, str, str, list[str]]:
+        """The gripper's colour, the target's colour and kind, and every object phrase (target first), distinct."""
         from spatialvlm_ros.sim import KINDS
-        from spatialvlm_ros.sim.shift import SHIFT_COLOURS, draw_shift
         s = self.cfg.sim
-        rng = np.random.default_rng([self.cfg.seed, index, 0x5A1F7])
-        colours = list(SHIFT_COLOURS)
         gripper = colours[int(rng.integers(len(colours)))]
         phrases: list[str] = []
         n_objects = 1 + int(rng.integers(s.min_distractors, s.max_distractors + 1))
@@ -147,6 +136,14 @@ class SimSource:
             if phrase not in phrases:
                 phrases.append(phrase)
         target_colour, target = phrases[0].split()
+        return gripper, target_colour, target, phrases
+
+    def _shift_scene(self, index: int) -> tuple[SimConfig, ShiftDraw]:
+        """The shift split's scene ``index``: held-out colours, then :func:`~spatialvlm_ros.sim.shift.draw_shift`."""
+        from spatialvlm_ros.sim.shift import SHIFT_COLOURS, draw_shift
+        s = self.cfg.sim
+        rng = np.random.default_rng([self.cfg.seed, index, 0x5A1F7])
+        gripper, target_colour, target, phrases = self._draw_objects(rng, list(SHIFT_COLOURS))
         draw = draw_shift(rng)
         config = SimConfig(seed=int(rng.integers(2**31)), width=s.width, height=s.height, gripper_colour=gripper,
                            target=target, target_colour=target_colour, distractors=tuple(phrases[1:]),
