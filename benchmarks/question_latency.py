@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -55,11 +54,11 @@ from std_msgs.msg import String
 
 from spatialvlm_ros.messages.conversions import stamp_to_ns
 from spatialvlm_ros.ros.lifecycle import LifecycleClient
-from spatialvlm_ros.ros.transport import joined_domain, node_command, ros_environment, stop_process
+from spatialvlm_ros.ros.transport import joined_domain, node_command, stop_process
 
 from _common import BenchmarkParser, emit, percentile
 from node_latency import render_frames
-from soak import run_camera
+from soak import camera_role, node_environment
 
 FIGURES = ("answer_ms_p50", "answer_ms_p95", "output_hz_with_questions", "output_hz_without_questions", "input_hz",
            "rss_mb_before_configure", "rss_mb_after_configure", "rss_mb_after_cleanup", "configure_s")
@@ -233,15 +232,10 @@ def main(argv: list[str] | None = None) -> None:
     """The benchmark, or the camera role when ``--role camera`` is given."""
     args = read_args(argv)
     if args.role == "camera":
-        rclpy.init()
-        try:
-            run_camera(args.data, args.seconds, RATE_HZ, args.out)
-        finally:
-            rclpy.try_shutdown()
+        camera_role(args.data, args.seconds, RATE_HZ, args.out)
         return
     started = time.monotonic()
-    env = ros_environment(args.domain_id if args.domain_id is not None else random.randint(10, 99), "shm")
-    os.environ.update({k: v for k, v in env.items() if k in ("MUJOCO_GL", "PYOPENGL_PLATFORM")})
+    env = node_environment(args.domain_id)
     with tempfile.TemporaryDirectory(prefix="question_latency_") as tmp_name, joined_domain(env):
         tmp = Path(tmp_name)
         data = tmp / "frames.npz"

@@ -303,19 +303,30 @@ def read_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def camera_role(data: Path, seconds: float, rate_hz: float, out: Path) -> None:
+    """The ``--role camera`` process of a benchmark: :func:`run_camera` in an rclpy context of its own."""
+    rclpy.init()
+    try:
+        run_camera(data, seconds, rate_hz, out)
+    finally:
+        rclpy.try_shutdown()
+
+
+def node_environment(domain_id: int | None) -> dict[str, str]:
+    """The environment of the node processes (shm transport; a random domain when none is given), joined here."""
+    env = ros_environment(domain_id if domain_id is not None else random.randint(10, 99), "shm")
+    os.environ.update({k: v for k, v in env.items() if k in ("MUJOCO_GL", "PYOPENGL_PLATFORM")})
+    return env
+
+
 def main(argv: list[str] | None = None) -> None:
     """The soak, or the camera role when ``--role camera`` is given."""
     args = read_args(argv)
     if args.role == "camera":
-        rclpy.init()
-        try:
-            run_camera(args.data, args.seconds, args.rate, args.out)
-        finally:
-            rclpy.try_shutdown()
+        camera_role(args.data, args.seconds, args.rate, args.out)
         return
     started = time.monotonic()
-    env = ros_environment(args.domain_id if args.domain_id is not None else random.randint(10, 99), "shm")
-    os.environ.update({k: v for k, v in env.items() if k in ("MUJOCO_GL", "PYOPENGL_PLATFORM")})
+    env = node_environment(args.domain_id)
     with tempfile.TemporaryDirectory(prefix="soak_") as tmp_name, joined_domain(env):
         tmp = Path(tmp_name)
         data = tmp / "frames.npz"
