@@ -50,7 +50,9 @@ def test_sim_camera_and_reward_node_measure_the_approach(start_node: Any, test_n
                           "sim.height:=240", "-p", "rate_hz:=8.0", "-p", "start_delay_s:=2.0")
     assert sim_node.proc.wait(timeout=60) == 0, sim_node.log
     test_node.wait_for(lambda: len(test_node.received("estimates")) >= 19, 10, "estimates of the last frames")
-    test_node.wait_for(lambda: len(test_node.received("ground_truth")) >= 19, 5, "the ground truth of the frames")
+    # The truth topic has its own DDS endpoint match, which on a loaded machine can complete after the first
+    # frames went out; the pairing below needs 17 of the 20.
+    test_node.wait_for(lambda: len(test_node.received("ground_truth")) >= 17, 10, "the ground truth of the frames")
 
     truth = {stamp_to_ns(m.header.stamp): float(_values(m.status[0])["gap_m"])
              for m in test_node.received("ground_truth") if m.status[0].name == "red can"}
