@@ -52,7 +52,7 @@ def test_without_support_pixels_the_scene_is_not_canonicalised() -> None:
 
 
 @pytest.fixture(scope="module")
-def sim_scene() -> tuple[SceneRecord, dict[str, np.ndarray], dict[str, str]]:
+def sim_scene() -> tuple[SceneRecord, dict[str, np.ndarray], dict[str, str], float]:
     from spatialvlm_ros.sim import TabletopSim
     cfg = SynthesisConfig()
     source = SimSource(2, cfg)
@@ -61,14 +61,14 @@ def sim_scene() -> tuple[SceneRecord, dict[str, np.ndarray], dict[str, str]]:
     with TabletopSim(source.scene_config(1)) as sim:
         truth = sim.truth(0)
         kinds = {o.phrase: o.kind for o in sim.layout.objects}
-    return record, dict(truth.object_positions_world), kinds
+    return record, dict(truth.object_positions_world), kinds, float(truth.camera_pose_world[2, 3])
 
 
 def test_sim_scene_boxes_match_the_ground_truth(sim_scene) -> None:
     from spatialvlm_ros.sim.scene import HALF_HEIGHT, TABLE_TOP_Z
-    record, positions, kinds = sim_scene
+    record, positions, kinds, camera_z = sim_scene
     assert record.canonicalised
-    assert record.camera_height_m == pytest.approx(1.30 - TABLE_TOP_Z, abs=0.06)
+    assert record.camera_height_m == pytest.approx(camera_z - TABLE_TOP_Z, abs=0.03)
     on_table = [o for o in record.objects if o.name in positions]
     assert len(on_table) >= 2
     for obj in on_table:

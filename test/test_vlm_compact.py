@@ -9,6 +9,7 @@ meters.", so the answers mean something and parse.
 from __future__ import annotations
 
 import json
+import shutil
 import math
 from pathlib import Path
 
@@ -407,6 +408,24 @@ def test_resuming_with_another_architecture_is_refused(dataset: Path, tmp_path: 
     train(TrainConfig(steps=1, text_layers=1, **small))
     with pytest.raises(ConfigError, match="does not fit the model.*--text-layers"):
         train(TrainConfig(steps=2, text_layers=2, **small))
+
+
+def test_init_starts_from_earlier_weights_and_refuses_unknown_words(
+        dataset: Path, trained: Path, tmp_path: Path) -> None:
+    """``--init``: the first step's loss is the trained model's, far below a random start's; new words are refused."""
+    small = dict(data=str(dataset), batch_images=2, questions_per_image=2, warmup_steps=1, log_every=1, lr=1e-4)
+    scratch = train(TrainConfig(out=str(tmp_path / "scratch"), steps=1, d_model=16, n_heads=2, text_layers=1,
+                                **small))
+    tuned = train(TrainConfig(out=str(tmp_path / "tuned"), steps=1, init=str(trained), **small))
+    assert tuned.final_loss < 0.5 * scratch.final_loss
+    assert (tmp_path / "tuned" / "tokenizer.json").read_text() == (trained / "tokenizer.json").read_text()
+    rows = [json.loads(line) for line in (dataset / "data.jsonl").read_text().splitlines()]
+    other = tmp_path / "other"
+    shutil.copytree(dataset, other)
+    rows[0]["question"] = rows[0]["question"].replace("?", " zebra?")
+    (other / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ConfigError, match="words its tokenizer lacks.*zebra"):
+        train(TrainConfig(out=str(tmp_path / "refused"), steps=1, init=str(trained), **{**small, "data": str(other)}))
 
 
 def test_learning_rate_warms_up_and_decays() -> None:

@@ -294,7 +294,7 @@ def test_failed_batches_are_wrong_answers_and_a_failed_first_batch_raises(datase
 
 
 def test_cli_shift_split_runs_on_the_packaged_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``evaluate --split shift``: held-out colours, rigs, lights, JPEG and noise, scored per family."""
+    """``evaluate --split shift``: held-out rigs, gripper, textures, lights and sensor damage, scored per family."""
     from spatialvlm_ros.cli import main
     out = tmp_path / "shift"
     assert main(["evaluate", "--backend", "compact", "--split", "shift", "--scenes", "3", "--trajectories", "1",
@@ -302,21 +302,24 @@ def test_cli_shift_split_runs_on_the_packaged_model(tmp_path: Path, capsys: pyte
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["split"] == "shift" and summary["answers"] > 0 and summary["trajectory_frames"] == 3
     assert summary["per_family"] and all(f["n"] > 0 for f in summary["per_family"].values())
-    from spatialvlm_ros.sim.shift import SHIFT_COLOURS
-    names = json.loads((out / "metrics.json").read_text())["trajectories"][0]["question"]
-    assert any(c in names for c in SHIFT_COLOURS)
 
 
-def test_shift_scenes_share_no_colour_or_rig_with_the_training_split() -> None:
-    from spatialvlm_ros.sim import COLOURS
+def test_shift_scenes_share_no_rig_gripper_texture_or_light_with_the_training_split() -> None:
+    from spatialvlm_ros.sim.appearance import SHIFT_KELVIN, SHIFT_TEXTURES, TRAINING_KELVIN, TRAINING_TEXTURES
     from spatialvlm_ros.synthesis.config import SynthesisConfig
     from spatialvlm_ros.synthesis.sources import SimSource
-    train = SimSource(20, SynthesisConfig(seed=0))
-    shift = SimSource(20, SynthesisConfig(seed=EVAL_SEED_OFFSET), shift=True)
-    for i in range(20):
-        t, s = train.scene_config(i), shift.scene_config(i)
-        assert t.fovy_deg == 58.0 and not 52.0 < s.fovy_deg < 66.0
-        assert t.light_rgb == (1.0, 1.0, 1.0) and s.light_rgb != t.light_rgb and s.extra_lights >= 1
-        assert abs(s.camera_offset_m[2]) >= 0.08 and t.camera_offset_m == (0.0, 0.0, 0.0)
-        colours = {s.gripper_colour, s.target_colour, *(d.split()[0] for d in s.distractors)}
-        assert not colours & set(COLOURS)
+    train = SimSource(40, SynthesisConfig(seed=0))
+    shift = SimSource(40, SynthesisConfig(seed=EVAL_SEED_OFFSET), split="shift")
+    near = 0
+    for i in range(40):
+        (t, t_look), (s, s_look) = train.scene(i), shift.scene(i)
+        assert 48.0 <= t.fovy_deg <= 80.0 and not 48.0 <= s.fovy_deg <= 80.0
+        assert not t.viewpoint.random and s.viewpoint.random
+        assert t.gripper_model in ("sim", "franka_hand") and s.gripper_model == "robotiq_2f85"
+        assert t_look.texture in TRAINING_TEXTURES and s_look.texture in SHIFT_TEXTURES
+        assert not set(TRAINING_TEXTURES) & set(SHIFT_TEXTURES)
+        assert 0 < s_look.sensor.jpeg_quality <= 60 and s_look.sensor.noise_sigma >= 3.0
+        near += t.start_gap_m < 0.05
+    assert near >= 0.25 * 40                     # a quarter of the scenes or more put the gripper within 5 cm
+    lo, hi = TRAINING_KELVIN
+    assert all(b <= lo or a >= hi for a, b in SHIFT_KELVIN)

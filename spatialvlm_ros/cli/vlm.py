@@ -148,9 +148,11 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synthesis-config", type=Path, default=None,
                         help="data engine YAML for the held-out set (default: config/synthesis.yaml)")
     parser.add_argument("--scenes", type=int, default=20, help="held-out simulated scenes without --data")
-    parser.add_argument("--split", choices=("sim", "shift"), default="sim",
-                        help="held-out scenes without --data: 'sim' like the training split (default), or 'shift': "
-                             "held-out colours, camera rigs, lights, JPEG and sensor noise (spatialvlm_ros.sim.shift)")
+    parser.add_argument("--split", choices=("sim", "shift", "plain"), default="sim",
+                        help="held-out scenes without --data: 'sim' like the training split (default); "
+                             "'shift': camera rigs, a gripper, textures and lights training never shows, and "
+                             "stronger sensor damage; 'plain': the look before domain randomisation "
+                             "(spatialvlm_ros.sim.splits)")
     parser.add_argument("--seed", type=int, default=0,
                         help=f"held-out seed index: scenes and trajectories use {EVAL_SEED_OFFSET} + SEED")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
@@ -169,7 +171,8 @@ def synthesize_held_out(out: Path, scenes: int, seed: int, synthesis_config: Pat
         scenes: number of ``sim:N`` scenes.
         seed: synthesis seed, already mapped by :func:`held_out_seed`.
         synthesis_config: data engine YAML (default: the shipped ``config/synthesis.yaml``).
-        split: ``"sim"`` (the training split's scene distribution) or ``"shift"`` (the held-out shift).
+        split: ``"sim"`` (the training split's scene distribution), ``"shift"`` (the held-out shift) or
+            ``"plain"`` (the look before domain randomisation).
 
     Returns:
         ``out``.
@@ -179,10 +182,10 @@ def synthesize_held_out(out: Path, scenes: int, seed: int, synthesis_config: Pat
     """
     from spatialvlm_ros.synthesis.config import load_synthesis_config
     from spatialvlm_ros.synthesis.engine import run_local
-    from spatialvlm_ros.synthesis.sources import SimSource, open_source
+    from spatialvlm_ros.synthesis.sources import SimSource
     check_held_out(seed)
     cfg = load_synthesis_config(synthesis_config, {"seed": seed})
-    source = SimSource(scenes, cfg, shift=True) if split == "shift" else open_source(f"sim:{scenes}", cfg)
+    source = SimSource(scenes, cfg, split=split)
     summary = run_local(source, out, cfg)
     logger.info("held-out set: %d scenes, %d questions, seed %d, in %s", summary.images, summary.rows, seed, out)
     return out
@@ -278,6 +281,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--held-out-seed", type=int, default=None, help="seed of the evaluation set (recorded)")
     parser.add_argument("--d-model", type=int, default=d.d_model, help="model width")
     parser.add_argument("--text-layers", type=int, default=d.text_layers, help="decoder layers")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from these weights (an earlier run's --out) instead of a random initialisation")
 
 
 def train_cli(args: argparse.Namespace) -> int:
@@ -285,7 +290,7 @@ def train_cli(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data=str(args.data), out=str(args.out), steps=args.steps, max_minutes=args.max_minutes,
                       lr=args.lr, batch_images=args.batch_images, questions_per_image=args.questions_per_image,
                       seed=args.seed, threads=args.threads, held_out_seed=args.held_out_seed, d_model=args.d_model,
-                      text_layers=args.text_layers)
+                      text_layers=args.text_layers, init=str(args.init) if args.init else None)
     result = train(cfg)
     print(json.dumps(dataclasses.asdict(result)))
     return 0

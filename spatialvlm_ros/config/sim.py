@@ -62,6 +62,8 @@ class SimConfig:
     height: int = 480
     fovy_deg: float = 58.0             # RealSense D435 colour, vertical
     gripper_colour: str = "yellow"
+    gripper_model: Literal["sim", "franka_hand", "robotiq_2f85"] = "sim"   # drawn from geometry/gripper.py
+    gripper_open_fraction: float = 1.0   # opening between the pads, as a fraction of the model's widest
     target: str = "can"                # can | box | ball | bowl
     target_colour: str = "red"
     distractors: tuple[str, ...] = ("blue box", "green ball")   # "<colour> <kind>"
@@ -71,7 +73,7 @@ class SimConfig:
     end_gap_m: float = 0.01            # ... and at the last
     depth_noise: DepthNoiseConfig = DepthNoiseConfig()
     viewpoint: ViewpointConfig = ViewpointConfig()   # random cameras around the target (off: canonical view)
-    # Held-out shift options (spatialvlm_ros.sim.shift); the defaults leave the scene as it was.
+    # Camera and light adjustments; the defaults leave the scene as it was.
     camera_offset_m: tuple[float, ...] = (0.0, 0.0, 0.0)   # added to the camera's eye, world metres
     light_rgb: tuple[float, ...] = (1.0, 1.0, 1.0)       # key light colour (times its intensity)
     extra_lights: int = 0              # more lights above the table, seeded positions
@@ -82,6 +84,9 @@ class SimConfig:
         require(self.n_frames >= 2, "sim.n_frames", "must be >= 2")
         require(self.start_gap_m >= 0 and self.end_gap_m >= 0, "sim.start_gap_m", "gaps must be >= 0")
         require(self.extra_lights >= 0, "sim.extra_lights", "must be >= 0")
+        require(self.gripper_model in ("sim", "franka_hand", "robotiq_2f85"), "sim.gripper_model",
+                "must be sim, franka_hand or robotiq_2f85")
+        require(0.0 <= self.gripper_open_fraction <= 1.0, "sim.gripper_open_fraction", "must be in [0, 1]")
         require(len(self.camera_offset_m) == 3, "sim.camera_offset_m", "must be 3 numbers (x y z metres)")
         require(len(self.light_rgb) == 3 and min(self.light_rgb) >= 0, "sim.light_rgb", "must be 3 numbers >= 0")
 

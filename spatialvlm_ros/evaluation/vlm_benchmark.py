@@ -36,7 +36,6 @@ seed is evaluated with a warning (it may be real images, which have no such conv
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import logging
 import math
@@ -389,11 +388,12 @@ class TrajectoryFrames:
 
 
 def approach_trajectories(count: int, n_frames: int, seed: int, kind: DistanceKind | str = DistanceKind.GAP,
-                          width: int = 320, height: int = 240, shift: bool = False) -> Iterator[TrajectoryFrames]:
-    """Render ``count`` scripted approaches (randomised layout, camera and light) of ``n_frames`` frames each.
+                          width: int = 320, height: int = 240, split: str = "sim") -> Iterator[TrajectoryFrames]:
+    """Render ``count`` scripted approaches of ``n_frames`` frames each, drawn like a split's scenes.
 
     Trajectory ``k`` is the simulator scene of seed ``seed + k``: a yellow gripper closing from a 30 cm
-    to a 1 cm gap on a red can among distractors, the set-up of the paper's Fig. 5.
+    to a 1 cm gap on a red can among distractors, the set-up of the paper's Fig. 5, with the camera rig,
+    gripper model and look of a split (:func:`~spatialvlm_ros.sim.splits.split_scene`).
 
     Args:
         count: trajectories.
@@ -402,32 +402,25 @@ def approach_trajectories(count: int, n_frames: int, seed: int, kind: DistanceKi
         kind: the truth: surface gap or centre distance.
         width: image width, pixels.
         height: image height, pixels.
-        shift: the held-out shift split (:mod:`spatialvlm_ros.sim.shift`): a grey gripper and a pink can,
-            a shifted camera rig and lights, JPEG and noise on every frame.
+        split: ``"sim"`` (the training split's distribution), ``"shift"`` (held out) or ``"plain"``.
 
     Raises:
         ConfigError: a training seed, or bad image / trajectory sizes.
     """
     from spatialvlm_ros.sim import TabletopSim
-    from spatialvlm_ros.sim.shift import draw_shift
+    from spatialvlm_ros.sim.splits import split_scene
     kind = DistanceKind(kind)
     check_held_out(seed)
     for k in range(count):
-        config = SimConfig(seed=seed + k, width=width, height=height, randomise=True, n_frames=n_frames)
-        draw = None
-        if shift:
-            rng = np.random.default_rng([seed + k, 0x5A1F7])
-            draw = draw_shift(rng)
-            config = draw.apply(dataclasses.replace(config, gripper_colour="grey", target_colour="pink",
-                                                    distractors=("brown box", "beige ball")))
-        with TabletopSim(config) as sim:
+        rng = np.random.default_rng([seed + k, 0x5A1F7 if split == "shift" else 0x5151])
+        config, appearance = split_scene(
+            split, SimConfig(seed=seed + k, width=width, height=height, randomise=True, n_frames=n_frames), rng)
+        with TabletopSim(config, appearance=appearance) as sim:
             pair = Pair(sim.gripper_label, sim.target_label)
             steps = [sim.render(i) for i in range(n_frames)]
         distances = [(s.truth.gap_m if kind is DistanceKind.GAP else s.truth.centre_m)[pair.target] for s in steps]
-        rgbs = [s.frame.rgb for s in steps]
-        if draw is not None:
-            noise = np.random.default_rng([seed + k, 0x1D6])
-            rgbs = [draw.degrade(rgb, noise) for rgb in rgbs]
+        noise = np.random.default_rng([seed + k, 0x1D6])
+        rgbs = [s.frame.rgb if appearance is None else appearance.sensor.apply(s.frame.rgb, noise) for s in steps]
         yield TrajectoryFrames(seed + k, pair, kind, tuple(rgbs), tuple(distances))
 
 
@@ -532,10 +525,6 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-#: Evaluation splits: the in-distribution held-out scenes, and the held-out shift (:mod:`spatialvlm_ros.sim.shift`).
-SPLITS = ("sim", "shift")
-
-
 def per_family(records: Sequence[AnswerRecord]) -> dict[str, dict[str, Any]]:
     """:func:`answer_metrics`' headline figures per question family (predicate, choice, classify, quantity, ...)."""
     out: dict[str, dict[str, Any]] = {}
@@ -566,7 +555,7 @@ def evaluate_vlm(vlm: SpatialVLM, data: Path, *, model: str = "", samples: int =
         seed: first simulator seed of the approaches (held out).
         kind: distance asked along the approaches.
         size: (width, height) of the approach frames.
-        split: ``"sim"`` (in-distribution approaches) or ``"shift"`` (the held-out shift's, see
+        split: the approaches' scene distribution (``"sim"``, ``"shift"`` or ``"plain"``, see
             :func:`approach_trajectories`); recorded in the metrics.
 
     Raises:
@@ -574,17 +563,18 @@ def evaluate_vlm(vlm: SpatialVLM, data: Path, *, model: str = "", samples: int =
         InputError: an unreadable dataset.
         VLMError: the model did not answer the first batch.
     """
+    from spatialvlm_ros.sim.splits import SPLITS
     if samples < 1 or batch_size < 1 or trajectories < 0 or frames < 2:
         raise ConfigError("need samples >= 1, batch size >= 1, trajectories >= 0 and frames >= 2")
+    if split not in SPLITS:
+        raise ConfigError(f"split: {split!r} is not one of {list(SPLITS)}")
     if trajectories:
         check_held_out(seed)  # before the questions are asked, not after
     questions = load_questions(data, limit)
     logger.info("asking %d questions x %d samples from %s", len(questions), samples, data)
     records = ask_questions(vlm, questions, samples, batch_size, default_unit)
-    if split not in SPLITS:
-        raise ConfigError(f"split: {split!r} is not one of {list(SPLITS)}")
     scored = [score_trajectory(vlm, t, samples)
-              for t in approach_trajectories(trajectories, frames, seed, kind, *size, shift=split == "shift")]
+              for t in approach_trajectories(trajectories, frames, seed, kind, *size, split=split)]
     rhos = [t.metrics["spearman"] for t in scored if math.isfinite(t.metrics["spearman"])]
     metrics = {"split": split, **answer_metrics(records), "spearman": float(np.mean(rhos)) if rhos else math.nan,
                "trajectory_frames": sum(len(t.truth_m) for t in scored), "per_family": per_family(records)}
@@ -592,7 +582,6 @@ def evaluate_vlm(vlm: SpatialVLM, data: Path, *, model: str = "", samples: int =
 
 
 __all__ = ["BANDS", "EVAL_SEED_OFFSET", "MIN_BAND_TRUTH_M", "PAPER_RESULTS", "AnswerRecord", "EvalQuestion",
-           "EvaluationReport", "SPLITS",
-           "TrajectoryFrames", "TrajectoryResult", "answer_metrics", "approach_trajectories",
+           "EvaluationReport", "TrajectoryFrames", "TrajectoryResult", "answer_metrics", "approach_trajectories",
            "ask_questions", "check_held_out", "decide_label", "evaluate_vlm", "held_out_seed", "load_questions",
            "per_family", "score_answer", "score_trajectory", "warn_if_training_data"]

@@ -18,6 +18,8 @@ import numpy as np
 
 from spatialvlm_ros.config import SimConfig
 from spatialvlm_ros.errors import SimulationError
+from spatialvlm_ros.geometry.gripper import PRESETS, Part
+from spatialvlm_ros.sim.appearance import Appearance
 from spatialvlm_ros.sim.colours import (FLOOR_RGBA, TABLE_RGBA, WALL_RGBA, ObjectSpec, colour_rgba,
                                         jitter_rgba)
 
@@ -34,14 +36,11 @@ HALF_HEIGHT = {"can": 0.061, "box": 0.035, "ball": 0.035, "bowl": 0.025}
 #: Radius of a vertical cylinder enclosing each kind (overlap test when placing objects).
 FOOTPRINT = {"can": 0.033, "box": 0.057, "ball": 0.035, "bowl": 0.085}
 
-# Gripper in its own frame: origin = grasp point (centre of the region between the finger pads),
-# +z = approach direction (fingers point along it), y = opening direction, x = finger width.
-_FINGER_HALF = (0.012, 0.006, 0.025)
-_FINGER_INNER = 0.022                # half the opening between the pads; < can radius so tips do not straddle
-_PALM_HALF = (0.02, 0.045, 0.012)
-_WRIST_RADIUS, _WRIST_HALF_LEN = 0.018, 0.03
-#: Opening between the finger pads (fixed): the ``sim`` model of spatialvlm_ros/geometry/gripper.py.
-GRIPPER_OPENING_M = 2 * _FINGER_INNER
+# The gripper is drawn from a shape preset of spatialvlm_ros/geometry/gripper.py (``sim.gripper_model``), in
+# its own frame: origin = grasp point (centre of the region between the finger pads), +z = approach
+# direction (fingers point along it), y = opening direction, x = finger width.
+#: Opening between the finger pads of the default ``sim`` gripper (fixed; < a can's diameter).
+GRIPPER_OPENING_M = PRESETS["sim"][1]
 
 # Canonical (randomise=False) layout.
 _CANONICAL_TARGET_XY = (0.0, 0.05)
@@ -149,7 +148,8 @@ def _random_view(cfg: SimConfig, kind: str) -> tuple[np.ndarray, np.ndarray, np.
         # The gripper's bounding sphere (it reaches ~12 cm back from the grasp point), at both path ends.
         reach = _bound_radius(kind) + np.array([cfg.start_gap_m, cfg.end_gap_m])
         spheres = np.concatenate([centre[None], centre + (reach[:, None] + 0.05) * approach])
-        radii = np.array([_bound_radius(kind), 0.09, 0.09])
+        gripper_radius = max(0.09, gripper_reach(cfg) - 0.05)     # about 5 cm behind the grasp point
+        radii = np.array([_bound_radius(kind), gripper_radius, gripper_radius])
         depth = (spheres - eye) @ camera.rot[2]
         if np.any(depth - radii < 0.15):
             continue
@@ -285,21 +285,55 @@ def _object_geoms(kind: str, material: str, name: str) -> list[str]:
     return geoms
 
 
-def _gripper_body(layout: SceneLayout) -> str:
+def gripper_opening(cfg: SimConfig) -> float:
+    """Opening between the pads of ``cfg``'s gripper: its model's widest times ``sim.gripper_open_fraction``."""
+    return PRESETS[cfg.gripper_model][1] * cfg.gripper_open_fraction
+
+
+def gripper_reach(cfg: SimConfig) -> float:
+    """Radius of a sphere about the grasp point that holds the whole gripper of ``cfg`` (view checks)."""
+    corners = []
+    for part in PRESETS[cfg.gripper_model][0]:
+        for p in _posed_parts(part, gripper_opening(cfg)):
+            size = np.asarray(p.size)
+            half = size if p.kind == "box" else np.array([size[0], size[0], size[-1] if p.kind == "cylinder" else 0])
+            corners += [np.abs(np.asarray(p.centre)) + half, np.abs(np.asarray(p.end)) + half]
+    return float(max(np.linalg.norm(c) for c in corners))
+
+
+def _posed_parts(part: Part, opening_m: float) -> list[Part]:
+    """The part itself, or a finger part on both jaws at ``opening_m``."""
+    if not part.finger:
+        return [part]
+    half_y = part.size[1] if part.kind == "box" else part.size[0]
+    return [part.moved_y(0.5 * opening_m + half_y, False), part.moved_y(0.5 * opening_m + half_y, True)]
+
+
+def _part_geom(part: Part, name: str) -> str:
+    if part.kind == "box":
+        shape = f'type="box" size="{_fmt(part.size)}" pos="{_fmt(part.centre)}"'
+    elif part.kind == "cylinder":
+        shape = f'type="cylinder" size="{_fmt(part.size)}" pos="{_fmt(part.centre)}"'
+    else:
+        shape = f'type="capsule" size="{_fmt(part.size)}" fromto="{_fmt(part.centre)} {_fmt(part.end)}"'
+    return f'<geom name="{name}" {shape} material="m_gripper"/>'
+
+
+def _gripper_body(cfg: SimConfig, layout: SceneLayout) -> str:
     axes = gripper_axes(layout.approach)
-    fx, fy, fz = _FINGER_HALF
-    palm_z = -fz - _PALM_HALF[2]
-    wrist_z = palm_z - _PALM_HALF[2] - _WRIST_HALF_LEN
+    opening = gripper_opening(cfg)
+    geoms = []
+    for k, part in enumerate(PRESETS[cfg.gripper_model][0]):
+        posed = _posed_parts(part, opening)
+        names = ["gripper_finger_a", "gripper_finger_b"] if part.finger else [f"gripper_part{k}"]
+        if part.finger and k:
+            names = [f"gripper_finger{k}_a", f"gripper_finger{k}_b"]
+        geoms += [_part_geom(p, n) for p, n in zip(posed, names)]
     start = layout.centre(0) + 0.5 * layout.approach
+    body = "\n      ".join(geoms)
     return f"""
     <body name="{GRIPPER_BODY}" mocap="true" pos="{_fmt(start)}" xyaxes="{_fmt(axes[:, 0])} {_fmt(axes[:, 1])}">
-      <geom name="gripper_finger_a" type="box" size="{fx} {fy} {fz}" pos="0 {_FINGER_INNER + fy} 0"
-            material="m_gripper"/>
-      <geom name="gripper_finger_b" type="box" size="{fx} {fy} {fz}" pos="0 {-_FINGER_INNER - fy} 0"
-            material="m_gripper"/>
-      <geom name="gripper_palm" type="box" size="{_fmt(_PALM_HALF)}" pos="0 0 {palm_z}" material="m_gripper"/>
-      <geom name="gripper_wrist" type="cylinder" size="{_WRIST_RADIUS} {_WRIST_HALF_LEN}" pos="0 0 {wrist_z}"
-            material="m_gripper"/>
+      {body}
     </body>"""
 
 
@@ -309,6 +343,57 @@ def _camera_xyaxes(eye: np.ndarray, look_at: np.ndarray) -> tuple[np.ndarray, np
     right = np.cross(forward, [0.0, 0.0, 1.0])
     right /= np.linalg.norm(right)
     return right, np.cross(right, forward)
+
+
+_PLAIN_SCENERY = (f'<material name="m_table" rgba="{_fmt(TABLE_RGBA)}" specular="0.05" shininess="0.1"/>\n'
+                  f'    <material name="m_floor" rgba="{_fmt(FLOOR_RGBA)}" specular="0" shininess="0"/>\n'
+                  f'    <material name="m_wall" rgba="{_fmt(WALL_RGBA)}" specular="0" shininess="0"/>')
+# MuJoCo builtin textures of each scenery texture family (spatialvlm_ros/sim/appearance.py).
+_TEXTURE_BUILTIN = {"flat": 'builtin="flat"', "checker": 'builtin="checker"',
+                    "speckle": 'builtin="flat" mark="random" random="0.25"',
+                    "gradient": 'builtin="gradient"', "tiles": 'builtin="flat" mark="edge"'}
+
+
+@dataclass(frozen=True)
+class _Look:
+    """The MJCF pieces that depend on the appearance: materials, object shades, headlight, clutter."""
+
+    scenery: str
+    rgba: np.ndarray
+    gripper_rgba: np.ndarray
+    gloss: str
+    ambient: str
+    clutter: str
+
+    @classmethod
+    def of(cls, cfg: SimConfig, layout: SceneLayout, appearance: Appearance | None) -> "_Look":
+        if appearance is None:
+            return cls(_PLAIN_SCENERY, layout.rgba, layout.gripper_rgba, 'specular="0.15" shininess="0.2"',
+                       "0.35 0.35 0.35", "")
+        scenery = []
+        for name, (first, second) in (("table", appearance.table_rgb), ("floor", appearance.floor_rgb),
+                                      ("wall", appearance.wall_rgb)):
+            scenery.append(f'<texture name="t_{name}" type="2d" {_TEXTURE_BUILTIN[appearance.texture]} '
+                           f'rgb1="{_fmt(first)}" rgb2="{_fmt(second)}" markrgb="{_fmt(second)}" width="128" '
+                           f'height="128"/>\n    <material name="m_{name}" texture="t_{name}" texuniform="true" '
+                           f'texrepeat="{_fmt([appearance.texture_repeat] * 2)}" specular="0.05" shininess="0.1"/>')
+        rgba = np.stack([appearance.shade(o.colour, i) for i, o in enumerate(layout.objects)])
+        clutter = "".join(
+            f'\n    <geom name="clutter{k}" type="{kind}" size="{_fmt([size] * (1 if kind == "sphere" else 3))}" '
+            f'pos="{x:.4g} {y:.4g} {size:.4g}" rgba="{_fmt([*rgb, 1.0])}"/>'
+            for k, (kind, x, y, size, rgb) in enumerate(appearance.clutter))
+        return cls("\n    ".join(scenery), rgba, appearance.shade(cfg.gripper_colour, -1),
+                   f'specular="{appearance.specular:.3g}" shininess="{appearance.shininess:.3g}"',
+                   _fmt([appearance.ambient] * 3), clutter)
+
+
+def _appearance_lights(appearance: Appearance, target: np.ndarray) -> str:
+    """The appearance's lights, each pointed at the target."""
+    return "\n    ".join(
+        f'<light name="{"key" if k == 0 else f"light{k}"}" pos="{_fmt(light.pos)}" '
+        f'dir="{_fmt(target - np.asarray(light.pos))}" diffuse="{_fmt(light.diffuse)}" specular="0.1 0.1 0.1" '
+        f'castshadow="{str(light.shadows).lower()}" cutoff="70"/>'
+        for k, light in enumerate(appearance.lights))
 
 
 #: Physics mode (``build_mjcf(..., free_target=True)``): the dynamic gripper's mass (kg), the mocap body that
@@ -338,7 +423,7 @@ def _physical_gripper(gripper_xml: str) -> str:
 
 
 def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, int] | None = None,
-               free_target: bool = False) -> str:
+               free_target: bool = False, appearance: Appearance | None = None) -> str:
     """MJCF text of the room, table, objects, mocap gripper, key light and RGB-D camera.
 
     Rendering settings chosen for sensor-like output and CPU speed: no multisampling (segmentation ids
@@ -356,6 +441,9 @@ def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, 
             (``GRIPPER_DRIVER_BODY``), so it collides with the target and the table instead of passing
             through. Default False: the static, kinematic scene of the data engine and the demo, whose
             text is unchanged.
+        appearance: a randomised look (:mod:`spatialvlm_ros.sim.appearance`): scenery textures, object and
+            gripper shades and materials, lights, floor clutter. Default None: the plain look. Geometry and
+            truth are the same either way.
 
     Raises:
         SimulationError: ``tessellation`` below 3 slices or stacks (MuJoCo would accept it and draw garbage).
@@ -364,8 +452,8 @@ def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, 
         raise SimulationError(f"tessellation needs at least 3 slices and 3 stacks, got {tessellation}")
     right, up = _camera_xyaxes(layout.camera_eye, layout.camera_look_at)
     light_dir = layout.centre(0) - layout.light_pos
-    materials = [f'<material name="m_obj{i}" rgba="{_fmt(c)}" specular="0.15" shininess="0.2"/>'
-                 for i, c in enumerate(layout.rgba)]
+    look = _Look.of(cfg, layout, appearance)
+    materials = [f'<material name="m_obj{i}" rgba="{_fmt(c)}" {look.gloss}/>' for i, c in enumerate(look.rgba)]
     bodies = []
     for i, obj in enumerate(layout.objects):
         geoms = "\n      ".join(_object_geoms(obj.kind, f"m_obj{i}", f"obj{i}"))
@@ -382,14 +470,18 @@ def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, 
         for k, (sx, sy) in enumerate(((-1, -1), (-1, 1), (1, -1), (1, 1))))
     light_diffuse = _fmt([layout.light_diffuse * c for c in cfg.light_rgb])
     extra_lights = ""
-    if cfg.extra_lights:   # the shift split's (spatialvlm_ros.sim.shift): dimmer lights above the table
+    if cfg.extra_lights:   # dimmer lights above the table, at seeded places
         rng = np.random.default_rng([cfg.seed, 0x11647])
         extra_lights = "".join(
             f'\n    <light name="extra{k}" pos="{_fmt([*rng.uniform(-0.8, 0.8, 2), rng.uniform(1.6, 2.4)])}" '
             f'dir="0 0 -1" diffuse="{_fmt([0.25 * c for c in cfg.light_rgb])}" specular="0 0 0" castshadow="false"/>'
             for k in range(cfg.extra_lights))
+    key_light = (f'<light name="key" pos="{_fmt(layout.light_pos)}" dir="{_fmt(light_dir)}" diffuse="{light_diffuse}"\n'
+                 '           specular="0.1 0.1 0.1" castshadow="true" cutoff="60"/>')
+    if appearance is not None:
+        key_light, extra_lights = _appearance_lights(appearance, layout.centre(0)), ""
     quality = "" if tessellation is None else f' numslices="{tessellation[0]}" numstacks="{tessellation[1]}"'
-    gripper = _gripper_body(layout).strip()
+    gripper = _gripper_body(cfg, layout).strip()
     physics = ""
     if free_target:
         gripper = _physical_gripper(gripper)
@@ -404,19 +496,16 @@ def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, 
     <global offwidth="{cfg.width}" offheight="{cfg.height}"/>
     <quality shadowsize="512" offsamples="0"{quality}/>
     <map znear="0.005" zfar="5"/>
-    <headlight ambient="0.35 0.35 0.35" diffuse="0.3 0.3 0.3" specular="0 0 0"/>
+    <headlight ambient="{look.ambient}" diffuse="0.3 0.3 0.3" specular="0 0 0"/>
   </visual>
   <asset>
-    <material name="m_table" rgba="{_fmt(TABLE_RGBA)}" specular="0.05" shininess="0.1"/>
-    <material name="m_floor" rgba="{_fmt(FLOOR_RGBA)}" specular="0" shininess="0"/>
-    <material name="m_wall" rgba="{_fmt(WALL_RGBA)}" specular="0" shininess="0"/>
-    <material name="m_gripper" rgba="{_fmt(layout.gripper_rgba)}" specular="0.15" shininess="0.2"/>
+    {look.scenery}
+    <material name="m_gripper" rgba="{_fmt(look.gripper_rgba)}" {look.gloss}/>
     {chr(10).join('    ' + m for m in materials).lstrip()}
   </asset>
   <worldbody>
-    <light name="key" pos="{_fmt(layout.light_pos)}" dir="{_fmt(light_dir)}" diffuse="{light_diffuse}"
-           specular="0.1 0.1 0.1" castshadow="true" cutoff="60"/>{extra_lights}
-    <geom name="floor" type="plane" size="3 3 0.1" material="m_floor"/>
+    {key_light}{extra_lights}
+    <geom name="floor" type="plane" size="3 3 0.1" material="m_floor"/>{look.clutter}
     <geom name="wall_back" type="box" size="3 0.02 1.5" pos="0 2.5 1.5" material="m_wall"/>
     <geom name="wall_left" type="box" size="0.02 3 1.5" pos="-2.5 0 1.5" material="m_wall"/>
     <geom name="wall_right" type="box" size="0.02 3 1.5" pos="2.5 0 1.5" material="m_wall"/>

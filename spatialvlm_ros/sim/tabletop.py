@@ -18,11 +18,11 @@ from spatialvlm_ros.config import SimConfig
 from spatialvlm_ros.errors import SimulationError
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
+from spatialvlm_ros.sim.appearance import Appearance
 from spatialvlm_ros.sim.noise import apply_depth_noise
 from spatialvlm_ros.sim.render import GLContext, RgbdRenderer
-from spatialvlm_ros.sim.scene import (CAMERA_NAME, GRIPPER_BODY, GRIPPER_DRIVER_BODY, GRIPPER_OPENING_M, build_mjcf,
-                                      gripper_axes,
-                                      make_layout)
+from spatialvlm_ros.sim.scene import (CAMERA_NAME, GRIPPER_BODY, GRIPPER_DRIVER_BODY, build_mjcf, gripper_axes,
+                                      gripper_opening, make_layout)
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,8 @@ class TabletopSim:
             :func:`~spatialvlm_ros.sim.scene.build_mjcf`'s ``free_target``), stepped with
             :meth:`reset_physics` / :meth:`step_physics`; the ground truth follows the target where it is.
             Default False: the kinematic scene, unchanged.
+        appearance: a randomised look (:mod:`spatialvlm_ros.sim.appearance`; its sensor damage is the
+            caller's to apply). Default None: the plain look.
 
     Raises:
         SimulationError: unknown colour or kind, objects that do not fit, no OpenGL context, ``gl_context``
@@ -116,11 +118,14 @@ class TabletopSim:
     """
 
     def __init__(self, config: SimConfig, *, gl_context: GLContext | None = None, shadows: bool = True,
-                 tessellation: tuple[int, int] | None = None, physics: bool = False) -> None:
+                 tessellation: tuple[int, int] | None = None, physics: bool = False,
+                 appearance: Appearance | None = None) -> None:
         self.config = config
         self.physics = physics
         self.layout = make_layout(config)
-        self._xml = build_mjcf(config, self.layout, tessellation=tessellation, free_target=physics)
+        self.gripper_opening_m = gripper_opening(config)
+        self._xml = build_mjcf(config, self.layout, tessellation=tessellation, free_target=physics,
+                               appearance=appearance)
         try:
             self.model = mujoco.MjModel.from_xml_string(self._xml)
         except ValueError as err:
@@ -390,7 +395,7 @@ class TabletopSim:
         depth = apply_depth_noise(depth, self.config.depth_noise, rng)
         frame = Frame(rgb=rgb, intrinsics=self._intrinsics, depth_m=depth, stamp_ns=stamp_ns,
                       frame_id=OPTICAL_FRAME_ID, segmentation=segmentation, labels=self.labels,
-                      gripper_pose=truth.gripper_pose_cam, gripper_opening_m=GRIPPER_OPENING_M)
+                      gripper_pose=truth.gripper_pose_cam, gripper_opening_m=self.gripper_opening_m)
         logger.debug("rendered step %d in %.1f ms", index, 1e3 * (time.perf_counter() - start))
         return SimFrame(index=index, frame=frame, truth=truth)
 

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from spatialvlm_ros.config import SimConfig, SyncConfig
-from spatialvlm_ros.errors import InputError, SimulationError
+from spatialvlm_ros.errors import ConfigError, InputError, SimulationError
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.messages.conversions import frame_from_messages
@@ -50,8 +50,8 @@ if TYPE_CHECKING:
     from rosbags.highlevel import AnyReader
 
     from spatialvlm_ros.messages.rosbag import CameraMessages, CameraTopics
+    from spatialvlm_ros.sim.appearance import Appearance
     from spatialvlm_ros.sim.render import GLContext
-    from spatialvlm_ros.sim.shift import ShiftDraw
 
 logger = logging.getLogger(__name__)
 
@@ -85,20 +85,31 @@ class SimSource:
 
     Each scene has a random gripper colour, a random target and ``min..max`` random distractors
     (kinds drawn independently, so several cans or balls are common, which exercises ambiguity removal),
-    a random gripper distance, and the simulator's layout / camera / light randomisation.
+    a random gripper gap (within 5 cm on 30% of scenes, contact included), the simulator's layout
+    randomisation, and a domain-randomised camera rig, gripper model and look
+    (:mod:`spatialvlm_ros.sim.splits`, :mod:`spatialvlm_ros.sim.appearance`).
 
     Args:
         n: number of scenes.
         cfg: the synthesis settings (``cfg.sim`` and ``cfg.seed``).
-        shift: the held-out shift split (:mod:`spatialvlm_ros.sim.shift`): held-out colours, camera rigs,
-            lights, JPEG and sensor noise; for evaluation only. Default False: the training split, unchanged.
+        split: ``"sim"``, the training split (default); ``"shift"``, the held-out shift
+            (:func:`~spatialvlm_ros.sim.splits.shift_scene`: camera rigs, a gripper model, texture families
+            and lights the training split never shows, and stronger sensor damage), for evaluation only;
+            ``"plain"``, the look before domain randomisation (:mod:`spatialvlm_ros.sim.splits`).
+
+    Raises:
+        InputError: no scenes.
+        ConfigError: an unknown split.
     """
 
-    def __init__(self, n: int, cfg: SynthesisConfig, *, shift: bool = False) -> None:
+    def __init__(self, n: int, cfg: SynthesisConfig, *, split: str = "sim") -> None:
+        from spatialvlm_ros.sim.splits import SPLITS
         if n < 1:
             raise InputError(f"sim:{n}: need at least one scene")
+        if split not in SPLITS:
+            raise ConfigError(f"split: {split!r} is not one of {list(SPLITS)}")
         self.cfg = cfg
-        self.shift = shift
+        self.split = split
         self._ids = tuple(f"sim{i:06d}" for i in range(n))
         self._gl: GLContext | None = None         # made by the first load, in the process that renders
 
@@ -113,16 +124,21 @@ class SimSource:
 
     def scene_config(self, index: int) -> SimConfig:
         """The simulator settings of scene ``index`` (deterministic in ``(cfg.seed, index)``)."""
+        return self.scene(index)[0]
+
+    def scene(self, index: int) -> tuple[SimConfig, Appearance | None]:
+        """The simulator settings and the look of scene ``index`` (deterministic in ``(cfg.seed, index)``)."""
         from spatialvlm_ros.sim import COLOURS
+        from spatialvlm_ros.sim.splits import near_contact_gap, split_scene
         s = self.cfg.sim
-        rng = np.random.default_rng([self.cfg.seed, index, 0x5151])
-        if self.shift:
-            return self._shift_scene(index)[0]
+        # The shift split has its own stream, so its scenes share no draws with the training split's.
+        rng = np.random.default_rng([self.cfg.seed, index, 0x5A1F7 if self.split == "shift" else 0x5151])
         gripper, target_colour, target, phrases = self._draw_objects(rng, list(COLOURS))
-        return SimConfig(seed=int(rng.integers(2**31)), width=s.width, height=s.height, fovy_deg=s.fovy_deg,
-                         gripper_colour=gripper, target=target, target_colour=target_colour,
-                         distractors=tuple(phrases[1:]), randomise=True, n_frames=2,
-                         start_gap_m=float(rng.uniform(0.03, 0.3)), end_gap_m=0.01, depth_noise=s.depth_noise)
+        config = SimConfig(seed=int(rng.integers(2**31)), width=s.width, height=s.height, fovy_deg=s.fovy_deg,
+                           gripper_colour=gripper, target=target, target_colour=target_colour,
+                           distractors=tuple(phrases[1:]), randomise=True, n_frames=2,
+                           start_gap_m=near_contact_gap(rng), end_gap_m=0.01, depth_noise=s.depth_noise)
+        return split_scene(self.split, config, rng)
 
     def _draw_objects(self, rng: np.random.Generator, colours: list[str]) -> tuple[str, str, str, list[str]]:
         """The gripper's colour, the target's colour and kind, and every object phrase (target first), distinct."""
@@ -138,44 +154,32 @@ class SimSource:
         target_colour, target = phrases[0].split()
         return gripper, target_colour, target, phrases
 
-    def _shift_scene(self, index: int) -> tuple[SimConfig, ShiftDraw]:
-        """The shift split's scene ``index``: held-out colours, then :func:`~spatialvlm_ros.sim.shift.draw_shift`."""
-        from spatialvlm_ros.sim.shift import SHIFT_COLOURS, draw_shift
-        s = self.cfg.sim
-        rng = np.random.default_rng([self.cfg.seed, index, 0x5A1F7])
-        gripper, target_colour, target, phrases = self._draw_objects(rng, list(SHIFT_COLOURS))
-        draw = draw_shift(rng)
-        config = SimConfig(seed=int(rng.integers(2**31)), width=s.width, height=s.height, gripper_colour=gripper,
-                           target=target, target_colour=target_colour, distractors=tuple(phrases[1:]),
-                           randomise=True, n_frames=2, start_gap_m=float(rng.uniform(0.03, 0.3)), end_gap_m=0.01,
-                           depth_noise=s.depth_noise)
-        return draw.apply(config), draw
-
     def load(self, image_id: str) -> Sample:
         """Build and render the scene of ``image_id``; distractors that do not fit on the table are left out."""
         from spatialvlm_ros.sim import TabletopSim
         from spatialvlm_ros.sim.render import GLContext
         from spatialvlm_ros.sim.surfaces import table_top_mask
-        config = self.scene_config(int(image_id.removeprefix("sim")))
+        index = int(image_id.removeprefix("sim"))
+        config, appearance = self.scene(index)
         if self._gl is None:
             # One context for all scenes: a new one and its first frame cost more than a whole frame.
             self._gl = GLContext(config.width, config.height)
+        shadows = appearance is not None and any(light.shadows for light in appearance.lights)
         while True:
             try:
-                # No shadows, coarser round shapes: only the look changes (not depth, labels, truth), 2x faster.
-                sim = TabletopSim(config, gl_context=self._gl, shadows=False, tessellation=(16, 8))
+                # Coarser round shapes: only the look changes (not depth, labels, truth), and much faster.
+                sim = TabletopSim(config, gl_context=self._gl, shadows=shadows, tessellation=(16, 8),
+                                  appearance=appearance)
                 break
             except SimulationError as err:
                 if not config.distractors or "could not place" not in str(err):
                     raise
                 logger.debug("%s: %s; one distractor fewer", image_id, err)
-                config = SimConfig(**{**config.__dict__, "distractors": config.distractors[:-1]})
+                config = dataclasses.replace(config, distractors=config.distractors[:-1])
         with sim:
             step = sim.render(0)
-        if self.shift:
-            index = int(image_id.removeprefix("sim"))
-            draw = self._shift_scene(index)[1]
-            rgb = draw.degrade(step.frame.rgb, np.random.default_rng([self.cfg.seed, index, 0x1D6]))
+        if appearance is not None:
+            rgb = appearance.sensor.apply(step.frame.rgb, np.random.default_rng([self.cfg.seed, index, 0x1D6]))
             step = dataclasses.replace(step, frame=dataclasses.replace(step.frame, rgb=rgb))
         attributes = {name: dict(zip(("colour", "kind"), name.split())) for name in step.frame.labels}
         return Sample(image_id=image_id, frame=step.frame, attributes=attributes,

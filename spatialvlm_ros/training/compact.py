@@ -77,6 +77,9 @@ class TrainConfig:
         n_heads: attention heads.
         image_width: model input width, pixels.
         image_height: model input height, pixels.
+        init: start from these weights (a folder of an earlier ``spatialvlm train``) instead of a random
+            initialisation: their tokenizer and architecture are kept (the size settings above are then
+            ignored). None: from scratch.
     """
 
     data: str
@@ -99,6 +102,7 @@ class TrainConfig:
     n_heads: int = 4
     image_width: int = 128
     image_height: int = 96
+    init: str | None = None
 
     def __post_init__(self) -> None:
         checks = (("steps", self.steps >= 1), ("max_minutes", self.max_minutes >= 0), ("lr", self.lr > 0),
@@ -428,6 +432,14 @@ def batch_losses(model: Any, batch: Batch) -> dict[str, Any]:
     return losses
 
 
+def _check_vocabulary(tokenizer: WordTokenizer, rows: Sequence[dict[str, Any]], init: str) -> None:
+    """Refuse a dataset with words the initial weights' tokenizer lacks: they would all read ``<unk>``."""
+    unknown = sorted({piece for text in vocabulary_texts(rows) for piece in tokenizer.unknown_words(text)})
+    if unknown:
+        raise ConfigError(f"train --init {init}: the dataset uses words its tokenizer lacks ({', '.join(unknown[:10])}"
+                          f"{', ...' if len(unknown) > 10 else ''}); train from scratch instead")
+
+
 def final_tokens(data: TrainingSet) -> tuple[int, ...]:
     """The tokens that end every answer they occur in (right before ``<eos>``, never earlier).
 
@@ -507,7 +519,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     import torch
 
     from spatialvlm_ros.vlm.compact.network import (
-        TOKENIZER_FILE, CompactModelConfig, CompactSpatialModel, count_parameters, save_weights,
+        TOKENIZER_FILE, CompactModelConfig, CompactSpatialModel, count_parameters, load_weights, save_weights,
     )
 
     start = time.perf_counter()
@@ -516,17 +528,30 @@ def train(cfg: TrainConfig) -> TrainResult:
     ckpt = out / CHECKPOINT_DIR
     rows = read_rows(Path(cfg.data))
     resuming = (ckpt / "state.json").is_file()
-    tokenizer = WordTokenizer.load(out / TOKENIZER_FILE) if resuming else WordTokenizer.build(vocabulary_texts(rows))
-    model_cfg = CompactModelConfig(vocab_size=len(tokenizer), image_width=cfg.image_width,
-                                   image_height=cfg.image_height, d_model=cfg.d_model, n_heads=cfg.n_heads,
-                                   image_layers=cfg.image_layers, text_layers=cfg.text_layers)
-    data = load_training_set(Path(cfg.data), tokenizer, cfg.image_width, cfg.image_height, model_cfg.max_len)
+    initial = load_weights(Path(cfg.init)) if cfg.init else None
+    if resuming:
+        tokenizer = WordTokenizer.load(out / TOKENIZER_FILE)
+    else:
+        tokenizer = initial[1] if initial else WordTokenizer.build(vocabulary_texts(rows))
+    if initial:
+        model_cfg = initial[0].config
+    else:
+        model_cfg = CompactModelConfig(vocab_size=len(tokenizer), image_width=cfg.image_width,
+                                       image_height=cfg.image_height, d_model=cfg.d_model, n_heads=cfg.n_heads,
+                                       image_layers=cfg.image_layers, text_layers=cfg.text_layers)
+    data = load_training_set(Path(cfg.data), tokenizer, model_cfg.image_width, model_cfg.image_height,
+                             model_cfg.max_len)
+    if initial:
+        _check_vocabulary(tokenizer, rows, cfg.init)
     model_cfg = dataclasses.replace(model_cfg, final_tokens=final_tokens(data))
     logger.info("loaded %d images, %d QA rows, vocabulary %d, in %.1f s", len(data.images), data.n_rows,
                 len(tokenizer), time.perf_counter() - start)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = CompactSpatialModel(model_cfg)
+    if initial:
+        model.load_state_dict(initial[0].state_dict())
+        logger.info("initialised from %s", cfg.init)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "pos" in n]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},

@@ -84,6 +84,10 @@ class WordTokenizer:
         # A special token is one id with or without the space before it.
         return [self.id(p.strip() if p.strip() in SPECIALS else p) for p in self.pieces(text)]
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The pieces of ``text`` outside the vocabulary (special tokens excepted)."""
+        return [p for p in self.pieces(text) if p.strip() not in SPECIALS and p not in self._ids]  # type: ignore
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; special tokens are dropped except ``<unk>`` and the placeholders ``<num> <a> <b>``."""
         skip = set(range(len(SPECIALS))) - {UNK_ID, NUM_ID, REF_A_ID, REF_B_ID}
