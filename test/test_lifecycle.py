@@ -110,12 +110,10 @@ def test_walk_through_every_state_with_frames_flowing(test_node: HarnessNode, st
           f"({100 * (rss_cleaned / rss_unconfigured - 1):+.1f}%); heap (RssAnon) {anon_unconfigured:.1f} -> "
           f"{anon_cleaned:.1f} MB; library pages (RssFile) {file_unconfigured:.1f} -> {file_cleaned:.1f} MB; "
           f"after a second configure-activate-cleanup round {rss_second:.1f} MB")
-    # VmRSS also counts the shared libraries' code pages that running touched once (they stay mapped), and
-    # the heap keeps what the allocator cannot hand back. The issue's target (after cleanup within 10% of
-    # before configure) is measured and reported in the README (missed at 640x480 since the CIELAB colour
-    # table and shape completion: +12.9 to +15%); what is asserted is that cleanup gives back at least half
-    # of what configure took, and that a second round leaks nothing.
-    assert rss_cleaned - rss_unconfigured <= (rss_configured - rss_unconfigured) / 2
+    # The issue's target: after cleanup within 10% of before configure. What stays is one-time process state
+    # that running the estimator creates (OpenCV's runtime and thread pool, library code pages touched once,
+    # DDS bookkeeping), not the estimator: +7.7 to +8.0% in 5 runs at 320x240. A second round adds nothing.
+    assert rss_cleaned <= 1.10 * rss_unconfigured
     assert abs(rss_second - rss_cleaned) <= 0.03 * rss_cleaned
     assert node.stop() == 0 and "Traceback" not in node.log, node.log
 

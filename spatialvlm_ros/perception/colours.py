@@ -7,7 +7,7 @@ for the lit and the shaded side of an object. What direction cannot tell apart, 
 object: white, silver, grey and black lie on one ray (the achromatic axis), and so, nearly, do orange
 and brown; :func:`lightness_name` picks among them from an object's bright pixels.
 
-Everything per pixel is a table look-up: a 64x64x64 RGB table (:func:`colour_table`, built once, 4 MB)
+Everything per pixel is a table look-up: a 64x64x64 RGB table (:func:`colour_table`, built once, 4.4 MB)
 holds, for each quantised colour, the angle to every word (half-degrees, uint8) and the lightness; a
 pixel's row is :func:`table_index` of its colour.
 
@@ -123,6 +123,12 @@ def to_lab(rgb: np.ndarray) -> np.ndarray:
     return lab
 
 
+#: Colours per block while :func:`colour_table` is built: its float64 intermediates are (block, K) arrays, so
+#: building peaks at about 6 MB instead of 117 MB for all 64**3 colours at once (a node's RSS after configure
+#: was 85 MB higher, now 12 MB; some of such a peak stays with the allocator after it is freed).
+_BLOCK = 4096
+
+
 @functools.cache
 def colour_table(min_value: int = MIN_CHROMATIC_VALUE, min_saturation: int = 0) -> np.ndarray:
     """(K + 2, 64**3) uint8: per quantised RGB, the angle to each word in half-degrees, L, the nearest angle.
@@ -130,18 +136,30 @@ def colour_table(min_value: int = MIN_CHROMATIC_VALUE, min_saturation: int = 0) 
     One row per word (in :data:`VOCABULARY` order), then :data:`LIGHTNESS_COLUMN` (CIELAB L, 0..100) and
     :data:`NEAREST_COLUMN` (the angle to the nearest word); one column per colour, :func:`table_index`.
     Stored row by row, so looking up one quantity for many pixels is one contiguous ``take``. Built once
-    per setting (about 0.3 s) and shared.
+    per setting (about 0.3 s, :data:`_BLOCK` colours at a time) and shared.
 
     Args:
         min_value: colours whose brightest channel (0..255) is below this match only the achromatic
             words (too dark to show a hue).
         min_saturation: colours whose HSV saturation (0..255) is below this match only the achromatic words.
     """
-    levels = (np.arange(2 ** _BITS) << _SHIFT) + (1 << _SHIFT) // 2
-    r, g, b = np.meshgrid(levels, levels, levels, indexing="ij")
-    rgb = np.stack([r, g, b], axis=-1).reshape(-1, 3).astype(np.uint8)
+    words = _word_directions()
+    n = 1 << (3 * _BITS)
+    table = np.empty((len(VOCABULARY) + 2, n), np.uint8)
+    mask = (1 << _BITS) - 1
+    for start in range(0, n, _BLOCK):
+        index = np.arange(start, min(start + _BLOCK, n))
+        # The colour at the middle of each quantisation cell, the inverse of table_index.
+        q = np.stack([index >> (2 * _BITS), (index >> _BITS) & mask, index & mask], axis=-1)
+        rgb = ((q << _SHIFT) + (1 << _SHIFT) // 2).astype(np.uint8)
+        table[:, start:start + len(index)] = _table_columns(rgb, words, min_value, min_saturation)
+    return table
+
+
+def _table_columns(rgb: np.ndarray, words: np.ndarray, min_value: int, min_saturation: int) -> np.ndarray:
+    """The :func:`colour_table` columns of (N, 3) uint8 colours, given the words' unit directions."""
     lab = to_lab(rgb).astype(np.float64)
-    cos = np.clip(_directions(lab) @ _word_directions().T, -1.0, 1.0)
+    cos = np.clip(_directions(lab) @ words.T, -1.0, 1.0)
     angles = np.minimum(np.degrees(np.arccos(cos)) * 2.0, 255.0)
     top = rgb.max(axis=1).astype(np.int32)
     saturation = (top - rgb.min(axis=1)) * 255 // np.maximum(top, 1)
@@ -154,11 +172,11 @@ def colour_table(min_value: int = MIN_CHROMATIC_VALUE, min_saturation: int = 0) 
             angles[ratio < MIN_SATURATION_FRACTION * word.saturation, k] = 255.0
     angles[dark] = 255.0
     angles[dark, INDEX["white"]:LIGHTNESS_COLUMN] = 0.0
-    table = np.empty((len(VOCABULARY) + 2, len(rgb)), np.uint8)
-    table[:LIGHTNESS_COLUMN] = np.round(angles).T
-    table[LIGHTNESS_COLUMN] = np.round(np.clip(lab[:, 0], 0, 100))
-    table[NEAREST_COLUMN] = table[:LIGHTNESS_COLUMN].min(axis=0)
-    return table
+    columns = np.empty((len(VOCABULARY) + 2, len(rgb)), np.uint8)
+    columns[:LIGHTNESS_COLUMN] = np.round(angles).T
+    columns[LIGHTNESS_COLUMN] = np.round(np.clip(lab[:, 0], 0, 100))
+    columns[NEAREST_COLUMN] = columns[:LIGHTNESS_COLUMN].min(axis=0)
+    return columns
 
 
 def table_index(rgb: np.ndarray) -> np.ndarray:
