@@ -11,7 +11,7 @@ from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -22,6 +22,6 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("config", default_value=os.path.join(share, "config", "sim_demo.yaml")),
         Node(package="spatialvlm_ros", executable="sim_camera_node", name="sim_camera_node",
              parameters=[config], output="screen"),
-        Node(package="spatialvlm_ros", executable="spatial_reward_node", name="spatial_reward_node",
-             parameters=[config], output="screen"),
+        LifecycleNode(package="spatialvlm_ros", executable="spatial_reward_node", name="spatial_reward_node",
+                      namespace="", parameters=[config], output="screen"),   # autostart: it activates itself
     ])

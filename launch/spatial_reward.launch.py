@@ -19,7 +19,7 @@ from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode
 from launch_ros.parameter_descriptions import ParameterValue
 
 # The node's own defaults (config/spatial_reward.yaml); the remaps below only rename its inputs.
@@ -37,7 +37,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("use_sim_time", default_value="false"),
         DeclareLaunchArgument("autostart", default_value="true"),
     ] + [DeclareLaunchArgument(name, default_value=topic) for name, topic in NODE_TOPICS.items()]
-    node = Node(
+    # A LifecycleNode action: launch can then drive and watch its transitions (lifecycle event handlers);
+    # with autostart the node takes itself to active.
+    node = LifecycleNode(
         package="spatialvlm_ros",
         executable="spatial_reward_node",
         name="spatial_reward_node",

@@ -25,6 +25,10 @@ def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
     return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == name]
 
 
+def _nodes(tree: ast.AST) -> list[ast.Call]:
+    return _calls(tree, "Node") + _calls(tree, "LifecycleNode")
+
+
 def _kwarg(call: ast.Call, key: str) -> ast.expr | None:
     return next((k.value for k in call.keywords if k.arg == key), None)
 
@@ -37,7 +41,7 @@ def test_there_are_launch_files() -> None:
 def test_launch_file_names_real_executables_and_configs(path: Path) -> None:
     tree = ast.parse(path.read_text(), filename=str(path))
     compile(tree, str(path), "exec")
-    nodes = _calls(tree, "Node")
+    nodes = _nodes(tree)
     assert nodes, "no Node() in the launch file"
     for node in nodes:
         executable = ast.literal_eval(_kwarg(node, "executable"))
@@ -54,13 +58,20 @@ def test_launch_file_names_real_executables_and_configs(path: Path) -> None:
 def test_parameters_set_in_launch_files_are_known(path: Path) -> None:
     # A parameter a launch file sets in a dict (e.g. autostart from a launch argument) must be one the node knows.
     from spatialvlm_ros.config import to_flat
-    for node in _calls(ast.parse(path.read_text()), "Node"):
+    for node in _nodes(ast.parse(path.read_text())):
         known = set(to_flat(NODE_CONFIGS[ast.literal_eval(_kwarg(node, "name"))]())) | {"use_sim_time"}
         parameters = _kwarg(node, "parameters")
         for entry in getattr(parameters, "elts", []):
             if isinstance(entry, ast.Dict):
                 names = {ast.literal_eval(key) for key in entry.keys}
                 assert names <= known, f"{path.name}: unknown parameters {names - known}"
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_the_reward_node_is_launched_as_a_lifecycle_node(path: Path) -> None:
+    tree = ast.parse(path.read_text())
+    assert [ast.literal_eval(_kwarg(n, "name")) for n in _calls(tree, "LifecycleNode")] == ["spatial_reward_node"]
+    assert all(_kwarg(n, "namespace") is not None for n in _calls(tree, "LifecycleNode"))   # older launch_ros needs it
 
 
 def test_spatial_reward_launch_passes_autostart() -> None:
