@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 EVAL_SEED_OFFSET = 1_000_000
 #: Quantitative rows with a smaller ``|truth_m|`` are left out of the ratio bands (metres).
 MIN_BAND_TRUTH_M = 0.01
+#: "Near contact": a true gripper-object gap below this (metres), where a reach task's success is decided.
+NEAR_CONTACT_M = 0.05
 #: The bands, as (name, low, high) ratios of answer to truth.
 BANDS = (("within_0.5_2x", 0.5, 2.0), ("within_0.75_1.25x", 0.75, 1.25))
 #: The paper's Table 1 (qualitative: 331 human-written questions; quantitative: 215), as fractions.
@@ -360,6 +362,10 @@ def answer_metrics(records: Sequence[AnswerRecord]) -> dict[str, Any]:
         else:
             per_type[name] = {"n": len(rs), "number_rate": _mean(r.has_number for r in rs),
                               **{band: _band_share(rs, low, high) for band, low, high in BANDS}}
+    near = [abs(r.value_m - r.question.truth_m) for r in quantitative
+            if r.question.question_type == "gap" and 0.0 <= r.question.truth_m < NEAR_CONTACT_M and r.has_number]
+    metrics["near_contact_gap_answers"] = len(near)
+    metrics["near_contact_median_abs_error_m"] = float(np.median(near)) if near else math.nan
     metrics["per_type"] = per_type
     return metrics
 
@@ -576,12 +582,17 @@ def evaluate_vlm(vlm: SpatialVLM, data: Path, *, model: str = "", samples: int =
     scored = [score_trajectory(vlm, t, samples)
               for t in approach_trajectories(trajectories, frames, seed, kind, *size, split=split)]
     rhos = [t.metrics["spearman"] for t in scored if math.isfinite(t.metrics["spearman"])]
+    near = [abs(e - t) for r in scored for e, t in zip(r.estimate_m, r.truth_m)
+            if t < NEAR_CONTACT_M and math.isfinite(e)]
     metrics = {"split": split, **answer_metrics(records), "spearman": float(np.mean(rhos)) if rhos else math.nan,
-               "trajectory_frames": sum(len(t.truth_m) for t in scored), "per_family": per_family(records)}
+               "trajectory_frames": sum(len(t.truth_m) for t in scored),
+               "near_contact_trajectory_frames": len(near),
+               "near_contact_trajectory_median_abs_error_m": float(np.median(near)) if near else math.nan,
+               "per_family": per_family(records)}
     return EvaluationReport(model, str(data), tuple(records), tuple(scored), metrics)
 
 
-__all__ = ["BANDS", "EVAL_SEED_OFFSET", "MIN_BAND_TRUTH_M", "PAPER_RESULTS", "AnswerRecord", "EvalQuestion",
+__all__ = ["BANDS", "EVAL_SEED_OFFSET", "MIN_BAND_TRUTH_M", "NEAR_CONTACT_M", "PAPER_RESULTS", "AnswerRecord", "EvalQuestion",
            "EvaluationReport", "TrajectoryFrames", "TrajectoryResult", "answer_metrics", "approach_trajectories",
            "ask_questions", "check_held_out", "decide_label", "evaluate_vlm", "held_out_seed", "load_questions",
            "per_family", "score_answer", "score_trajectory", "warn_if_training_data"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from spatialvlm_ros.config import SimConfig
 from spatialvlm_ros.errors import SimulationError
-from spatialvlm_ros.geometry.gripper import PRESETS, Part
+from spatialvlm_ros.geometry.gripper import PRESETS, GripperModel, Part
 from spatialvlm_ros.sim.appearance import Appearance
 from spatialvlm_ros.sim.colours import (FLOOR_RGBA, TABLE_RGBA, WALL_RGBA, ObjectSpec, colour_rgba,
                                         jitter_rgba)
@@ -290,23 +290,24 @@ def gripper_opening(cfg: SimConfig) -> float:
     return PRESETS[cfg.gripper_model][1] * cfg.gripper_open_fraction
 
 
+def _gripper_solids(cfg: SimConfig) -> tuple[tuple[Part, ...], list[str]]:
+    """The parts of ``cfg``'s gripper at its opening (fingers on both jaws), and their geom names."""
+    parts, widest = PRESETS[cfg.gripper_model]
+    names: list[str] = []
+    for k, part in enumerate(parts):        # the order GripperModel.solids places them in
+        finger = "gripper_finger" if k == 0 else f"gripper_finger{k}"
+        names += [f"{finger}_a", f"{finger}_b"] if part.finger else [f"gripper_part{k}"]
+    return GripperModel(cfg.gripper_model, parts, widest).solids(gripper_opening(cfg)), names
+
+
 def gripper_reach(cfg: SimConfig) -> float:
     """Radius of a sphere about the grasp point that holds the whole gripper of ``cfg`` (view checks)."""
     corners = []
-    for part in PRESETS[cfg.gripper_model][0]:
-        for p in _posed_parts(part, gripper_opening(cfg)):
-            size = np.asarray(p.size)
-            half = size if p.kind == "box" else np.array([size[0], size[0], size[-1] if p.kind == "cylinder" else 0])
-            corners += [np.abs(np.asarray(p.centre)) + half, np.abs(np.asarray(p.end)) + half]
+    for p in _gripper_solids(cfg)[0]:
+        size = np.asarray(p.size)
+        half = size if p.kind == "box" else np.array([size[0], size[0], size[-1] if p.kind == "cylinder" else 0])
+        corners += [np.abs(np.asarray(p.centre)) + half, np.abs(np.asarray(p.end)) + half]
     return float(max(np.linalg.norm(c) for c in corners))
-
-
-def _posed_parts(part: Part, opening_m: float) -> list[Part]:
-    """The part itself, or a finger part on both jaws at ``opening_m``."""
-    if not part.finger:
-        return [part]
-    half_y = part.size[1] if part.kind == "box" else part.size[0]
-    return [part.moved_y(0.5 * opening_m + half_y, False), part.moved_y(0.5 * opening_m + half_y, True)]
 
 
 def _part_geom(part: Part, name: str) -> str:
@@ -321,14 +322,7 @@ def _part_geom(part: Part, name: str) -> str:
 
 def _gripper_body(cfg: SimConfig, layout: SceneLayout) -> str:
     axes = gripper_axes(layout.approach)
-    opening = gripper_opening(cfg)
-    geoms = []
-    for k, part in enumerate(PRESETS[cfg.gripper_model][0]):
-        posed = _posed_parts(part, opening)
-        names = ["gripper_finger_a", "gripper_finger_b"] if part.finger else [f"gripper_part{k}"]
-        if part.finger and k:
-            names = [f"gripper_finger{k}_a", f"gripper_finger{k}_b"]
-        geoms += [_part_geom(p, n) for p, n in zip(posed, names)]
+    geoms = [_part_geom(part, name) for part, name in zip(*_gripper_solids(cfg))]
     start = layout.centre(0) + 0.5 * layout.approach
     body = "\n      ".join(geoms)
     return f"""
