@@ -73,3 +73,14 @@ def test_training_and_shift_draws_are_seeded() -> None:
     a = training_scene(SMALL, np.random.default_rng(7))
     b = training_scene(SMALL, np.random.default_rng(7))
     assert a == b and shift_scene(SMALL, np.random.default_rng(7)) != a
+
+
+def test_sim_plain_input_draws_the_scenes_without_randomisation() -> None:
+    """``sim-plain:N``: the look before domain randomisation (no appearance, the 58 deg rig, the sim hand)."""
+    from spatialvlm_ros.synthesis.config import SynthesisConfig
+    from spatialvlm_ros.synthesis.sources import open_source
+    plain, randomised = open_source("sim-plain:5", SynthesisConfig()), open_source("sim:5", SynthesisConfig())
+    for i in range(5):
+        (p, look), (r, _) = plain.scene(i), randomised.scene(i)
+        assert look is None and p.fovy_deg == 58.0 and p.gripper_model == "sim" and 0.03 <= p.start_gap_m <= 0.3
+        assert (p.seed, p.target, p.distractors) == (r.seed, r.target, r.distractors)   # same objects, other look

@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         "synthesize", help="synthesise spatial VQA (the SpatialVLM data engine) from images, a bag or the simulator",
         description="Turn images into spatial question-answer pairs (43 question types) with metric truth.")
     synth.add_argument("--input", required=True,
-                       help="sim:N (N randomised simulated scenes), an image folder, or a rosbag2 file/folder")
+                       help="sim:N (N domain-randomised simulated scenes; sim-plain:N: without domain "
+                            "randomisation), an image folder, or a rosbag2 file/folder")
     synth.add_argument("--out", type=Path, required=True, help="dataset folder (resumable)")
     synth.add_argument("--config", type=Path, default=None, help="synthesis YAML (default: config/synthesis.yaml)")
     synth.add_argument("--engine", choices=["local", "ray"], default="local", help="in-process or Ray Data")

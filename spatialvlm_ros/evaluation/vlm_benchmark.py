@@ -592,7 +592,8 @@ def evaluate_vlm(vlm: SpatialVLM, data: Path, *, model: str = "", samples: int =
     return EvaluationReport(model, str(data), tuple(records), tuple(scored), metrics)
 
 
-__all__ = ["BANDS", "EVAL_SEED_OFFSET", "MIN_BAND_TRUTH_M", "NEAR_CONTACT_M", "PAPER_RESULTS", "AnswerRecord", "EvalQuestion",
-           "EvaluationReport", "TrajectoryFrames", "TrajectoryResult", "answer_metrics", "approach_trajectories",
-           "ask_questions", "check_held_out", "decide_label", "evaluate_vlm", "held_out_seed", "load_questions",
-           "per_family", "score_answer", "score_trajectory", "warn_if_training_data"]
+__all__ = ["BANDS", "EVAL_SEED_OFFSET", "MIN_BAND_TRUTH_M", "NEAR_CONTACT_M", "PAPER_RESULTS", "AnswerRecord",
+           "EvalQuestion", "EvaluationReport", "TrajectoryFrames", "TrajectoryResult", "answer_metrics",
+           "approach_trajectories", "ask_questions", "check_held_out", "decide_label", "evaluate_vlm",
+           "held_out_seed", "load_questions", "per_family", "score_answer", "score_trajectory",
+           "warn_if_training_data"]

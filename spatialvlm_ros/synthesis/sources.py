@@ -55,8 +55,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_INPUTS = ("sim:N (N simulated tabletop scenes), an image folder, or a rosbag2 (.mcap or .db3 file, "
-                    "or its folder)")
+SUPPORTED_INPUTS = ("sim:N (N simulated tabletop scenes; sim-plain:N without domain randomisation), an image "
+                    "folder, or a rosbag2 (.mcap or .db3 file, or its folder)")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEPTH_PNG_SUFFIX = ".depth.png"      # 16-bit millimetres
 DEPTH_NPY_SUFFIX = ".depth.npy"      # float metres
@@ -134,10 +134,12 @@ class SimSource:
         # The shift split has its own stream, so its scenes share no draws with the training split's.
         rng = np.random.default_rng([self.cfg.seed, index, 0x5A1F7 if self.split == "shift" else 0x5151])
         gripper, target_colour, target, phrases = self._draw_objects(rng, list(COLOURS))
-        config = SimConfig(seed=int(rng.integers(2**31)), width=s.width, height=s.height, fovy_deg=s.fovy_deg,
-                           gripper_colour=gripper, target=target, target_colour=target_colour,
-                           distractors=tuple(phrases[1:]), randomise=True, n_frames=2,
-                           start_gap_m=near_contact_gap(rng), end_gap_m=0.01, depth_noise=s.depth_noise)
+        seed = int(rng.integers(2**31))
+        # plain: the gaps the data engine drew before near-contact scenes (the same draws).
+        gap = float(rng.uniform(0.03, 0.3)) if self.split == "plain" else near_contact_gap(rng)
+        config = SimConfig(seed=seed, width=s.width, height=s.height, fovy_deg=s.fovy_deg, gripper_colour=gripper,
+                           target=target, target_colour=target_colour, distractors=tuple(phrases[1:]),
+                           randomise=True, n_frames=2, start_gap_m=gap, end_gap_m=0.01, depth_noise=s.depth_noise)
         return split_scene(self.split, config, rng)
 
     def _draw_objects(self, rng: np.random.Generator, colours: list[str]) -> tuple[str, str, str, list[str]]:
@@ -463,6 +465,9 @@ def read_intrinsics(path: Path, width: int, height: int) -> CameraIntrinsics:
 def open_source(spec: str, cfg: SynthesisConfig) -> Source:
     """The source named by ``--input``: ``sim:N``, an image folder, or a rosbag2 (file or folder).
 
+    ``sim:N`` scenes are domain-randomised (:class:`SimSource`); ``sim-plain:N`` are drawn with the look the
+    data engine had before (the ``plain`` split, :mod:`spatialvlm_ros.sim.splits`).
+
     Image folders and bags hold no segmentation, so they need a learned objects expert; an input
     without depth (or a folder with some images without it) needs a depth expert other than ``sensor``.
 
@@ -480,9 +485,9 @@ def open_source(spec: str, cfg: SynthesisConfig) -> Source:
         spatialvlm_ros.errors.InputError: --input photos/: no such file or folder; expected sim:N ...
     """
     text = spec.strip()
-    match = re.fullmatch(r"sim:(\d+)", text)
+    match = re.fullmatch(r"sim(-plain)?:(\d+)", text)
     if match:
-        return SimSource(int(match.group(1)), cfg)
+        return SimSource(int(match.group(2)), cfg, split="plain" if match.group(1) else "sim")
     path = Path(text).expanduser()
     if not path.exists():
         if text.startswith("sim"):
