@@ -27,6 +27,7 @@ from spatialvlm_ros.evaluation.vlm_benchmark import (EVAL_SEED_OFFSET, PAPER_RES
                                                      held_out_seed, warn_if_training_data)
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
+from spatialvlm_ros.sim.splits import SPLITS
 from spatialvlm_ros.training.compact import TrainConfig, train
 from spatialvlm_ros.training.lora import FinetuneConfig, finetune
 from spatialvlm_ros.estimation.vlm import VLMDistanceEstimator
@@ -148,11 +149,11 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synthesis-config", type=Path, default=None,
                         help="data engine YAML for the held-out set (default: config/synthesis.yaml)")
     parser.add_argument("--scenes", type=int, default=20, help="held-out simulated scenes without --data")
-    parser.add_argument("--split", choices=("sim", "shift", "plain"), default="sim",
+    parser.add_argument("--split", choices=SPLITS, default="sim",
                         help="held-out scenes without --data: 'sim' like the training split (default); "
                              "'shift': camera rigs, a gripper, textures and lights training never shows, and "
-                             "stronger sensor damage; 'plain': the look before domain randomisation "
-                             "(spatialvlm_ros.sim.splits)")
+                             "stronger sensor damage; 'plain': the look before domain randomisation; 'around': "
+                             "'sim' with the camera anywhere around the target (spatialvlm_ros.sim.splits)")
     parser.add_argument("--seed", type=int, default=0,
                         help=f"held-out seed index: scenes and trajectories use {EVAL_SEED_OFFSET} + SEED")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
@@ -171,8 +172,9 @@ def synthesize_held_out(out: Path, scenes: int, seed: int, synthesis_config: Pat
         scenes: number of ``sim:N`` scenes.
         seed: synthesis seed, already mapped by :func:`held_out_seed`.
         synthesis_config: data engine YAML (default: the shipped ``config/synthesis.yaml``).
-        split: ``"sim"`` (the training split's scene distribution), ``"shift"`` (the held-out shift) or
-            ``"plain"`` (the look before domain randomisation).
+        split: one of :data:`~spatialvlm_ros.sim.splits.SPLITS`: ``"sim"`` (the training split's scene
+            distribution), ``"shift"`` (the held-out shift), ``"plain"`` (the look before domain
+            randomisation) or ``"around"`` (``sim`` with the camera anywhere around the target).
 
     Returns:
         ``out``.

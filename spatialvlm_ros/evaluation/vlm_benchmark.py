@@ -408,7 +408,7 @@ def approach_trajectories(count: int, n_frames: int, seed: int, kind: DistanceKi
         kind: the truth: surface gap or centre distance.
         width: image width, pixels.
         height: image height, pixels.
-        split: ``"sim"`` (the training split's distribution), ``"shift"`` (held out) or ``"plain"``.
+        split: one of :data:`~spatialvlm_ros.sim.splits.SPLITS`.
 
     Raises:
         ConfigError: a training seed, or bad image / trajectory sizes.
@@ -561,7 +561,7 @@ def evaluate_vlm(vlm: SpatialVLM, data: Path, *, model: str = "", samples: int =
         seed: first simulator seed of the approaches (held out).
         kind: distance asked along the approaches.
         size: (width, height) of the approach frames.
-        split: the approaches' scene distribution (``"sim"``, ``"shift"`` or ``"plain"``, see
+        split: the approaches' scene distribution (one of :data:`~spatialvlm_ros.sim.splits.SPLITS`, see
             :func:`approach_trajectories`); recorded in the metrics.
 
     Raises:

@@ -19,7 +19,9 @@ sensor        mild: JPEG 55-95 on 60%, noise sigma 0-4     JPEG 30-60 and noise 
 Both draw each colour word's shade the same way, and use the same colour words and object kinds. A third
 split, ``plain``, is the look the data engine drew before domain randomisation (one 58 deg camera jittered
 by a few cm, the ``sim`` gripper, untextured scenery, one white light, clean images): the distribution the
-first compact model was trained and scored on.
+first compact model was trained and scored on. A fourth, ``around`` (``sim-around:N``), is the training
+split with the camera anywhere around the target (fovy 48-80 deg) and the approach from any side: it
+shares the shift split's camera placement, but none of its fields of view, grippers, textures or lights.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ _CANONICAL_FOVY_DEG = 58.0
 # The canonical camera's line of sight (scene.py _CANONICAL_EYE - _CANONICAL_LOOK_AT), for the dolly.
 _CANONICAL_SIGHT = np.array([0.05, -0.74, 0.44])
 #: The scene distributions, by the name ``spatialvlm evaluate --split`` takes.
-SPLITS = ("sim", "shift", "plain")
+SPLITS = ("sim", "shift", "plain", "around")
 #: Share of training scenes whose gripper starts within 5 cm of the target (contact included).
 NEAR_CONTACT_SHARE = 0.3
 
@@ -49,9 +51,22 @@ def near_contact_gap(rng: np.random.Generator) -> float:
     return float(rng.uniform(0.0, 0.05) if rng.random() < NEAR_CONTACT_SHARE else rng.uniform(0.05, 0.30))
 
 
-def training_scene(config: SimConfig, rng: np.random.Generator) -> tuple[SimConfig, Appearance]:
-    """``config`` with a training camera rig and gripper, and a training look (see the module docstring)."""
+def training_scene(config: SimConfig, rng: np.random.Generator, around: bool = False,
+                   ) -> tuple[SimConfig, Appearance]:
+    """``config`` with a training camera rig and gripper, and a training look (see the module docstring).
+
+    ``around`` (the ``around`` split) puts the camera anywhere around the target instead of in front of the
+    table, and the approach on any side, with the training fields of view, grippers and looks.
+    """
     fovy = float(rng.uniform(48.0, 80.0))
+    if around:
+        # Farther for a narrow view, nearer for a wide one, so the target and the gripper's path stay in frame.
+        wide = (fovy - 48.0) / 32.0
+        viewpoint = ViewpointConfig(random=True, min_distance_m=0.8 - 0.3 * wide, max_distance_m=1.2 - 0.4 * wide)
+        config = dataclasses.replace(config, fovy_deg=fovy, viewpoint=viewpoint,
+                                     gripper_model=("sim", "franka_hand")[int(rng.integers(2))],
+                                     gripper_open_fraction=float(rng.uniform(0.3, 1.0)))
+        return config, draw_training(rng)
     # Move the camera back along its line of sight as the view narrows (and in as it widens), by the
     # square root of the focal length's change: the table stays in frame but its size on screen varies.
     dolly = np.sqrt(np.tan(np.deg2rad(_CANONICAL_FOVY_DEG) / 2) / np.tan(np.deg2rad(fovy) / 2)) - 1.0
@@ -85,7 +100,9 @@ def split_scene(split: str, config: SimConfig, rng: np.random.Generator) -> tupl
         return config, None
     if split not in SPLITS:
         raise ConfigError(f"split: {split!r} is not one of {list(SPLITS)}")
-    return (shift_scene if split == "shift" else training_scene)(config, rng)
+    if split == "shift":
+        return shift_scene(config, rng)
+    return training_scene(config, rng, around=split == "around")
 
 
 __all__ = ["NEAR_CONTACT_SHARE", "SPLITS", "near_contact_gap", "shift_scene", "split_scene", "training_scene"]

@@ -55,8 +55,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_INPUTS = ("sim:N (N simulated tabletop scenes; sim-plain:N without domain randomisation), an image "
-                    "folder, or a rosbag2 (.mcap or .db3 file, or its folder)")
+SUPPORTED_INPUTS = ("sim:N (N simulated tabletop scenes; sim-plain:N without domain randomisation; sim-around:N "
+                    "with the camera anywhere around the target), an image folder, or a rosbag2 (.mcap or .db3 "
+                    "file, or its folder)")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEPTH_PNG_SUFFIX = ".depth.png"      # 16-bit millimetres
 DEPTH_NPY_SUFFIX = ".depth.npy"      # float metres
@@ -95,7 +96,8 @@ class SimSource:
         split: ``"sim"``, the training split (default); ``"shift"``, the held-out shift
             (:func:`~spatialvlm_ros.sim.splits.shift_scene`: camera rigs, a gripper model, texture families
             and lights the training split never shows, and stronger sensor damage), for evaluation only;
-            ``"plain"``, the look before domain randomisation (:mod:`spatialvlm_ros.sim.splits`).
+            ``"plain"``, the look before domain randomisation; ``"around"``, the training split with the
+            camera anywhere around the target (:mod:`spatialvlm_ros.sim.splits`).
 
     Raises:
         InputError: no scenes.
@@ -485,9 +487,9 @@ def open_source(spec: str, cfg: SynthesisConfig) -> Source:
         spatialvlm_ros.errors.InputError: --input photos/: no such file or folder; expected sim:N ...
     """
     text = spec.strip()
-    match = re.fullmatch(r"sim(-plain)?:(\d+)", text)
+    match = re.fullmatch(r"sim(?:-(plain|around))?:(\d+)", text)
     if match:
-        return SimSource(int(match.group(2)), cfg, split="plain" if match.group(1) else "sim")
+        return SimSource(int(match.group(2)), cfg, split=match.group(1) or "sim")
     path = Path(text).expanduser()
     if not path.exists():
         if text.startswith("sim"):
