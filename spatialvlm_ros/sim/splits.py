@@ -27,6 +27,7 @@ shares the shift split's camera placement, but none of its fields of view, gripp
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -59,20 +60,20 @@ def training_scene(config: SimConfig, rng: np.random.Generator, around: bool = F
     table, and the approach on any side, with the training fields of view, grippers and looks.
     """
     fovy = float(rng.uniform(48.0, 80.0))
+    rig: dict[str, Any]
     if around:
         # Farther for a narrow view, nearer for a wide one, so the target and the gripper's path stay in frame.
         wide = (fovy - 48.0) / 32.0
-        viewpoint = ViewpointConfig(random=True, min_distance_m=0.8 - 0.3 * wide, max_distance_m=1.2 - 0.4 * wide)
-        config = dataclasses.replace(config, fovy_deg=fovy, viewpoint=viewpoint,
-                                     gripper_model=("sim", "franka_hand")[int(rng.integers(2))],
-                                     gripper_open_fraction=float(rng.uniform(0.3, 1.0)))
-        return config, draw_training(rng)
-    # Move the camera back along its line of sight as the view narrows (and in as it widens), by the
-    # square root of the focal length's change: the table stays in frame but its size on screen varies.
-    dolly = np.sqrt(np.tan(np.deg2rad(_CANONICAL_FOVY_DEG) / 2) / np.tan(np.deg2rad(fovy) / 2)) - 1.0
-    offset = dolly * _CANONICAL_SIGHT + np.array([rng.uniform(-0.10, 0.10), rng.uniform(-0.05, 0.05),
-                                                  rng.uniform(-0.10, 0.20)])
-    config = dataclasses.replace(config, fovy_deg=fovy, camera_offset_m=tuple(float(v) for v in offset),
+        rig = {"viewpoint": ViewpointConfig(random=True, min_distance_m=0.8 - 0.3 * wide,
+                                            max_distance_m=1.2 - 0.4 * wide)}
+    else:
+        # Move the camera back along its line of sight as the view narrows (and in as it widens), by the
+        # square root of the focal length's change: the table stays in frame but its size on screen varies.
+        dolly = np.sqrt(np.tan(np.deg2rad(_CANONICAL_FOVY_DEG) / 2) / np.tan(np.deg2rad(fovy) / 2)) - 1.0
+        offset = dolly * _CANONICAL_SIGHT + np.array([rng.uniform(-0.10, 0.10), rng.uniform(-0.05, 0.05),
+                                                      rng.uniform(-0.10, 0.20)])
+        rig = {"camera_offset_m": tuple(float(v) for v in offset)}
+    config = dataclasses.replace(config, fovy_deg=fovy, **rig,
                                  gripper_model=("sim", "franka_hand")[int(rng.integers(2))],
                                  gripper_open_fraction=float(rng.uniform(0.3, 1.0)))
     return config, draw_training(rng)
