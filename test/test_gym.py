@@ -52,7 +52,7 @@ def closing() -> Iterator[Callable[[gym.Env], gym.Env]]:
 
 def towards_target(obs: np.ndarray) -> np.ndarray:
     """Scripted policy: full speed towards the can's centre."""
-    return np.clip((obs[3:] - obs[:3]) / 0.03, -1.0, 1.0).astype(np.float32)
+    return np.clip((obs[3:6] - obs[:3]) / 0.03, -1.0, 1.0).astype(np.float32)
 
 
 def away_from_target(obs: np.ndarray) -> np.ndarray:
@@ -78,7 +78,7 @@ def test_reset_moves_the_can_in_the_rendered_scene(closing: Callable) -> None:
         centre = truth.object_positions_cam["red can"]
         u, v = np.rint(frame.intrinsics.project(centre[None])[0]).astype(int)
         assert frame.segmentation[v, u] == frame.labels["red can"]
-        np.testing.assert_allclose(truth.object_positions_world["red can"], obs[3:], atol=1e-6)
+        np.testing.assert_allclose(truth.object_positions_world["red can"], obs[3:6], atol=1e-6)
         end = env.sim.truth(env.sim.n_frames - 1).gap_m["red can"]   # the scripted approach follows the can
         assert end == pytest.approx(env.sim.config.end_gap_m, abs=1e-6)
 
@@ -274,7 +274,7 @@ def test_reach_env_bad_arguments(kwargs: dict, match: str) -> None:
 
 def gentle_approach(obs: np.ndarray, gap_m: float) -> np.ndarray:
     """Scripted policy: towards the can's centre, slowing down to stop about 8 mm short of its surface."""
-    direction = (obs[3:] - obs[:3]) / np.linalg.norm(obs[3:] - obs[:3])
+    direction = (obs[3:6] - obs[:3]) / np.linalg.norm(obs[3:6] - obs[:3])
     return (direction * min(1.0, max(gap_m - 0.008, 0.0) / 0.012)).astype(np.float32)
 
 
@@ -292,6 +292,9 @@ def test_physical_reach_cannot_be_solved_by_pushing_through(seed: int, closing: 
         infos.append(info)
     assert not any(i["is_success"] for i in infos[-10:]), "driving through the can must not count as reaching it"
     assert info["target_disturbed"] and (info["target_moved_m"] >= 0.01 or info["target_tilt_deg"] >= 10.0)
+    # The policy sees what the reward depends on: the can's displacement, its tilt and the latched flag.
+    np.testing.assert_allclose(np.linalg.norm(obs[9:12]), info["target_moved_m"], atol=1e-5)
+    assert obs[12] == pytest.approx(info["target_tilt_deg"] / 90.0, abs=1e-5) and obs[13] == 1.0
     # The gripper stops at (or pushes) the surface: no interpenetration beyond the soft contacts' give.
     assert min(gaps) > -0.002, f"the gripper entered the can by {-min(gaps) * 1e3:.1f} mm"
     # Once disturbed, every step pays the penalty: worse than any undisturbed step could be.
@@ -308,7 +311,19 @@ def test_physical_reach_gentle_approach_succeeds(seed: int, closing: Callable) -
         obs, reward, _, truncated, info = env.step(gentle_approach(obs, info["true_distance_m"]))
     assert info["is_success"] and not info["target_disturbed"]
     assert 0.0 <= info["true_distance_m"] < 0.02 and info["target_moved_m"] < 1e-3
+    assert obs[13] == 0.0 and np.linalg.norm(obs[9:12]) < 1e-3
     assert reward == -info["true_distance_m"]
+
+
+def test_physical_reach_observes_the_gripper_velocity(closing: Callable) -> None:
+    env = closing(gym.make(REACH_ID))
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_allclose(obs[6:9], 0.0, atol=1e-3)   # at rest after reset
+    before = obs[:3].copy()
+    obs, *_ = env.step(np.array([1.0, 0.0, 0.0], np.float32))
+    # A body with inertia, pulled after its driver: moving along +x, at a speed the last move roughly implies.
+    assert obs[6] > 0.0 and abs(obs[7]) < 0.2 * obs[6]
+    assert 0.3 < obs[6] / ((obs[0] - before[0]) / 0.1) < 3.0
 
 
 def test_physical_scene_is_an_option_and_the_static_scene_is_unchanged() -> None:

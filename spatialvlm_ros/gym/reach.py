@@ -35,6 +35,7 @@ _TABLE_HI = np.array(TABLE_CENTRE_XY) + np.array(TABLE_HALF)
 _START = np.array([-0.29, 0.05, 1.06])          # where the scripted demo approach starts, above-left of the can
 _START_JITTER = np.array([0.05, 0.08, 0.04])
 _CONTROL_PERIOD_NS = 100_000_000                # 10 Hz, the render_fps below
+_MAX_SPEED = 2.0                                # m/s, the observed gripper velocity's bound (a free move is ~0.15)
 
 DEFAULT_SIM = SimConfig(width=160, height=120, n_frames=2, depth_noise=DepthNoiseConfig(enabled=True))
 
@@ -46,9 +47,14 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
       ``max_step_m`` per step (clipped; the gripper stays in a box that the camera sees). With physics it
       moves the mocap driver from where the gripper is; the weld pulls the gripper after it (about 40% of
       the commanded move in one step in free space), and contacts stop it.
-    * Observation: (6,) float32, the grasp point and the can's centre in the world frame, metres. The
+    * Observation: float32, the grasp point and the can's centre in the world frame, metres (6,). The
       target is in the observation so one policy serves every randomised layout; the task's distance
-      signal is left to the reward.
+      signal is left to the reward. With physics (17,): then also the grasp point's velocity (m/s; the
+      gripper is a body with inertia), the can's displacement from where it settled (m), its tilt (in units
+      of 90 degrees) and the disturbed flag (0/1), so that the state the reward depends on is observed (a
+      latched penalty the policy cannot see is noise to its critic), and the can's centre relative to the
+      grasp point (m; stopping within 2 cm of a surface is learnt far faster from it than from two
+      absolute positions).
     * Reward: ``-max(gap, 0)``, the true gripper-to-can surface gap in metres (0 when touching), minus
       ``disturbed_penalty_m`` on every step once the can has been disturbed (physics only). Pushing the can
       therefore never pays: the gap term is flat at contact, and the penalty is larger than any gap term.
@@ -80,7 +86,7 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
         >>> env = TabletopReachEnv()
         >>> obs, info = env.reset(seed=0)
         >>> obs.shape, round(info["true_distance_m"], 3), info["target_disturbed"]
-        ((6,), 0.357, False)
+        ((17,), 0.357, False)
         >>> obs, reward, _, _, info = env.step(np.zeros(3, np.float32))
         >>> reward == -info["true_distance_m"]
         True
@@ -122,9 +128,13 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
         # workspace: the bounds then span the table (observations are clipped to them).
         margin = 0.05 if physics else 0.0
         target_lo, target_hi = (_TABLE_LO, _TABLE_HI) if physics else (_TARGET_LO, _TARGET_HI)
-        self.observation_space = gym.spaces.Box(
-            low=np.r_[_WORKSPACE_LO - margin, target_lo, 0.0 if physics else TABLE_TOP_Z].astype(np.float32),
-            high=np.r_[_WORKSPACE_HI + margin, target_hi, _WORKSPACE_HI[2]].astype(np.float32), dtype=np.float32)
+        low = np.r_[_WORKSPACE_LO - margin, target_lo, 0.0 if physics else TABLE_TOP_Z]
+        high = np.r_[_WORKSPACE_HI + margin, target_hi, _WORKSPACE_HI[2]]
+        if physics:   # velocity, can displacement, tilt / 90 deg, disturbed flag, can relative to the gripper
+            low = np.r_[low, np.full(3, -_MAX_SPEED), np.full(3, -1.0), 0.0, 0.0, np.full(3, -2.0)]
+            high = np.r_[high, np.full(3, _MAX_SPEED), np.full(3, 1.0), 2.0, 1.0, np.full(3, 2.0)]
+        self.observation_space = gym.spaces.Box(low=low.astype(np.float32), high=high.astype(np.float32),
+                                                dtype=np.float32)
         self._gripper = _START.copy()
         self._target = np.r_[self.sim.layout.xy[0], TABLE_TOP_Z + HALF_HEIGHT[sim_config.target]]
         self._t = 0
@@ -192,7 +202,12 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
         self.sim.close()
 
     def _observation(self) -> np.ndarray:
-        obs = np.r_[self._gripper, self._target].astype(np.float32)
+        obs = np.r_[self._gripper, self._target]
+        if self.physics:
+            _, tilt = self.sim.target_pose()
+            obs = np.r_[obs, self.sim.gripper_velocity(), self._target - self._target_start, tilt / 90.0,
+                        float(self._disturbed), self._target - self._gripper]
+        obs = obs.astype(np.float32)
         return np.clip(obs, self.observation_space.low, self.observation_space.high)
 
     def _info(self) -> dict[str, Any]:

@@ -66,8 +66,10 @@ class SpatialRewardWrapper(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.
                  pairs: Sequence[Pair | str] | Pair | str = "yellow gripper -> red can", *,
                  kind: DistanceKind | str = DistanceKind.GAP, reward_config: RewardConfig = RewardConfig(),
                  mode: Mode = "replace", intrinsics: CameraIntrinsics | None = None) -> None:
+        # Recorded as given, not deep-copied: an estimator is a live object (weights, locks, HTTP sessions).
         gym.utils.RecordConstructorArgs.__init__(self, estimator=estimator, pairs=pairs, kind=kind,
-                                                 reward_config=reward_config, mode=mode, intrinsics=intrinsics)
+                                                 reward_config=reward_config, mode=mode, intrinsics=intrinsics,
+                                                 _disable_deepcopy=True)
         gym.Wrapper.__init__(self, env)
         self._term = SpatialTerm(estimator, pairs, kind, reward_config, mode, intrinsics, n_envs=1)
         check_rgbd_env(env, intrinsics)

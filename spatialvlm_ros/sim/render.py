@@ -11,6 +11,7 @@ engine: one scene per image) creates one :class:`GLContext` and hands it to ever
 
 from __future__ import annotations
 
+import sys
 import weakref
 
 import mujoco
@@ -78,7 +79,7 @@ class GLContext:
         self.close()
 
     def __del__(self) -> None:
-        if hasattr(self, "_gl"):              # absent only if creating the context failed
+        if hasattr(self, "_gl") and not sys.is_finalizing():   # no _gl: creating the context failed
             self.close()
 
 
@@ -195,5 +196,7 @@ class RgbdRenderer:
             gl.close()
 
     def __del__(self) -> None:
-        # A simulator dropped without close() must still free its GL objects in its own context.
-        self.close()
+        # A simulator dropped without close() must still free its GL objects in its own context; not at
+        # interpreter exit, when the GL bindings may already be torn down (and the process frees everything).
+        if not sys.is_finalizing():
+            self.close()

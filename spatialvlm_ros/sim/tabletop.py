@@ -161,6 +161,7 @@ class TabletopSim:
         self.data.mocap_quat[self._mocap] = quat
         if physics:
             self._gripper_qpos = int(self.model.jnt_qposadr[self.model.body_jntadr[gripper_body]])
+            self._gripper_dof = int(self.model.jnt_dofadr[self.model.body_jntadr[gripper_body]])
             self._target_qpos = int(self.model.jnt_qposadr[self.model.body_jntadr[self._target_body]])
             self._target_dof = int(self.model.jnt_dofadr[self.model.body_jntadr[self._target_body]])
             self.data.qpos[self._gripper_qpos + 3:self._gripper_qpos + 7] = quat
@@ -456,12 +457,18 @@ class TabletopSim:
         self.data.mocap_pos[self._mocap] = driver_world
         for _ in range(substeps):
             mujoco.mj_step(self.model, self.data)
+        mujoco.mj_kinematics(self.model, self.data)   # mj_step leaves body poses one integration step behind qpos
         mujoco.mj_camlight(self.model, self.data)
         self._sync_target()
 
     def gripper_position(self) -> np.ndarray:
         """The grasp point where the simulation has it, world metres (3,) (a copy)."""
         return self.data.xpos[self._gripper_body].copy()
+
+    def gripper_velocity(self) -> np.ndarray:
+        """The grasp point's linear velocity, world m/s (3,) (a free joint's first three dofs; physics only)."""
+        self._require_physics()
+        return self.data.qvel[self._gripper_dof:self._gripper_dof + 3].copy()
 
     def target_pose(self) -> tuple[np.ndarray, float]:
         """Return the target's centre (3,), world metres, and its tilt from upright, degrees.
