@@ -117,6 +117,7 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
         self.max_target_tilt_deg = max_target_tilt_deg
         self.disturbed_penalty_m = disturbed_penalty_m
         self._target_start = np.zeros(3)
+        self._tilt_deg = 0.0                   # the can's tilt now (physics), read once per step with its centre
         self._disturbed = False
         self.render_mode = render_mode
         self.max_step_m = max_step_m
@@ -152,7 +153,7 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
         if self.physics:
             self.sim.reset_physics(self._gripper)
             self._gripper = self.sim.gripper_position()
-            self._target_start, _ = self.sim.target_pose()
+            self._target_start, self._tilt_deg = self.sim.target_pose()
             self._target = self._target_start.copy()
         self._episode_key = int(self.np_random.integers(2**31))   # seeds this episode's depth noise
         self._t = 0
@@ -166,7 +167,7 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
         if self.physics:
             self.sim.step_physics(goal, self.substeps)
             self._gripper = self.sim.gripper_position()
-            self._target, _ = self.sim.target_pose()
+            self._target, self._tilt_deg = self.sim.target_pose()
         else:
             self._gripper = goal
         self._t += 1
@@ -204,8 +205,7 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
     def _observation(self) -> np.ndarray:
         obs = np.r_[self._gripper, self._target]
         if self.physics:
-            _, tilt = self.sim.target_pose()
-            obs = np.r_[obs, self.sim.gripper_velocity(), self._target - self._target_start, tilt / 90.0,
+            obs = np.r_[obs, self.sim.gripper_velocity(), self._target - self._target_start, self._tilt_deg / 90.0,
                         float(self._disturbed), self._target - self._gripper]
         obs = obs.astype(np.float32)
         return np.clip(obs, self.observation_space.low, self.observation_space.high)
@@ -214,10 +214,9 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
         gap = self.sim.truth_at(self._gripper).gap_m[self.sim.target_label]
         if not self.physics:
             return {"true_distance_m": gap, "is_success": gap < self.success_threshold_m}
-        centre, tilt = self.sim.target_pose()
-        moved = float(np.linalg.norm(centre - self._target_start))
-        self._disturbed |= moved >= self.max_target_move_m or tilt >= self.max_target_tilt_deg
-        return {"true_distance_m": gap, "target_moved_m": moved, "target_tilt_deg": tilt,
+        moved = float(np.linalg.norm(self._target - self._target_start))
+        self._disturbed |= moved >= self.max_target_move_m or self._tilt_deg >= self.max_target_tilt_deg
+        return {"true_distance_m": gap, "target_moved_m": moved, "target_tilt_deg": self._tilt_deg,
                 "target_disturbed": self._disturbed,
                 "is_success": bool(0.0 <= gap < self.success_threshold_m and not self._disturbed)}
 
