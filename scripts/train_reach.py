@@ -19,7 +19,11 @@ Evaluation always uses the TRUE success criterion (``is_success`` at the episode
 trained once per seed. Writes a plot and a JSON file and prints the final figures (mean and spread over seeds).
 
 Usage: python scripts/train_reach.py [--steps 20000] [--eval-every 2000] [--rewards true geometric vlm]
-       [--seeds 0 1 2] [--jobs 2] [--out docs/rl_reach]
+       [--seeds 0 1 2] [--jobs 2] [--out docs/rl_reach] [--reuse docs/rl_reach.json]
+
+``--reuse FILE`` keeps that file's runs of the rewards not trained now (say, after retraining the VLM, train
+``--rewards vlm`` again and keep the true and geometric runs); the file must have the same task, steps,
+evaluation, seeds and settings, or the script refuses it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -235,6 +240,35 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def settings(args: argparse.Namespace, setup: TaskSetup) -> dict[str, Any]:
+    """What makes two runs comparable: the task, its SAC and reward settings, the budget and the evaluation."""
+    gain = None if setup.observation_gain is None else list(setup.observation_gain)
+    return {"env": REACH_ID, "task": "kinematic" if args.kinematic else "physical",
+            "algorithm": "SAC (stable-baselines3)", "sac_settings": setup.sac, "observation_gain": gain,
+            "steps": args.steps, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
+            "seeds": list(args.seeds), "reward_config": dataclasses.asdict(setup.reward)}
+
+
+def reused_runs(path: Path, wanted: dict[str, Any], training: list[str]) -> list[RunResult]:
+    """The runs of ``path`` (an earlier summary) whose rewards are not in ``training``.
+
+    Raises:
+        SystemExit: the file is not this script's JSON, or was made with other settings (its runs would not
+            be comparable).
+    """
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SystemExit(f"--reuse {path}: cannot read it ({err})") from err
+    differ = sorted(key for key, value in wanted.items() if json.loads(json.dumps(value)) != earlier.get(key))
+    if differ:
+        raise SystemExit(f"--reuse {path}: made with other settings ({', '.join(differ)}); its runs are not "
+                         "comparable")
+    return [RunResult(reward=r["reward"], seed=r["seed"], curve=tuple(EvalPoint(**p) for p in r["curve"]),
+                      wall_s=r["wall_s"], spatial_invalid_rate=r["spatial_invalid_rate"])
+            for r in earlier["runs"] if r["reward"] not in training]
+
+
 def main() -> None:
     """Parse arguments, train each reward, write the plot and JSON, print the final figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -250,11 +284,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (the machine is shared)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "rl_reach")
+    parser.add_argument("--reuse", type=Path, help="an earlier JSON of this script whose runs of other rewards "
+                        "to keep (same settings)")
     args = parser.parse_args()
     _init_worker(args.threads)
 
     setup = setup_for(args.kinematic)
     rewards = list(dict.fromkeys("geometric" if r == "spatial" else r for r in args.rewards))
+    reused = reused_runs(args.reuse, settings(args, setup), rewards) if args.reuse else []
     runs = [(r, args.steps, args.eval_every, args.eval_episodes, seed, args.kinematic)
             for r in rewards for seed in args.seeds]
     if args.jobs > 1:
@@ -265,18 +302,17 @@ def main() -> None:
             results = list(pool.map(train, *zip(*runs)))
     else:
         results = [train(*run) for run in runs]
+    results = reused + results
+    rewards = list(dict.fromkeys(r.reward for r in results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(results, args.out.with_suffix(".png"))
     final = {reward: float(np.mean([r.curve[-1].success_rate for r in results if r.reward == reward]))
              for reward in rewards}
     final_by_seed = {reward: [r.curve[-1].success_rate for r in results if r.reward == reward] for reward in rewards}
     summary = {
-        "env": REACH_ID, "task": "kinematic" if args.kinematic else "physical",
-        "algorithm": "SAC (stable-baselines3)", "sac_settings": setup.sac,
-        "observation_gain": setup.observation_gain,
-        "steps": args.steps, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "seeds": args.seeds,
-        "reward_config": dataclasses.asdict(setup.reward),
+        **settings(args, setup),
         "final_success_rate": final, "final_success_rate_by_seed": final_by_seed,
+        "reused_from": {"file": str(args.reuse), "rewards": sorted({r.reward for r in reused})} if reused else None,
         "runs": [dataclasses.asdict(r) for r in results],
     }
     for reward in CAMERA_ESTIMATORS:

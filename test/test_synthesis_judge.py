@@ -150,14 +150,14 @@ def test_the_engine_counts_and_writes_the_judge(tmp_path: Path) -> None:
     cfg = load_synthesis_config(overrides={"output": {"parquet": False}})
     summary = run_local(SimSource(2, cfg), tmp_path / "on", cfg)
     counts = JudgeCounts(summary.judge)
-    assert counts["kept"] == summary.rows and counts["candidates"] >= summary.rows
+    assert counts["exact"] > 0 and counts["kept"] + counts["exact"] == summary.rows
     assert sum(counts.by_reason("question").values()) == counts["candidates"] - counts["kept"]
     per_image = [json.loads(p.read_text()) for p in sorted((tmp_path / "on" / "judge").iterdir())]
-    assert len(per_image) == 2 and sum(p["kept"] for p in per_image) == summary.rows
+    assert len(per_image) == 2 and sum(p["kept"] + p["exact"] for p in per_image) == summary.rows
     rows = [json.loads(line) for line in (tmp_path / "on" / "data.jsonl").read_text().splitlines()]
     assert all(r["judge_flags"] == [] and r["truth_sigma_m"] is not None for r in rows)
 
     off = dataclasses.replace(cfg, judge=dataclasses.replace(cfg.judge, enabled=False))
     summary_off = run_local(SimSource(2, off), tmp_path / "off", off)
-    assert summary_off.judge["candidates"] == summary_off.judge["kept"] == summary_off.rows
+    assert summary_off.judge["candidates"] == summary_off.judge["kept"] == summary_off.rows - counts["exact"]
     assert not JudgeCounts(summary_off.judge).by_reason("question")

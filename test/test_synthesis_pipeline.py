@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,11 +15,15 @@ from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.geometry.plane import fit_plane
 from spatialvlm_ros.geometry.pointcloud import backproject
 from spatialvlm_ros.synthesis.config import LiftingConfig, SynthesisConfig, load_synthesis_config
-from spatialvlm_ros.synthesis.engine import run_local
+from spatialvlm_ros.synthesis.engine import run_local, synthesize_image
 from spatialvlm_ros.synthesis.extract import SceneExtractor, image_rng
 from spatialvlm_ros.synthesis.lifting import support_frame
 from spatialvlm_ros.synthesis.records import Box3D, SceneRecord
 from spatialvlm_ros.synthesis.sources import SimSource, open_source
+
+
+#: Rows a sim image yields with the default settings: the sampled questions and the exact gripper-distance ones.
+ROWS_PER_IMAGE = SynthesisConfig().questions.per_image + SynthesisConfig().questions.exact_per_image
 
 
 def wall_and_table(width: int = 64, height: int = 48) -> tuple[np.ndarray, np.ndarray, CameraIntrinsics]:
@@ -94,17 +99,17 @@ def test_cli_end_to_end_resume_and_determinism(tmp_path: Path, capsys) -> None:
     out = tmp_path / "ds"
     run(out)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["processed"] == 3 and summary["images"] == 3 and summary["rows"] == 3 * 24
+    assert summary["processed"] == 3 and summary["images"] == 3 and summary["rows"] == 3 * ROWS_PER_IMAGE
     assert sum(summary["per_type"].values()) == summary["rows"]
     for sub, suffix in (("images", ".png"), ("scenes", ".json"), ("qa", ".jsonl")):
         assert sorted(p.name for p in (out / sub).iterdir()) == [f"sim00000{i}{suffix}" for i in range(3)]
     rows = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
-    assert len(rows) == 72 and rows[0]["messages"][0]["content"][1]["text"] == rows[0]["question"]
+    assert len(rows) == 3 * ROWS_PER_IMAGE and rows[0]["messages"][0]["content"][1]["text"] == rows[0]["question"]
     assert all(r["images"] == [f"images/{r['image_id']}.png"] for r in rows)
     scene = SceneRecord.from_json(json.loads((out / "scenes" / "sim000000.json").read_text()))
     assert SceneRecord.from_json(scene.to_json()) == scene
     card = (out / "README.md").read_text()
-    assert "| distance |" in card and "question-answer rows: 72" in card
+    assert "| distance |" in card and f"question-answer rows: {3 * ROWS_PER_IMAGE}" in card
     first = (out / "data.jsonl").read_bytes()
 
     run(out)                                                      # resume: nothing to do
@@ -125,7 +130,7 @@ def test_parquet_loads_with_datasets(tmp_path: Path) -> None:
     pytest.importorskip("pyarrow")
     run(tmp_path, n=1)
     table = datasets.load_dataset("parquet", data_files=str(tmp_path / "data.parquet"), split="train")
-    assert table.num_rows == 24 and table[0]["messages"][1]["role"] == "assistant"
+    assert table.num_rows == ROWS_PER_IMAGE and table[0]["messages"][1]["role"] == "assistant"
 
 
 def test_malformed_sim_input_says_what_is_expected() -> None:
@@ -152,3 +157,27 @@ def test_point_clouds_are_saved_in_the_scene_frame_on_request(tmp_path: Path) ->
             np.testing.assert_allclose(np.abs(local).max(axis=0), half, atol=1e-4)
             assert cloud[:, 2].max() == pytest.approx(box.centre_m[2] + box.height_m / 2, abs=1e-5)
             assert cloud[:, 2].min() >= box.bottom_m - 1e-5
+
+
+def test_sim_scenes_near_contact_get_exact_gripper_gap_questions() -> None:
+    """The reach reward's question near contact: answered with the simulator's gap, not dropped by the judge."""
+    cfg = load_synthesis_config()
+    source = SimSource(40, cfg)
+    near = [i for i in range(40) if source.scene_config(i).start_gap_m < 0.05][:2]
+    assert near, "the split puts 30% of scenes within 5 cm"
+    extractor = SceneExtractor(cfg)
+    for index in near:
+        result = synthesize_image(source, extractor, f"sim{index:06d}")
+        exact = [p for p in result.pairs if p.truth_sigma_m == 0.0 and p.question_type in ("gap", "distance")]
+        assert len(exact) == cfg.questions.exact_per_image
+        names = {o.object_id: o.name for o in result.scene.objects}
+        gripper = source.scene_config(index).gripper_colour + " gripper"
+        assert all(names[p.object_ids[0]] == gripper for p in exact)
+        gaps = {names[p.object_ids[1]]: p.truth_m for p in exact if p.question_type == "gap"}
+        target = " ".join((source.scene_config(index).target_colour, source.scene_config(index).target))
+        if target in gaps:     # the simulator placed the gripper at the drawn gap (its trajectory solver: 10 um)
+            assert gaps[target] == pytest.approx(max(source.scene_config(index).start_gap_m, 0.0), abs=1e-4)
+        assert result.counts["exact"] == len(exact)
+    none = dataclasses.replace(cfg, questions=dataclasses.replace(cfg.questions, exact_per_image=0))
+    result = synthesize_image(SimSource(40, none), SceneExtractor(none), f"sim{near[0]:06d}")
+    assert not [p for p in result.pairs if p.truth_sigma_m == 0.0 and p.question_type == "gap"]

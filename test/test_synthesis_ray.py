@@ -19,6 +19,8 @@ from spatialvlm_ros.synthesis.sources import SimSource, open_source
 
 N_IMAGES = 3
 CFG = SynthesisConfig()
+#: Rows a sim image yields: the sampled questions and the exact gripper-distance ones.
+ROWS_PER_IMAGE = CFG.questions.per_image + CFG.questions.exact_per_image
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def test_ray_engine_writes_the_local_engines_dataset(ray_cluster: Any, local_dat
     order: list[tuple[str, int]] = []
     summary = run_ray(open_source(f"sim:{N_IMAGES}", CFG), tmp_path, CFG,
                       on_image=lambda image_id, n: order.append((image_id, n)), num_workers=2)
-    assert summary.processed == N_IMAGES and summary.skipped == 0 and summary.rows == N_IMAGES * 24
+    assert summary.processed == N_IMAGES and summary.skipped == 0 and summary.rows == N_IMAGES * ROWS_PER_IMAGE
     assert [image_id for image_id, _ in order] == local_order               # same order, not just same set
     assert dataset_files(tmp_path) == dataset_files(local)                  # byte-identical, PNGs and Parquet too
     assert ray_cluster.is_initialized()                                     # a caller's Ray is left running
@@ -80,10 +82,10 @@ def test_cli_engine_ray(ray_cluster: Any, local_dataset: tuple[Path, list[str]],
     out = tmp_path / "ds"
     assert main(["synthesize", "--input", "sim:2", "--out", str(out), "--engine", "ray"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["engine"] == "ray" and summary["processed"] == 2 and summary["rows"] == 48
+    assert summary["engine"] == "ray" and summary["processed"] == 2 and summary["rows"] == 2 * ROWS_PER_IMAGE
     # Rows are per image and images in id order, so sim:2's rows open sim:3's.
     local_rows = (local_dataset[0] / "data.jsonl").read_text().splitlines()
-    assert (out / "data.jsonl").read_text().splitlines() == local_rows[:48]
+    assert (out / "data.jsonl").read_text().splitlines() == local_rows[:2 * ROWS_PER_IMAGE]
 
 
 class _FailingSource(SimSource):

@@ -105,3 +105,22 @@ def test_the_comparison_runs_in_parallel_and_writes_its_json(tmp_path: Path) -> 
     assert 0.0 <= summary["runs"][1]["spatial_invalid_rate"] < 0.5   # the geometric reward saw the can
     assert summary["reward_config"]["success_bonus"] == 1.0 and summary["sac_settings"]["gamma"] == 0.95
     assert "true reward, seed 0" in proc.stdout and "geometric reward, seed 0" in proc.stdout
+
+
+def test_reuse_keeps_other_rewards_runs_only_from_a_comparable_file(train_reach: ModuleType, tmp_path: Path) -> None:
+    import argparse
+    args = argparse.Namespace(kinematic=False, steps=20_000, eval_every=2_000, eval_episodes=30, seeds=[0, 1])
+    wanted = train_reach.settings(args, train_reach.setup_for(False))
+    curve = [{"steps": 0, "success_rate": 0.0, "mean_final_gap_m": 0.3, "disturbed_rate": 0.0},
+             {"steps": 20_000, "success_rate": 0.8, "mean_final_gap_m": 0.01, "disturbed_rate": 0.1}]
+    runs = [{"reward": reward, "seed": seed, "curve": curve, "wall_s": 1.0, "spatial_invalid_rate": float("nan")}
+            for reward in ("true", "vlm") for seed in (0, 1)]
+    earlier = tmp_path / "rl.json"
+    earlier.write_text(json.dumps({**wanted, "runs": runs}))
+    kept = train_reach.reused_runs(earlier, wanted, ["vlm"])
+    assert [(r.reward, r.seed) for r in kept] == [("true", 0), ("true", 1)]
+    assert kept[0].curve[-1] == train_reach.EvalPoint(20_000, 0.8, 0.01, 0.1)
+    for change in ({"steps": 10_000}, {"seeds": [0, 1, 2]}, {"kinematic": True}):
+        other = train_reach.settings(argparse.Namespace(**{**vars(args), **change}), train_reach.setup_for(False))
+        with pytest.raises(SystemExit, match="other settings"):
+            train_reach.reused_runs(earlier, other, ["vlm"])

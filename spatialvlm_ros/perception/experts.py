@@ -27,6 +27,21 @@ from spatialvlm_ros.geometry.camera import CameraIntrinsics
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ExactDistances:
+    """What a simulator knows exactly about its gripper: the distances a reach reward measures.
+
+    Attributes:
+        gripper: the gripper's label.
+        gap_m: object label -> closest surface-to-surface distance from the gripper, metres.
+        centre_m: object label -> grasp point to object centre, metres.
+    """
+
+    gripper: str
+    gap_m: Mapping[str, float]
+    centre_m: Mapping[str, float]
+
+
 @dataclass(frozen=True, eq=False)
 class Sample:
     """One input image with what its source knows about it (the data engine's unit of work).
@@ -36,12 +51,14 @@ class Sample:
         frame: the camera frame (RGB, optional depth and intrinsics; segmentation and labels in simulation).
         support_mask: (H, W) bool true floor / tabletop pixels when the source knows them (simulation).
         attributes: per-label attributes the source knows (simulation: colour and kind of each label).
+        exact: the simulator's exact gripper-to-object distances, when the source knows them.
     """
 
     image_id: str
     frame: Frame
     support_mask: np.ndarray | None = None
     attributes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    exact: ExactDistances | None = None
 
 
 @dataclass(frozen=True, eq=False)

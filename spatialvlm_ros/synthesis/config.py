@@ -97,9 +97,11 @@ class QuestionsConfig:
     coarse_probability: float = 0.75   # whole-unit / one-significant-figure rounding, else finer
     max_coarse_error: float = 0.2      # a coarse rounding further than this (relative) is said finely (1: never)
     max_tries: int = 20                # draws per question before giving up (ties, non-canonical scenes, judge)
+    exact_per_image: int = 4           # extra gripper gap / distance questions with a simulator's exact truth
 
     def __post_init__(self) -> None:
         _require(self.per_image >= 0, "questions.per_image", "must be >= 0")
+        _require(self.exact_per_image >= 0, "questions.exact_per_image", "must be >= 0")
         for key in ("qualitative_fraction", "imperial_probability", "coarse_probability"):
             _require(0 <= getattr(self, key) <= 1, f"questions.{key}", "must be in [0, 1]")
         _require(0 < self.concise_decay <= 1, "questions.concise_decay", "must be in (0, 1]")

@@ -17,7 +17,7 @@ import numpy as np
 from spatialvlm_ros.synthesis.config import SynthesisConfig
 from spatialvlm_ros.synthesis.extract import SceneExtractor, image_rng
 from spatialvlm_ros.synthesis.judge import CountingReviewer, QuestionJudge
-from spatialvlm_ros.synthesis.questions import QAPair, synthesize_qa
+from spatialvlm_ros.synthesis.questions import QAPair, exact_gripper_qa, synthesize_qa
 from spatialvlm_ros.synthesis.records import SceneRecord
 from spatialvlm_ros.synthesis.sources import Source
 from spatialvlm_ros.synthesis.writer import DatasetWriter
@@ -101,6 +101,10 @@ def synthesize_image(source: Source, extractor: SceneExtractor, image_id: str) -
     reviewer: QuestionJudge | CountingReviewer = (QuestionJudge(cfg.judge, extracted.counts) if cfg.judge.enabled
                                                   else CountingReviewer(extracted.counts))
     pairs = tuple(synthesize_qa(extracted.record, rng, cfg.questions, reviewer))
+    if sample.exact is not None:
+        exact = exact_gripper_qa(extracted.record, sample.exact, rng, cfg.questions)
+        reviewer.counts["exact"] += len(exact)      # not judged: the simulator's truth
+        pairs += tuple(exact)
     return ImageResult(image_id=image_id, rgb=sample.frame.rgb, depth_m=depth_m, scene=extracted.record, pairs=pairs,
                        clouds_m=extracted.clouds_m, counts=reviewer.counts.to_json())
 
@@ -137,8 +141,8 @@ def run_local(source: Source, out: Path, cfg: SynthesisConfig,
         >>> cfg = SynthesisConfig()
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     summary = run_local(open_source("sim:1", cfg), Path(tmp), cfg)
-        >>> summary.processed, summary.rows
-        (1, 24)
+        >>> summary.processed, summary.rows        # 24 questions + 4 with the simulator's exact gripper distances
+        (1, 28)
     """
     writer = DatasetWriter(out, cfg)
     extractor = SceneExtractor(cfg)

@@ -59,7 +59,9 @@ class JudgeCounts(Counter):
     """What the judge saw and dropped in one image, or a dataset (summed).
 
     Keys: ``object:<reason>`` and ``question:<reason>`` drops (or flags), ``objects`` seen,
-    ``candidates`` (question pairs synthesised) and ``kept`` ones.
+    ``candidates`` (question pairs synthesised) and ``kept`` ones, and ``exact``: rows answered with a
+    simulator's exact truth, which the judge does not see
+    (:func:`~spatialvlm_ros.synthesis.questions.exact_gripper_qa`).
 
     Example:
         >>> counts = JudgeCounts({"candidates": 4, "kept": 3, "question:relation_uncertain": 1})

@@ -38,6 +38,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from spatialvlm_ros.perception.experts import ExactDistances
 from spatialvlm_ros.synthesis.config import QuestionsConfig
 from spatialvlm_ros.synthesis.records import Box3D, SceneObject, SceneRecord
 from spatialvlm_ros.synthesis.rounding import say_distance
@@ -281,13 +282,7 @@ def make_qa(qtype: QuestionType, a: SceneObject, b: SceneObject | None, rng: np.
         return QAPair(**common, question=question, answer=answer, truth_m=truth, truth_unit=unit, truth_label=held)
 
     if qtype.family == "quantity":
-        truth = quantity_truth(rel, a.box, b.box if b is not None else None)
-        spoken = say_distance(truth, rng, cfg.imperial_probability, cfg.coarse_probability, cfg.max_coarse_error)
-        question = _sentence(_pick(QUANTITY_QUESTIONS[rel], rng), **slots)
-        answer = _sentence(_pick_concise(QUANTITY_ANSWERS[rel], rng, decay), **slots, value=spoken.text)
-        return QAPair(**common, question=question, answer=answer, truth_m=truth, truth_unit="m",
-                      answer_value=spoken.value, answer_unit=spoken.unit, answer_value_m=spoken.value_m,
-                      rounding_step_m=spoken.step_m)
+        return _quantity_qa(qtype, a, b, quantity_truth(rel, a.box, b.box if b is not None else None), rng, cfg)
 
     assert b is not None
     truth = relation_truth(rel, a.box, b.box)
@@ -300,6 +295,63 @@ def make_qa(qtype: QuestionType, a: SceneObject, b: SceneObject | None, rng: np.
     return QAPair(**common, question=question, answer=answer, truth_m=truth, truth_unit="m",
                   answer_value=spoken.value, answer_unit=spoken.unit,
                   answer_value_m=math.copysign(spoken.value_m, truth), rounding_step_m=spoken.step_m)
+
+
+def _quantity_qa(qtype: QuestionType, a: SceneObject, b: SceneObject | None, truth: float, rng: np.random.Generator,
+                 cfg: QuestionsConfig, exact: bool = False) -> QAPair:
+    """A quantity question about A (and B) answered with ``truth`` metres (``exact``: sigma 0, not judged)."""
+    slots = {"A": a.reference, "B": b.reference if b is not None else ""}
+    ids = (a.object_id,) if qtype.arity == 1 or b is None else (a.object_id, b.object_id)
+    spoken = say_distance(truth, rng, cfg.imperial_probability, cfg.coarse_probability, cfg.max_coarse_error)
+    question = _sentence(_pick(QUANTITY_QUESTIONS[qtype.relation], rng), **slots)
+    answer = _sentence(_pick_concise(QUANTITY_ANSWERS[qtype.relation], rng, cfg.concise_decay), **slots,
+                       value=spoken.text)
+    return QAPair(question_type=qtype.name, family=qtype.family, qualitative=False, object_ids=ids,
+                  question=question, answer=answer, truth_m=truth, truth_unit="m", answer_value=spoken.value,
+                  answer_unit=spoken.unit, answer_value_m=spoken.value_m, rounding_step_m=spoken.step_m,
+                  truth_sigma_m=0.0 if exact else None)
+
+
+def exact_gripper_qa(scene: SceneRecord, exact: ExactDistances, rng: np.random.Generator,
+                     cfg: QuestionsConfig) -> list[QAPair]:
+    """``cfg.exact_per_image`` gap / centre-distance questions from the gripper, answered with a simulator's truth.
+
+    These are the questions a reach reward asks, and a depth-lifted box cannot answer them near contact: two
+    boxes overlap while the surfaces are still centimetres apart, and the judge rightly drops a 1 cm gap
+    measured to +-1 cm. A simulator knows the surface gap exactly, so these rows carry it (``truth_sigma_m``
+    0) and bypass the judge. Nearer objects are asked about more often (weight 1 / (gap + 5 cm)), so scenes
+    set up near contact yield near-contact questions. The gripper or an object the record left out (cut by
+    the image border, judged away) is not asked about.
+
+    Example:
+        >>> from spatialvlm_ros.synthesis.records import SceneObject
+        >>> def obj(i, name):
+        ...     box = Box3D(centre_m=(1.0, 0.1 * i, 0.05), depth_m=0.1, width_m=0.1, height_m=0.1)
+        ...     return SceneObject(object_id=i, name=name, caption=name, reference=f"the {name}", box=box,
+        ...                        pixel_centre=(0.0, 0.0), n_points=100)
+        >>> scene = SceneRecord(image_id="x", width=20, height=20, canonicalised=True,
+        ...                     camera_to_scene=tuple(tuple(r) for r in np.eye(4)), camera_height_m=0.5,
+        ...                     objects=(obj(0, "yellow gripper"), obj(1, "red can")))
+        >>> exact = ExactDistances("yellow gripper", {"red can": 0.012}, {"red can": 0.05})
+        >>> pairs = exact_gripper_qa(scene, exact, np.random.default_rng(0), QuestionsConfig(exact_per_image=2))
+        >>> sorted((p.question_type, p.truth_m, p.object_ids) for p in pairs)
+        [('distance', 0.05, (0, 1)), ('gap', 0.012, (0, 1))]
+    """
+    by_name = {o.name: o for o in scene.objects}
+    gripper = by_name.get(exact.gripper)
+    others = [o for o in scene.objects if o is not gripper and o.name in exact.gap_m and o.name in exact.centre_m]
+    if gripper is None or not others or cfg.exact_per_image == 0:
+        return []
+    weights = np.array([1.0 / (max(exact.gap_m[o.name], 0.0) + 0.05) for o in others])
+    first_kind = int(rng.integers(2))
+    out = []
+    for k in range(cfg.exact_per_image):
+        target = others[int(rng.choice(len(others), p=weights / weights.sum()))]
+        # Alternate the kinds so both are asked equally; a gap is 0 at contact (never negative, as for boxes).
+        kind = ("gap", "distance")[(first_kind + k) % 2]
+        truth = max(exact.gap_m[target.name], 0.0) if kind == "gap" else exact.centre_m[target.name]
+        out.append(_quantity_qa(TYPES_BY_NAME[kind], gripper, target, truth, rng, cfg, exact=True))
+    return out
 
 
 def eligible_types(scene: SceneRecord) -> tuple[QuestionType, ...]:

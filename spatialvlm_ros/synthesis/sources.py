@@ -43,7 +43,7 @@ from spatialvlm_ros.errors import ConfigError, InputError, SimulationError
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.messages.conversions import frame_from_messages
-from spatialvlm_ros.perception.experts import Sample
+from spatialvlm_ros.perception.experts import ExactDistances, Sample
 from spatialvlm_ros.synthesis.config import SynthesisConfig
 
 if TYPE_CHECKING:
@@ -186,8 +186,9 @@ class SimSource:
             rgb = appearance.sensor.apply(step.frame.rgb, np.random.default_rng([self.cfg.seed, index, 0x1D6]))
             step = dataclasses.replace(step, frame=dataclasses.replace(step.frame, rgb=rgb))
         attributes = {name: dict(zip(("colour", "kind"), name.split())) for name in step.frame.labels}
+        exact = ExactDistances(sim.gripper_label, dict(step.truth.gap_m), dict(step.truth.centre_m))
         return Sample(image_id=image_id, frame=step.frame, attributes=attributes,
-                      support_mask=table_top_mask(step.frame, step.truth.camera_pose_world))
+                      support_mask=table_top_mask(step.frame, step.truth.camera_pose_world), exact=exact)
 
 
 class FolderSource:
