@@ -168,8 +168,9 @@ def test_sim_scenes_near_contact_get_exact_gripper_gap_questions() -> None:
     extractor = SceneExtractor(cfg)
     for index in near:
         result = synthesize_image(source, extractor, f"sim{index:06d}")
-        exact = [p for p in result.pairs if p.truth_sigma_m == 0.0 and p.question_type in ("gap", "distance")]
+        exact = [p for p in result.pairs if p.exact_truth]
         assert len(exact) == cfg.questions.exact_per_image
+        assert {p.question_type for p in exact} == {"gap", "distance"} and all(p.truth_sigma_m == 0 for p in exact)
         names = {o.object_id: o.name for o in result.scene.objects}
         gripper = source.scene_config(index).gripper_colour + " gripper"
         assert all(names[p.object_ids[0]] == gripper for p in exact)
@@ -180,4 +181,4 @@ def test_sim_scenes_near_contact_get_exact_gripper_gap_questions() -> None:
         assert result.counts["exact"] == len(exact)
     none = dataclasses.replace(cfg, questions=dataclasses.replace(cfg.questions, exact_per_image=0))
     result = synthesize_image(SimSource(40, none), SceneExtractor(none), f"sim{near[0]:06d}")
-    assert not [p for p in result.pairs if p.truth_sigma_m == 0.0 and p.question_type == "gap"]
+    assert result.pairs and not [p for p in result.pairs if p.exact_truth]

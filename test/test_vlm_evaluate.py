@@ -121,7 +121,10 @@ def test_oracle_scores_perfectly(server: TruthServer, dataset: Path) -> None:
     assert (m["qualitative_accuracy"], m["number_rate"], m["within_0.5_2x"], m["within_0.75_1.25x"]) == (1, 1, 1, 1)
     assert m["spearman"] == pytest.approx(1.0)
     assert m["qualitative_answers"] > 10 and m["quantitative_answers"] > 10 and m["failed_requests"] == 0
-    assert m["answers"] == len(load_questions(dataset)) == sum(t["n"] for t in m["per_type"].values())
+    exact = m["exact_gripper"]
+    assert m["answers"] == len(load_questions(dataset)) == sum(t["n"] for t in m["per_type"].values()) + exact["all"]["n"]
+    assert exact["gap"]["n"] > 0 and exact["all"]["n"] == exact["gap"]["n"] + exact["distance"]["n"]
+    assert exact["all"]["within_0.75_1.25x"] == 1 and exact["all"]["median_abs_error_m"] == pytest.approx(0, abs=1e-3)
     assert all(t.get("accuracy", 1) == 1 and t.get("number_rate", 1) == 1 for t in m["per_type"].values())
     # A difference the truth signs negative was answered "-0.1 m": read as its magnitude.
     assert any(r.question.family == "difference" and r.question.truth_m < 0 and r.has_number for r in report.answers)

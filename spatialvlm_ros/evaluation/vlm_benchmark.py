@@ -143,6 +143,8 @@ class EvalQuestion:
         truth_label: qualitative truth: yes / no, the chosen object's id, or the relation that holds.
         object_ids: ids of A (and B), question order.
         object_references: how the question names them, same order.
+        exact_truth: a gripper gap / distance row answered with the simulator's exact measurement
+            (:func:`~spatialvlm_ros.synthesis.questions.exact_gripper_qa`); scored apart from the paper's mix.
     """
 
     row_id: str
@@ -155,6 +157,7 @@ class EvalQuestion:
     truth_label: str | None
     object_ids: tuple[int, ...]
     object_references: tuple[str, ...]
+    exact_truth: bool = False
 
     @property
     def relation(self) -> str:
@@ -184,7 +187,8 @@ def load_questions(root: Path, limit: int | None = None) -> list[EvalQuestion]:
                     row_id=row["id"], image=Path(root) / row["images"][0], question=question,
                     question_type=row["question_type"], family=row["family"], qualitative=bool(row["qualitative"]),
                     truth_m=float(row["truth_m"]), truth_label=row["truth_label"],
-                    object_ids=tuple(row["object_ids"]), object_references=tuple(row["object_references"])))
+                    object_ids=tuple(row["object_ids"]), object_references=tuple(row["object_references"]),
+                    exact_truth=bool(row.get("exact_truth", False))))   # older datasets have none
             except (KeyError, StopIteration, TypeError) as err:
                 raise InputError(f"{path}:{line_no}: not a data engine row ({err!r} missing)") from err
     return out
@@ -331,6 +335,11 @@ def _band_share(records: Sequence[AnswerRecord], low: float, high: float) -> flo
 def answer_metrics(records: Sequence[AnswerRecord]) -> dict[str, Any]:
     """Qualitative accuracy, number rate, ratio bands, their counts and the per-question-type breakdown.
 
+    These are over the data engine's sampled questions (the paper's mix). The rows answered with a
+    simulator's exact gripper gap or distance are scored apart, under ``exact_gripper`` (number rate, bands
+    and median |error|, per type), and give the **near-contact** figure: the median |error| of the exact gap
+    rows whose truth is under :data:`NEAR_CONTACT_M` (NaN when the dataset has none).
+
     Example:
         >>> q = EvalQuestion("r0", Path("x.png"), "How tall is the can?", "height", "quantity", False, 0.1, None,
         ...                  (1,), ("the can",))
@@ -338,13 +347,14 @@ def answer_metrics(records: Sequence[AnswerRecord]) -> dict[str, Any]:
         >>> m["number_rate"], m["within_0.5_2x"], m["within_0.75_1.25x"], m["per_type"]["height"]["n"]
         (1.0, 1.0, 1.0, 1)
     """
+    exact = [r for r in records if r.question.exact_truth]
     qualitative = [r for r in records if r.question.qualitative]
-    quantitative = [r for r in records if not r.question.qualitative]
+    quantitative = [r for r in records if not r.question.qualitative and not r.question.exact_truth]
     metrics: dict[str, Any] = {
         "qualitative_accuracy": _mean(r.correct for r in qualitative),
         "number_rate": _mean(r.has_number for r in quantitative),
         **{name: _band_share(quantitative, low, high) for name, low, high in BANDS},
-        "answers": len(records),
+        "answers": len(records),      # all of them, the exact gripper rows too
         "qualitative_answers": len(qualitative),
         "undecided_answers": sum(r.label is None for r in qualitative),
         "quantitative_answers": len(quantitative),
@@ -352,7 +362,7 @@ def answer_metrics(records: Sequence[AnswerRecord]) -> dict[str, Any]:
         "failed_requests": sum(bool(r.error) for r in records),
     }
     by_type: dict[str, list[AnswerRecord]] = defaultdict(list)
-    for r in records:
+    for r in qualitative + quantitative:
         by_type[r.question.question_type].append(r)
     per_type: dict[str, dict[str, Any]] = {}
     for name in sorted(by_type):
@@ -362,12 +372,22 @@ def answer_metrics(records: Sequence[AnswerRecord]) -> dict[str, Any]:
         else:
             per_type[name] = {"n": len(rs), "number_rate": _mean(r.has_number for r in rs),
                               **{band: _band_share(rs, low, high) for band, low, high in BANDS}}
-    near = [abs(r.value_m - r.question.truth_m) for r in quantitative
-            if r.question.question_type == "gap" and 0.0 <= r.question.truth_m < NEAR_CONTACT_M and r.has_number]
-    metrics["near_contact_gap_answers"] = len(near)
-    metrics["near_contact_median_abs_error_m"] = float(np.median(near)) if near else math.nan
     metrics["per_type"] = per_type
+    metrics["exact_gripper"] = {name: _quantity_summary([r for r in exact if r.question.question_type in names])
+                                for name, names in (("all", ("gap", "distance")), ("gap", ("gap",)),
+                                                    ("distance", ("distance",)))}
+    near = [r for r in exact if r.question.question_type == "gap" and r.question.truth_m < NEAR_CONTACT_M]
+    metrics["near_contact_gap_answers"] = len(near)
+    metrics["near_contact_median_abs_error_m"] = _quantity_summary(near)["median_abs_error_m"]
     return metrics
+
+
+def _quantity_summary(records: Sequence[AnswerRecord]) -> dict[str, Any]:
+    """n, number rate, the bands and the median |error| (metres, answers with a number) of quantity answers."""
+    errors = [abs(r.value_m - r.question.truth_m) for r in records if r.has_number]
+    return {"n": len(records), "number_rate": _mean(r.has_number for r in records),
+            **{band: _band_share(records, low, high) for band, low, high in BANDS},
+            "median_abs_error_m": float(np.median(errors)) if errors else math.nan}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -532,8 +552,12 @@ def _json_safe(value: Any) -> Any:
 
 
 def per_family(records: Sequence[AnswerRecord]) -> dict[str, dict[str, Any]]:
-    """:func:`answer_metrics`' headline figures per question family (predicate, choice, classify, quantity, ...)."""
+    """:func:`answer_metrics`' headline figures per question family (predicate, choice, classify, quantity, ...).
+
+    Over the data engine's sampled questions; the exact gripper rows are in ``exact_gripper``.
+    """
     out: dict[str, dict[str, Any]] = {}
+    records = [r for r in records if not r.question.exact_truth]
     for family in sorted({r.question.family for r in records}):
         m = answer_metrics([r for r in records if r.question.family == family])
         out[family] = {k: m[k] for k in ("qualitative_accuracy", "number_rate", "within_0.5_2x", "within_0.75_1.25x")

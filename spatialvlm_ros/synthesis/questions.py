@@ -190,6 +190,8 @@ class QAPair:
         truth_sigma_m: one standard deviation of ``truth_m`` by the judge's uncertainty model (in
             ``truth_unit``), None when no judge ran.
         judge_flags: why the judge distrusts the pair (``judge.action: flag``); empty when trusted.
+        exact_truth: ``truth_m`` is a simulator's exact measurement (:func:`exact_gripper_qa`), not the
+            lifted boxes'.
     """
 
     question_type: str
@@ -207,6 +209,7 @@ class QAPair:
     rounding_step_m: float | None = None
     truth_sigma_m: float | None = None
     judge_flags: tuple[str, ...] = ()
+    exact_truth: bool = False
 
 
 class Reviewer(Protocol):
@@ -309,7 +312,7 @@ def _quantity_qa(qtype: QuestionType, a: SceneObject, b: SceneObject | None, tru
     return QAPair(question_type=qtype.name, family=qtype.family, qualitative=False, object_ids=ids,
                   question=question, answer=answer, truth_m=truth, truth_unit="m", answer_value=spoken.value,
                   answer_unit=spoken.unit, answer_value_m=spoken.value_m, rounding_step_m=spoken.step_m,
-                  truth_sigma_m=0.0 if exact else None)
+                  truth_sigma_m=0.0 if exact else None, exact_truth=exact)
 
 
 def exact_gripper_qa(scene: SceneRecord, exact: ExactDistances, rng: np.random.Generator,
@@ -319,7 +322,7 @@ def exact_gripper_qa(scene: SceneRecord, exact: ExactDistances, rng: np.random.G
     These are the questions a reach reward asks, and a depth-lifted box cannot answer them near contact: two
     boxes overlap while the surfaces are still centimetres apart, and the judge rightly drops a 1 cm gap
     measured to +-1 cm. A simulator knows the surface gap exactly, so these rows carry it (``truth_sigma_m``
-    0) and bypass the judge. Nearer objects are asked about more often (weight 1 / (gap + 5 cm)), so scenes
+    0, ``exact_truth``) and bypass the judge. Nearer objects are asked about more often (weight 1 / (gap + 5 cm)), so scenes
     set up near contact yield near-contact questions. The gripper or an object the record left out (cut by
     the image border, judged away) is not asked about.
 

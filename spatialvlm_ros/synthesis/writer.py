@@ -224,7 +224,8 @@ class _ParquetSink:
             ("answer", pa.string()), ("truth_m", pa.float64()), ("truth_unit", pa.string()),
             ("truth_label", pa.string()), ("answer_value", pa.float64()), ("answer_unit", pa.string()),
             ("answer_value_m", pa.float64()), ("rounding_step_m", pa.float64()), ("truth_sigma_m", pa.float64()),
-            ("judge_flags", pa.list_(pa.string())), ("object_references", pa.list_(pa.string())),
+            ("judge_flags", pa.list_(pa.string())), ("exact_truth", pa.bool_()),
+            ("object_references", pa.list_(pa.string())),
             ("canonicalised", pa.bool_())])
 
     def add(self, row: dict[str, Any]) -> None:
@@ -267,7 +268,8 @@ def dataset_card(summary: dict[str, Any], cfg: SynthesisConfig) -> str:
         "step. Scene frame: x forward, y left, z up on the support plane; `scenes/<id>.json` holds each image's",
         "objects, captions, 3D boxes and camera transform; elevation-dependent types are skipped on scenes that",
         "could not be canonicalised. With the judge on, `truth_sigma_m` is each measurement's standard deviation",
-        "and `judge_flags` why the judge distrusts a row (flag mode).", "",
+        "and `judge_flags` why the judge distrusts a row (flag mode). `exact_truth` rows (simulated sources) ask",
+        "the gripper's gap or distance and carry the simulator's exact measurement instead.", "",
         "```python", "from datasets import load_dataset",
         "ds = load_dataset('json', data_files='data.jsonl', split='train')   # or 'parquet', 'data.parquet'", "```",
         "", "| question type | rows |", "|---|---|",
