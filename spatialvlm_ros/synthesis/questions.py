@@ -323,8 +323,8 @@ def exact_gripper_qa(scene: SceneRecord, exact: ExactDistances, rng: np.random.G
     boxes overlap while the surfaces are still centimetres apart, and the judge rightly drops a 1 cm gap
     measured to +-1 cm. A simulator knows the surface gap exactly, so these rows carry it (``truth_sigma_m``
     0, ``exact_truth``) and bypass the judge. Nearer objects are asked about more often (weight
-    1 / (gap + 5 cm)), so scenes set up near contact yield near-contact questions. The gripper or an object the record left out (cut by
-    the image border, judged away) is not asked about.
+    1 / (gap + 5 cm)), so scenes set up near contact yield near-contact questions. The gripper or an object
+    the record left out (cut by the image border, judged away) is not asked about.
 
     Example:
         >>> from spatialvlm_ros.synthesis.records import SceneObject
