@@ -182,3 +182,13 @@ def test_sim_scenes_near_contact_get_exact_gripper_gap_questions() -> None:
     none = dataclasses.replace(cfg, questions=dataclasses.replace(cfg.questions, exact_per_image=0))
     result = synthesize_image(SimSource(40, none), SceneExtractor(none), f"sim{near[0]:06d}")
     assert result.pairs and not [p for p in result.pairs if p.exact_truth]
+
+
+def test_cli_exact_per_image_overrides_the_config(tmp_path: Path, capsys) -> None:
+    """``--exact-per-image 0`` makes the data of VLM stages 1-3: the sampled questions only."""
+    assert main(["synthesize", "--input", "sim:1", "--out", str(tmp_path / "ds"), "--exact-per-image", "0"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in (tmp_path / "ds" / "data.jsonl").read_text().splitlines()]
+    assert summary["rows"] == len(rows) == SynthesisConfig().questions.per_image
+    assert not any(r["exact_truth"] for r in rows)
+    assert main(["synthesize", "--input", "sim:1", "--out", str(tmp_path / "bad"), "--exact-per-image", "-1"]) == 2

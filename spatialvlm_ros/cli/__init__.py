@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
     synth.add_argument("--ray-workers", type=int, default=None, help="Ray workers (default: the cluster's CPUs)")
     synth.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
+    synth.add_argument("--exact-per-image", type=int, default=None,
+                       help="overrides questions.exact_per_image: gripper gap/distance rows per simulated image "
+                            "answered with the simulator's exact truth (0: none, as the data of VLM stages 1-3)")
     synth.set_defaults(func=_lazy("spatialvlm_ros.cli.synthesize:synthesize_cli"))
 
     from spatialvlm_ros.cli.vlm import (add_evaluate_arguments, add_finetune_arguments, add_train_arguments,

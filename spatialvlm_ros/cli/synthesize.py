@@ -26,6 +26,9 @@ def synthesize_cli(args: argparse.Namespace) -> int:
         InputError: an unsupported ``--input``.
     """
     cfg = load_synthesis_config(args.config, {"seed": args.seed} if args.seed is not None else None)
+    if args.exact_per_image is not None:
+        cfg = dataclasses.replace(cfg, questions=dataclasses.replace(cfg.questions,
+                                                                     exact_per_image=args.exact_per_image))
     source = open_source(args.input, cfg)
     if args.engine == "ray":
         # Fail on a missing Ray before drawing a progress bar.
