@@ -260,6 +260,7 @@ def reused_runs(path: Path, wanted: dict[str, Any], training: list[str]) -> list
         earlier = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise SystemExit(f"--reuse {path}: cannot read it ({err})") from err
+    # Compared as JSON reads them back (tuples become lists).
     differ = sorted(key for key, value in wanted.items() if json.loads(json.dumps(value)) != earlier.get(key))
     if differ:
         raise SystemExit(f"--reuse {path}: made with other settings ({', '.join(differ)}); its runs are not "

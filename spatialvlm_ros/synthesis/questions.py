@@ -56,6 +56,8 @@ OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"
             "front": "behind", "tall": "short", "short": "tall", "wide": "thin", "thin": "wide", "big": "small",
             "small": "big"}
 CLASSIFY_PAIRS = {name: tuple(name.split("_")) for name in CLASSIFY_WORDS}
+#: Exact gripper questions pick an object with weight 1 / (gap + this), metres: near objects more often.
+NEAR_WEIGHT_M = 0.05
 #: Quantity types: (number of objects, needs the canonical frame).
 QUANTITIES = {"distance": (2, False), "gap": (2, False), "height": (1, True), "width": (1, False),
               "elevation": (1, True), "vertical_distance": (2, True), "horizontal_distance": (2, True)}
@@ -301,8 +303,8 @@ def make_qa(qtype: QuestionType, a: SceneObject, b: SceneObject | None, rng: np.
 
 
 def _quantity_qa(qtype: QuestionType, a: SceneObject, b: SceneObject | None, truth: float, rng: np.random.Generator,
-                 cfg: QuestionsConfig, exact: bool = False) -> QAPair:
-    """A quantity question about A (and B) answered with ``truth`` metres (``exact``: sigma 0, not judged)."""
+                 cfg: QuestionsConfig, exact_truth: bool = False) -> QAPair:
+    """A quantity question about A (and B) answered with ``truth`` metres (``exact_truth``: sigma 0, not judged)."""
     slots = {"A": a.reference, "B": b.reference if b is not None else ""}
     ids = (a.object_id,) if qtype.arity == 1 or b is None else (a.object_id, b.object_id)
     spoken = say_distance(truth, rng, cfg.imperial_probability, cfg.coarse_probability, cfg.max_coarse_error)
@@ -312,7 +314,7 @@ def _quantity_qa(qtype: QuestionType, a: SceneObject, b: SceneObject | None, tru
     return QAPair(question_type=qtype.name, family=qtype.family, qualitative=False, object_ids=ids,
                   question=question, answer=answer, truth_m=truth, truth_unit="m", answer_value=spoken.value,
                   answer_unit=spoken.unit, answer_value_m=spoken.value_m, rounding_step_m=spoken.step_m,
-                  truth_sigma_m=0.0 if exact else None, exact_truth=exact)
+                  truth_sigma_m=0.0 if exact_truth else None, exact_truth=exact_truth)
 
 
 def exact_gripper_qa(scene: SceneRecord, exact: ExactDistances, rng: np.random.Generator,
@@ -345,7 +347,7 @@ def exact_gripper_qa(scene: SceneRecord, exact: ExactDistances, rng: np.random.G
     others = [o for o in scene.objects if o is not gripper and o.name in exact.gap_m and o.name in exact.centre_m]
     if gripper is None or not others or cfg.exact_per_image == 0:
         return []
-    weights = np.array([1.0 / (max(exact.gap_m[o.name], 0.0) + 0.05) for o in others])
+    weights = np.array([1.0 / (max(exact.gap_m[o.name], 0.0) + NEAR_WEIGHT_M) for o in others])
     first_kind = int(rng.integers(2))
     out = []
     for k in range(cfg.exact_per_image):
@@ -353,7 +355,7 @@ def exact_gripper_qa(scene: SceneRecord, exact: ExactDistances, rng: np.random.G
         # Alternate the kinds so both are asked equally; a gap is 0 at contact (never negative, as for boxes).
         kind = ("gap", "distance")[(first_kind + k) % 2]
         truth = max(exact.gap_m[target.name], 0.0) if kind == "gap" else exact.centre_m[target.name]
-        out.append(_quantity_qa(TYPES_BY_NAME[kind], gripper, target, truth, rng, cfg, exact=True))
+        out.append(_quantity_qa(TYPES_BY_NAME[kind], gripper, target, truth, rng, cfg, exact_truth=True))
     return out
 
 
