@@ -12,12 +12,22 @@ A policy does not approach in a straight line: it explores, and it will find any
 the success bonus (estimate under 2 cm) without a success. The wandering episodes (as many as ``--episodes``)
 drift towards the can under uniform action noise up to a full action on each axis; the benchmark reports how often the
 estimate reads under 2 cm when the true gap is at least 5 cm (a **false bonus**) and when it is under 2 cm
-(a **true bonus**). Last line: JSON with ``spearman_per_episode``, ``bands``, ``frames`` and ``wander``.
+(a **true bonus**).
+
+Where those poses are: the **direction map** puts the gripper (kinematic env, its orientation fixed as in the
+reach) at exact gaps of 0-12 cm from the can along nine directions (left, right, towards the camera, away
+from it, above, and between) and prints the estimate at each. Along the camera's line of sight a single RGB
+view sees little change, which is where a policy finds its bonus. Last line: JSON with
+``spearman_per_episode``, ``bands``, ``frames``, ``wander`` and ``direction_map`` (direction -> estimates in
+metres at ``MAP_GAPS_M``; ``far_contact_reads`` / ``near_contact_reads``: the share of its cells with a true
+gap >= 5 cm / under 2 cm that read under 2 cm).
 
 Usage: python benchmarks/vlm_reach_frames.py [--episodes 4] [--steps 100] [--weights DIR] [--smoke]
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -33,13 +43,19 @@ from spatialvlm_ros.config import CompactVLMConfig, VLMConfig
 from _common import BenchmarkParser, emit, median
 
 FIGURES = ("spearman_per_episode.*", "bands.*.median_estimate_m", "bands.*.median_abs_error_m", "frames",
-           "invalid_rate", "wander.far_frames", "wander.near_frames", "wander.false_bonus_rate")
+           "invalid_rate", "wander.far_frames", "wander.near_frames", "wander.false_bonus_rate",
+           "direction_map.far_contact_reads", "direction_map.near_contact_reads")
 # wander.true_bonus_rate is NaN (null) when no wandering frame came under 2 cm (a short --smoke run).
 
 BANDS_M = ((0.0, 0.02), (0.02, 0.05), (0.05, 0.10), (0.10, np.inf))
 SEED_BASE = 2_000_000        # far from the training (0...) and evaluation (1,000,000...) seeds
 PAIR = Pair("yellow gripper", "red can")
 SUCCESS_M = 0.02             # the reach's success band, where the reward's bonus is paid
+MAP_GAPS_M = (0.0, 0.01, 0.03, 0.05, 0.08, 0.12)
+# World directions from the can's centre: the reach camera looks along +y, so -y is towards it.
+MAP_DIRECTIONS = {"left": (-1, 0, 0), "right": (1, 0, 0), "towards camera": (0, -1, 0), "away": (0, 1, 0),
+                  "above": (0, 0, 1), "above left": (-1, 0, 1), "above towards camera": (0, -1, 1),
+                  "above away": (0, 1, 1), "left towards camera": (-1, -1, 0.3)}
 
 
 def approach(env: gym.Env, estimator: DistanceEstimator, seed: int, steps: int,
@@ -61,6 +77,23 @@ def approach(env: gym.Env, estimator: DistanceEstimator, seed: int, steps: int,
         estimates.append(estimate.distance_m if estimate.valid else np.nan)
         truths.append(max(info["true_distance_m"], 0.0))
     return np.asarray(estimates), np.asarray(truths)
+
+
+def direction_map(estimator: DistanceEstimator, seed: int) -> dict[str, list[float | None]]:
+    """Direction -> the estimated gap (metres, None where invalid) at each of ``MAP_GAPS_M`` along it."""
+    env = gym.make(REACH_ID, physics=False)
+    env.reset(seed=seed)
+    sim = env.unwrapped.sim
+    out: dict[str, list[float | None]] = {}
+    for name, direction in MAP_DIRECTIONS.items():
+        estimates = []
+        for gap in MAP_GAPS_M:
+            frame = sim.render_at(sim.position_at_gap(np.asarray(direction, dtype=float), gap)).frame
+            estimate = estimator.estimate(frame, [PAIR], DistanceKind.GAP)[0]
+            estimates.append(round(estimate.distance_m, 3) if estimate.valid else None)
+        out[name] = estimates
+    env.close()
+    return out
 
 
 def main() -> None:
@@ -102,8 +135,23 @@ def main() -> None:
     print(f"  wandering ({args.episodes} x {args.steps} steps): estimate < 2 cm on {wander['false_bonus_rate']:.1%} of "
           f"{wander['far_frames']} frames with a true gap >= 5 cm (false bonus), {wander['true_bonus_rate']:.1%} of "
           f"{wander['near_frames']} frames under 2 cm")
+    grid = direction_map(estimator, SEED_BASE + 500)
+    gaps_cm = " / ".join(f"{100 * g:.0f}" for g in MAP_GAPS_M)
+    print(f"  direction map, estimate (cm) at a true gap of {gaps_cm} cm:")
+    for name, row in grid.items():
+        print(f"    {name:>21}: " + " / ".join("inv" if e is None else f"{100 * e:.1f}" for e in row))
+
+    def contact_reads(keep: Callable[[float], bool]) -> float:
+        cells = [e for row in grid.values() for g, e in zip(MAP_GAPS_M, row) if keep(g)]
+        return float(np.mean([e is not None and e < SUCCESS_M for e in cells]))
+
+    far_contact, near_contact = contact_reads(lambda g: g >= 0.05), contact_reads(lambda g: g < SUCCESS_M)
+    print(f"  direction map: read under 2 cm on {far_contact:.0%} of the cells with a true gap >= 5 cm, "
+          f"{near_contact:.0%} of those under 2 cm")
     emit({"spearman_per_episode": [round(r, 3) for r in rhos], "bands": bands,
-          "frames": int(len(truths)), "invalid_rate": float(np.mean(~np.isfinite(estimates))), "wander": wander})
+          "frames": int(len(truths)), "invalid_rate": float(np.mean(~np.isfinite(estimates))), "wander": wander,
+          "direction_map": {"gaps_m": list(MAP_GAPS_M), "estimates_m": grid, "far_contact_reads": far_contact,
+                            "near_contact_reads": near_contact}})
 
 
 if __name__ == "__main__":

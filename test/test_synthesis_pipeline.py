@@ -19,7 +19,8 @@ from spatialvlm_ros.synthesis.engine import run_local, synthesize_image
 from spatialvlm_ros.synthesis.extract import SceneExtractor, image_rng
 from spatialvlm_ros.synthesis.lifting import support_frame
 from spatialvlm_ros.synthesis.records import Box3D, SceneRecord
-from spatialvlm_ros.synthesis.sources import SimSource, open_source
+from spatialvlm_ros.sim import TabletopSim
+from spatialvlm_ros.synthesis.sources import OFF_PATH_MAX_GAP_M, SimSource, off_path_position, open_source
 
 
 #: Rows a sim image yields with the default settings: the sampled questions and the exact gripper-distance ones.
@@ -162,6 +163,8 @@ def test_point_clouds_are_saved_in_the_scene_frame_on_request(tmp_path: Path) ->
 def test_sim_scenes_near_contact_get_exact_gripper_gap_questions() -> None:
     """The reach reward's question near contact: answered with the simulator's gap, not dropped by the judge."""
     cfg = load_synthesis_config()
+    # On the approach line the gripper stands at the scene's drawn gap, which the rows must then say.
+    cfg = dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, off_path_share=0.0))
     source = SimSource(40, cfg)
     near = [i for i in range(40) if source.scene_config(i).start_gap_m < 0.05][:2]
     assert near, "the split puts 30% of scenes within 5 cm"
@@ -184,6 +187,54 @@ def test_sim_scenes_near_contact_get_exact_gripper_gap_questions() -> None:
     assert result.pairs and not [p for p in result.pairs if p.exact_truth]
 
 
+def test_off_path_scenes_move_only_the_gripper_and_say_its_new_gaps() -> None:
+    """Off-path scenes: same scene draws, the gripper elsewhere (not aimed), and rows that say where it is."""
+    cfg = load_synthesis_config()
+    on, off = (dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, off_path_share=share)) for share in (0.0, 1.0))
+    moved = 0
+    for index in range(3):
+        image_id = f"sim{index:06d}"
+        aimed, wandered = SimSource(3, on, split="around"), SimSource(3, off, split="around")
+        assert aimed.scene(index) == wandered.scene(index)
+        a, b = aimed.load(image_id), wandered.load(image_id)
+        assert set(a.exact.gap_m) == set(b.exact.gap_m)
+        config = aimed.scene_config(index)
+        target = f"{config.target_colour} {config.target}"
+        assert a.exact.gap_m[target] == pytest.approx(config.start_gap_m, abs=1e-4)
+        if not np.array_equal(a.frame.rgb, b.frame.rgb):
+            moved += 1
+            assert 0.0 <= b.exact.gap_m[target] <= OFF_PATH_MAX_GAP_M + 1e-4
+            assert min(b.exact.gap_m.values()) >= -1e-6          # inside no object
+            assert b.frame.gripper_pose is not None and not np.allclose(b.frame.gripper_pose[:3, 3],
+                                                                        a.frame.gripper_pose[:3, 3])
+            result = synthesize_image(wandered, SceneExtractor(off), image_id)
+            names = {o.object_id: o.name for o in result.scene.objects}
+            for row in (r for r in result.pairs if r.exact_truth and r.question_type == "gap"):
+                assert row.truth_m == pytest.approx(max(b.exact.gap_m[names[row.object_ids[1]]], 0.0), abs=1e-6)
+    assert moved >= 2, "an off-path pose fits in almost every scene"
+    plain = [SimSource(1, c, split="plain").load("sim000000").frame.rgb for c in (on, off)]
+    np.testing.assert_array_equal(*plain)        # sim-plain keeps the scenes drawn before off-path poses
+
+
+def test_off_path_position_is_clear_of_everything_and_not_aimed_at_the_target() -> None:
+    """The pose itself: the drawn gap to the target, clear of other objects and the table, off the approach line."""
+    config = SimSource(1, load_synthesis_config(), split="around").scene_config(0)
+    angles = []
+    with TabletopSim(config) as sim:
+        centre = sim.truth(0).object_positions_world[sim.target_label]
+        for k in range(6):
+            position = off_path_position(sim, 1.0, np.random.default_rng(k))
+            assert position is not None
+            truth = sim.truth_at(position)
+            assert 0.0 <= truth.gap_m[sim.target_label] <= OFF_PATH_MAX_GAP_M + 1e-4
+            assert min(truth.gap_m.values()) >= -1e-6 and sim.scenery_gap() >= 0.005
+            to_target = (centre - position) / np.linalg.norm(centre - position)
+            fingers = truth.camera_pose_world[:3, :3] @ truth.gripper_pose_cam[:3, 2]   # gripper z: where they point
+            angles.append(np.degrees(np.arccos(np.clip(to_target @ fingers, -1, 1))))
+        assert off_path_position(sim, 0.0, np.random.default_rng(0)) is None
+    assert max(angles) > 30.0, f"the gripper should not always be aimed at the target: {angles}"
+
+
 def test_cli_exact_per_image_overrides_the_config(tmp_path: Path, capsys) -> None:
     """``--exact-per-image 0`` makes the data of VLM stages 1-3: the sampled questions only."""
     assert main(["synthesize", "--input", "sim:1", "--out", str(tmp_path / "ds"), "--exact-per-image", "0"]) == 0
@@ -192,3 +243,4 @@ def test_cli_exact_per_image_overrides_the_config(tmp_path: Path, capsys) -> Non
     assert summary["rows"] == len(rows) == SynthesisConfig().questions.per_image
     assert not any(r["exact_truth"] for r in rows)
     assert main(["synthesize", "--input", "sim:1", "--out", str(tmp_path / "bad"), "--exact-per-image", "-1"]) == 2
+    assert main(["synthesize", "--input", "sim:1", "--out", str(tmp_path / "bad"), "--off-path-share", "1.5"]) == 2

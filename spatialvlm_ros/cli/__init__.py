@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--exact-per-image", type=int, default=None,
                        help="overrides questions.exact_per_image: gripper gap/distance rows per simulated image "
                             "answered with the simulator's exact truth (0: none, as the data of VLM stages 1-3)")
+    synth.add_argument("--off-path-share", type=float, default=None,
+                       help="overrides sim.off_path_share: share of simulated scenes whose gripper is off its approach "
+                            "line, not aimed at the target (0: none, as the data of VLM stages 1-4)")
     synth.set_defaults(func=_lazy("spatialvlm_ros.cli.synthesize:synthesize_cli"))
 
     from spatialvlm_ros.cli.vlm import (add_evaluate_arguments, add_finetune_arguments, add_train_arguments,

@@ -29,6 +29,8 @@ def synthesize_cli(args: argparse.Namespace) -> int:
     if args.exact_per_image is not None:
         cfg = dataclasses.replace(cfg, questions=dataclasses.replace(cfg.questions,
                                                                      exact_per_image=args.exact_per_image))
+    if args.off_path_share is not None:
+        cfg = dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, off_path_share=args.off_path_share))
     source = open_source(args.input, cfg)
     if args.engine == "ray":
         # Fail on a missing Ray before drawing a progress bar.

@@ -150,7 +150,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="data engine YAML for the held-out set (default: config/synthesis.yaml)")
     parser.add_argument("--scenes", type=int, default=20, help="held-out simulated scenes without --data")
     parser.add_argument("--split", choices=SPLITS, default="sim",
-                        help="held-out scenes without --data: 'sim' like the training split (default); "
+                        help="held-out scenes (without --data) and approach trajectories: 'sim' like the "
+                             "training split (default); "
                              "'shift': camera rigs, a gripper, textures and lights training never shows, and "
                              "stronger sensor damage; 'plain': the look before domain randomisation; 'around': "
                              "'sim' with the camera anywhere around the target (spatialvlm_ros.sim.splits)")
@@ -254,7 +255,7 @@ def evaluate_cli(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, limit=args.limit,
                               default_unit=getattr(section, "default_unit", "") or None, trajectories=args.trajectories,
                               frames=args.frames, seed=seed, kind=estimator.distance,
-                              split="sim" if args.data is not None else args.split)
+                              split=args.split)
     summary = report.summary()
     if args.out is not None:
         report.write(args.out)

@@ -254,28 +254,41 @@ class TabletopSim:
         """
         cfg = self.config
         axes = gripper_axes(self.layout.approach)
-        centre = self._object_centres[0]
         t = np.linspace(0.0, 1.0, cfg.n_frames)
         gaps = cfg.start_gap_m + (cfg.end_gap_m - cfg.start_gap_m) * t
         wobble = (_WOBBLE[0] * np.sin(3 * np.pi * t)[:, None] * axes[:, 0]
                   + _WOBBLE[1] * np.sin(2 * np.pi * t + 0.5)[:, None] * axes[:, 1])
         directions = self.layout.approach + wobble
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-        out = np.empty((cfg.n_frames, 3))
-        for i, (wanted, direction) in enumerate(zip(gaps, directions)):
-            s = wanted + 0.5                      # the gripper and any object fit in 0.5 m: start outside
-            for _ in range(500):
-                self._set_gripper(centre + s * direction)
-                error = self._gap(0) - wanted
-                if abs(error) < _GAP_TOL_M:
-                    break
-                s -= error
-            else:
-                if abs(error) > _GAP_ACCEPT_M:
-                    raise SimulationError(f"trajectory step {i}: could not place the gripper {wanted:.3f} m "
-                                          f"from {self.target_label!r} (residual {error:.2e} m)")
-            out[i] = centre + s * direction
-        return out
+        return np.stack([self.position_at_gap(direction, wanted) for wanted, direction in zip(gaps, directions)])
+
+    def position_at_gap(self, direction: np.ndarray, gap_m: float) -> np.ndarray:
+        """The grasp point on the ray from the target's centre along ``direction`` (3,) whose gap is ``gap_m``.
+
+        The gripper keeps its orientation, so off its approach line (``direction`` anywhere) it is not aimed
+        at the target. Leaves the gripper there. World metres.
+
+        Raises:
+            SimulationError: the solver did not converge (a ray that grazes the target).
+        """
+        direction = np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction)
+        centre = self._object_centres[0]
+        s = gap_m + 0.5                           # the gripper and any object fit in 0.5 m: start outside
+        for _ in range(500):
+            self._set_gripper(centre + s * direction)
+            error = self._gap(0) - gap_m
+            if abs(error) < _GAP_TOL_M:
+                break
+            s -= error
+        else:
+            if abs(error) > _GAP_ACCEPT_M:
+                raise SimulationError(f"could not place the gripper {gap_m:.3f} m from {self.target_label!r} "
+                                      f"(residual {error:.2e} m)")
+        return centre + s * direction
+
+    def scenery_gap(self) -> float:
+        """Gap between the gripper and the scenery (table, floor, walls, clutter) as it stands now, metres."""
+        return self._geoms_gap(self._gripper_geoms, np.flatnonzero(self._geom_object == -1))
 
     def _warn_if_out_of_view(self) -> None:
         """Log a warning when the gripper's bounding spheres leave the image at either end of the path.

@@ -188,12 +188,14 @@ class SimSourceConfig:
     fovy_deg: float = 58.0
     min_distractors: int = 2
     max_distractors: int = 5
+    off_path_share: float = 0.5        # scenes whose gripper is off its approach line (not aimed at the target)
     depth_noise: DepthNoiseConfig = DepthNoiseConfig()
 
     def __post_init__(self) -> None:
         _require(self.width >= 16 and self.height >= 16, "sim.width", "image must be at least 16x16")
         _require(0 <= self.min_distractors <= self.max_distractors, "sim.min_distractors",
                  "need 0 <= min_distractors <= max_distractors")
+        _require(0.0 <= self.off_path_share <= 1.0, "sim.off_path_share", "must be in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from rosbags.highlevel import AnyReader
 
     from spatialvlm_ros.messages.rosbag import CameraMessages, CameraTopics
+    from spatialvlm_ros.sim import TabletopSim
     from spatialvlm_ros.sim.appearance import Appearance
     from spatialvlm_ros.sim.render import GLContext
 
@@ -88,7 +89,8 @@ class SimSource:
     (kinds drawn independently, so several cans or balls are common, which exercises ambiguity removal),
     a random gripper gap (within 5 cm on 30% of scenes, contact included), the simulator's layout
     randomisation, and a domain-randomised camera rig, gripper model and look
-    (:mod:`spatialvlm_ros.sim.splits`, :mod:`spatialvlm_ros.sim.appearance`).
+    (:mod:`spatialvlm_ros.sim.splits`, :mod:`spatialvlm_ros.sim.appearance`). On ``sim.off_path_share``
+    of the scenes (not ``plain``) the gripper then leaves its approach line (:func:`off_path_position`).
 
     Args:
         n: number of scenes.
@@ -181,7 +183,13 @@ class SimSource:
                 logger.debug("%s: %s; one distractor fewer", image_id, err)
                 config = dataclasses.replace(config, distractors=config.distractors[:-1])
         with sim:
-            step = sim.render(0)
+            position = None
+            if self.split != "plain":     # plain: the scenes the data engine drew before off-path poses
+                position = off_path_position(sim, self.cfg.sim.off_path_share,
+                                             np.random.default_rng([self.cfg.seed, index, 0x0FF]))
+            step = sim.render(0) if position is None else sim.render_at(position)   # same stamp and noise draws
+            if position is not None and not _gripper_in_view(step.frame):
+                step = sim.render(0)
         if appearance is not None:
             rgb = appearance.sensor.apply(step.frame.rgb, np.random.default_rng([self.cfg.seed, index, 0x1D6]))
             step = dataclasses.replace(step, frame=dataclasses.replace(step.frame, rgb=rgb))
@@ -189,6 +197,48 @@ class SimSource:
         exact = ExactDistances(sim.gripper_label, dict(step.truth.gap_m), dict(step.truth.centre_m))
         return Sample(image_id=image_id, frame=step.frame, attributes=attributes,
                       support_mask=table_top_mask(step.frame, step.truth.camera_pose_world), exact=exact)
+
+
+#: Off-path poses: the gap to the target (uniform up to this, metres), the elevation range of the direction
+#: from the target's centre (radians; below the centre needs a low gripper), and draws before giving up.
+OFF_PATH_MAX_GAP_M = 0.15
+_OFF_PATH_ELEVATION = (-0.2, 1.4)
+_OFF_PATH_TRIES = 20
+_SCENERY_CLEARANCE_M = 0.005
+
+
+def off_path_position(sim: "TabletopSim", share: float, rng: np.random.Generator) -> np.ndarray | None:
+    """A grasp point off the gripper's approach line, on ``share`` of scenes; None: keep the scripted pose.
+
+    The scripted approach always aims the gripper at the target; a policy (or an operator) moves it with
+    its orientation fixed and ends beside, above or in front of the target, where a monocular model that
+    only saw aimed grippers misjudges the gap (it read 5-15 cm as contact in the reach env). Here the
+    gripper keeps its orientation and sits on a ray from the target's centre in any direction, at a
+    uniform gap up to :data:`OFF_PATH_MAX_GAP_M`, clear of the other objects and the scenery. Draws from
+    ``rng`` alone, so the scene's other draws do not change. None when no draw fits.
+    """
+    if rng.random() >= share:
+        return None
+    for _ in range(_OFF_PATH_TRIES):
+        azimuth, elevation = rng.uniform(-np.pi, np.pi), rng.uniform(*_OFF_PATH_ELEVATION)
+        direction = np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth),
+                              np.sin(elevation)])
+        gap = rng.uniform(0.0, OFF_PATH_MAX_GAP_M)
+        try:
+            position = sim.position_at_gap(direction, gap)
+        except SimulationError:
+            continue
+        gaps = sim.truth_at(position).gap_m
+        if min(gaps.values()) >= -1e-6 and sim.scenery_gap() >= _SCENERY_CLEARANCE_M:
+            return position
+    return None
+
+
+def _gripper_in_view(frame: Frame, min_pixels: int = 40) -> bool:
+    """The gripper (segmentation id 0) shows at least ``min_pixels`` pixels and does not touch the image border."""
+    mask = frame.segmentation == 0
+    border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
+    return int(mask.sum()) >= min_pixels and not border.any()
 
 
 class FolderSource:
