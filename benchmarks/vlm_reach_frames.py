@@ -82,17 +82,19 @@ def approach(env: gym.Env, estimator: DistanceEstimator, seed: int, steps: int,
 def direction_map(estimator: DistanceEstimator, seed: int) -> dict[str, list[float | None]]:
     """Direction -> the estimated gap (metres, None where invalid) at each of ``MAP_GAPS_M`` along it."""
     env = gym.make(REACH_ID, physics=False)
-    env.reset(seed=seed)
-    sim = env.unwrapped.sim
     out: dict[str, list[float | None]] = {}
-    for name, direction in MAP_DIRECTIONS.items():
-        estimates = []
-        for gap in MAP_GAPS_M:
-            frame = sim.render_at(sim.position_at_gap(np.asarray(direction, dtype=float), gap)).frame
-            estimate = estimator.estimate(frame, [PAIR], DistanceKind.GAP)[0]
-            estimates.append(round(estimate.distance_m, 3) if estimate.valid else None)
-        out[name] = estimates
-    env.close()
+    try:
+        env.reset(seed=seed)
+        sim = env.unwrapped.sim
+        for name, direction in MAP_DIRECTIONS.items():
+            estimates = []
+            for gap in MAP_GAPS_M:
+                frame = sim.render_at(sim.position_at_gap(np.asarray(direction, dtype=float), gap)).frame
+                estimate = estimator.estimate(frame, [PAIR], DistanceKind.GAP)[0]
+                estimates.append(round(estimate.distance_m, 3) if estimate.valid else None)
+            out[name] = estimates
+    finally:
+        env.close()
     return out
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from spatialvlm_ros.cli import main
-from spatialvlm_ros.errors import InputError
+from spatialvlm_ros.errors import InputError, SimulationError
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.geometry.plane import fit_plane
 from spatialvlm_ros.geometry.pointcloud import backproject
@@ -195,7 +195,6 @@ def test_off_path_scenes_move_only_the_gripper_and_say_its_new_gaps() -> None:
     for index in range(3):
         image_id = f"sim{index:06d}"
         aimed, wandered = SimSource(3, on, split="around"), SimSource(3, off, split="around")
-        assert aimed.scene(index) == wandered.scene(index)
         a, b = aimed.load(image_id), wandered.load(image_id)
         assert set(a.exact.gap_m) == set(b.exact.gap_m)
         config = aimed.scene_config(index)
@@ -207,10 +206,18 @@ def test_off_path_scenes_move_only_the_gripper_and_say_its_new_gaps() -> None:
             assert min(b.exact.gap_m.values()) >= -1e-6          # inside no object
             assert b.frame.gripper_pose is not None and not np.allclose(b.frame.gripper_pose[:3, 3],
                                                                         a.frame.gripper_pose[:3, 3])
+            # The rows must describe the rendered pose: recompute the truth from the frame's gripper pose alone.
+            with TabletopSim(config) as sim:
+                grasp_world = (sim.truth(0).camera_pose_world @ b.frame.gripper_pose)[:3, 3]
+                truth = sim.truth_at(grasp_world)
             result = synthesize_image(wandered, SceneExtractor(off), image_id)
             names = {o.object_id: o.name for o in result.scene.objects}
-            for row in (r for r in result.pairs if r.exact_truth and r.question_type == "gap"):
-                assert row.truth_m == pytest.approx(max(b.exact.gap_m[names[row.object_ids[1]]], 0.0), abs=1e-6)
+            exact = [r for r in result.pairs if r.exact_truth]
+            assert exact
+            for row in exact:
+                other = names[row.object_ids[1]]
+                expected = max(truth.gap_m[other], 0.0) if row.question_type == "gap" else truth.centre_m[other]
+                assert row.truth_m == pytest.approx(expected, abs=1e-6)
     assert moved >= 2, "an off-path pose fits in almost every scene"
     plain = [SimSource(1, c, split="plain").load("sim000000").frame.rgb for c in (on, off)]
     np.testing.assert_array_equal(*plain)        # sim-plain keeps the scenes drawn before off-path poses
@@ -232,6 +239,9 @@ def test_off_path_position_is_clear_of_everything_and_not_aimed_at_the_target() 
             fingers = truth.camera_pose_world[:3, :3] @ truth.gripper_pose_cam[:3, 2]   # gripper z: where they point
             angles.append(np.degrees(np.arccos(np.clip(to_target @ fingers, -1, 1))))
         assert off_path_position(sim, 0.0, np.random.default_rng(0)) is None
+        for direction, gap in ((np.zeros(3), 0.02), (np.array([1.0, 0.0, np.nan]), 0.02), (np.ones(3), np.nan)):
+            with pytest.raises(SimulationError, match="finite"):
+                sim.position_at_gap(direction, gap)
     assert max(angles) > 30.0, f"the gripper should not always be aimed at the target: {angles}"
 
 

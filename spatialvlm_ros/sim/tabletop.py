@@ -269,9 +269,15 @@ class TabletopSim:
         at the target. Leaves the gripper there. World metres.
 
         Raises:
-            SimulationError: the solver did not converge (a ray that grazes the target).
+            SimulationError: ``direction`` is not a finite non-zero 3-vector, ``gap_m`` is not finite, or the solver
+                did not converge (a ray that grazes the target).
         """
-        direction = np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction)
+        direction = np.asarray(direction, dtype=np.float64)
+        norm = float(np.linalg.norm(direction)) if direction.shape == (3,) else 0.0
+        if not (np.isfinite(norm) and norm > 0 and np.isfinite(gap_m)):
+            raise SimulationError(f"position_at_gap needs a finite non-zero direction (3,) and a finite gap, got "
+                                  f"{direction!r}, {gap_m!r}")
+        direction = direction / norm
         centre = self._object_centres[0]
         s = gap_m + 0.5                           # the gripper and any object fit in 0.5 m: start outside
         for _ in range(500):
@@ -281,7 +287,7 @@ class TabletopSim:
                 break
             s -= error
         else:
-            if abs(error) > _GAP_ACCEPT_M:
+            if not abs(error) <= _GAP_ACCEPT_M:
                 raise SimulationError(f"could not place the gripper {gap_m:.3f} m from {self.target_label!r} "
                                       f"(residual {error:.2e} m)")
         return centre + s * direction

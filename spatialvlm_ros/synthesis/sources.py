@@ -90,7 +90,8 @@ class SimSource:
     a random gripper gap (within 5 cm on 30% of scenes, contact included), the simulator's layout
     randomisation, and a domain-randomised camera rig, gripper model and look
     (:mod:`spatialvlm_ros.sim.splits`, :mod:`spatialvlm_ros.sim.appearance`). On ``sim.off_path_share``
-    of the scenes (not ``plain``) the gripper then leaves its approach line (:func:`off_path_position`).
+    of the scenes (not ``plain``) the gripper then tries to leave its approach line for a gap drawn from
+    0-15 cm (:func:`off_path_position`); where no such pose fits in view, the scene keeps its scripted one.
 
     Args:
         n: number of scenes.
@@ -207,14 +208,14 @@ _OFF_PATH_TRIES = 20
 _SCENERY_CLEARANCE_M = 0.005
 
 
-def off_path_position(sim: "TabletopSim", share: float, rng: np.random.Generator) -> np.ndarray | None:
+def off_path_position(sim: TabletopSim, share: float, rng: np.random.Generator) -> np.ndarray | None:
     """A grasp point off the gripper's approach line, on ``share`` of scenes; None: keep the scripted pose.
 
     The scripted approach always aims the gripper at the target; a policy (or an operator) moves it with
     its orientation fixed and ends beside, above or in front of the target, where a monocular model that
     only saw aimed grippers misjudges the gap (it read 5-15 cm as contact in the reach env). Here the
     gripper keeps its orientation and sits on a ray from the target's centre in any direction, at a
-    uniform gap up to :data:`OFF_PATH_MAX_GAP_M`, clear of the other objects and the scenery. Draws from
+    gap drawn uniformly up to :data:`OFF_PATH_MAX_GAP_M`, clear of the other objects and the scenery. Draws from
     ``rng`` alone, so the scene's other draws do not change. None when no draw fits.
     """
     if rng.random() >= share:
