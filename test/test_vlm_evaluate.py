@@ -308,6 +308,22 @@ def test_cli_shift_split_runs_on_the_packaged_model(tmp_path: Path, capsys: pyte
     assert summary["per_family"] and all(f["n"] > 0 for f in summary["per_family"].values())
 
 
+def test_cli_rescoring_a_dataset_takes_the_split_of_its_trajectories_from_split(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """A ``--data`` folder does not record its split: ``--split`` names it, and leaving it out is warned about."""
+    from spatialvlm_ros.cli import main
+    common = ["evaluate", "--backend", "compact", "--trajectories", "1", "--frames", "3"]
+    assert main([*common, "--split", "shift", "--scenes", "2", "--out", str(tmp_path / "made")]) == 0
+    data = str(tmp_path / "made" / "dataset")
+    capsys.readouterr()
+    assert main([*common, "--data", data, "--split", "shift"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["split"] == "shift"
+    assert "without --split" not in caplog.text
+    assert main([*common, "--data", data]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["split"] == "sim"
+    assert "--data without --split" in caplog.text
+
+
 def test_shift_scenes_share_no_rig_gripper_texture_or_light_with_the_training_split() -> None:
     from spatialvlm_ros.sim.appearance import SHIFT_KELVIN, SHIFT_TEXTURES, TRAINING_KELVIN, TRAINING_TEXTURES
     from spatialvlm_ros.synthesis.config import SynthesisConfig

@@ -149,9 +149,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synthesis-config", type=Path, default=None,
                         help="data engine YAML for the held-out set (default: config/synthesis.yaml)")
     parser.add_argument("--scenes", type=int, default=20, help="held-out simulated scenes without --data")
-    parser.add_argument("--split", choices=SPLITS, default="sim",
+    parser.add_argument("--split", choices=SPLITS, default=None,
                         help="held-out scenes (without --data) and approach trajectories: 'sim' like the "
-                             "training split (default); "
+                             "training split (default; pass the split a --data set was made with); "
                              "'shift': camera rigs, a gripper, textures and lights training never shows, and "
                              "stronger sensor damage; 'plain': the look before domain randomisation; 'around': "
                              "'sim' with the camera anywhere around the target (spatialvlm_ros.sim.splits)")
@@ -235,6 +235,11 @@ def evaluate_cli(args: argparse.Namespace) -> int:
         VLMError: the model did not answer the first batch.
     """
     estimator = estimator_config_from_args(args)
+    if args.split is None and args.data is not None:
+        # A dataset folder does not record its split; its trajectories would silently be another split's.
+        logger.warning("--data without --split: the approach trajectories are drawn like the 'sim' split; pass the "
+                       "split the dataset was made with")
+    args.split = args.split or "sim"
     seed = held_out_seed(args.seed)
     if not getattr(args, "verbose", False):
         # One simulator per scene would log a line each.
