@@ -239,7 +239,7 @@ def evaluate_cli(args: argparse.Namespace) -> int:
         # A dataset folder does not record its split; its trajectories would silently be another split's.
         logger.warning("--data without --split: the approach trajectories are drawn like the 'sim' split; pass the "
                        "split the dataset was made with")
-    args.split = args.split or "sim"
+    split = args.split or "sim"
     seed = held_out_seed(args.seed)
     if not getattr(args, "verbose", False):
         # One simulator per scene would log a line each.
@@ -249,7 +249,7 @@ def evaluate_cli(args: argparse.Namespace) -> int:
         data = args.data
         if data is None:
             data = synthesize_held_out((args.out or Path(tmp)) / "dataset", args.scenes, seed, args.synthesis_config,
-                                       args.split)
+                                       split)
         else:
             warn_if_training_data(data)
         section = getattr(estimator.vlm, estimator.vlm.backend, None)
@@ -260,7 +260,7 @@ def evaluate_cli(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, limit=args.limit,
                               default_unit=getattr(section, "default_unit", "") or None, trajectories=args.trajectories,
                               frames=args.frames, seed=seed, kind=estimator.distance,
-                              split=args.split)
+                              split=split)
     summary = report.summary()
     if args.out is not None:
         report.write(args.out)

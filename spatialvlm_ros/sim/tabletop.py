@@ -151,6 +151,7 @@ class TabletopSim:
             body_object[mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, f"obj{i}")] = i + 1
         self._geom_object = body_object[self.model.geom_bodyid]
         self._gripper_geoms = np.flatnonzero(self._geom_object == 0)
+        self._scenery_geoms = np.flatnonzero(self._geom_object == -1)
         self._object_geoms = [np.flatnonzero(self._geom_object == i + 1) for i in range(len(self._phrases))]
         self._object_centres = np.stack([self.layout.centre(i) for i in range(len(self._phrases))])
         self._target_body = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "obj0")
@@ -294,7 +295,7 @@ class TabletopSim:
 
     def scenery_gap(self) -> float:
         """Gap between the gripper and the scenery (table, floor, walls, clutter) as it stands now, metres."""
-        return self._geoms_gap(self._gripper_geoms, np.flatnonzero(self._geom_object == -1))
+        return self._geoms_gap(self._gripper_geoms, self._scenery_geoms)
 
     def _warn_if_out_of_view(self) -> None:
         """Log a warning when the gripper's bounding spheres leave the image at either end of the path.

@@ -189,7 +189,8 @@ class SimSource:
                 position = off_path_position(sim, self.cfg.sim.off_path_share,
                                              np.random.default_rng([self.cfg.seed, index, 0x0FF]))
             step = sim.render(0) if position is None else sim.render_at(position)   # same stamp and noise draws
-            if position is not None and not _gripper_in_view(step.frame):
+            if position is not None and not _gripper_in_view(step.frame, self.cfg.lifting.min_pixels,
+                                                             self.cfg.judge.border_px):
                 step = sim.render(0)
         if appearance is not None:
             rgb = appearance.sensor.apply(step.frame.rgb, np.random.default_rng([self.cfg.seed, index, 0x1D6]))
@@ -235,11 +236,17 @@ def off_path_position(sim: TabletopSim, share: float, rng: np.random.Generator) 
     return None
 
 
-def _gripper_in_view(frame: Frame, min_pixels: int = 40) -> bool:
-    """The gripper (segmentation id 0) shows at least ``min_pixels`` pixels and does not touch the image border."""
-    mask = frame.segmentation == 0
-    border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
-    return int(mask.sum()) >= min_pixels and not border.any()
+def _gripper_in_view(frame: Frame, min_pixels: int, border_px: int) -> bool:
+    """Whether the gripper (segmentation id 0) survives extraction, so that it gets its rows.
+
+    It needs ``lifting.min_pixels`` pixels or more, no nearer than ``judge.border_px`` to the image border
+    (else the judge calls it truncated).
+    """
+    rows, cols = np.nonzero(frame.segmentation == 0)
+    if len(rows) < min_pixels:
+        return False
+    height, width = frame.segmentation.shape
+    return min(cols.min(), rows.min(), width - 1 - cols.max(), height - 1 - rows.max()) >= border_px
 
 
 class FolderSource:
