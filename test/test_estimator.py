@@ -1,13 +1,15 @@
 """The geometric estimator on analytically ray-cast RGB-D scenes."""
 
 import re
+import subprocess
+import sys
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 
 from spatialvlm_ros.config import EstimatorConfig
-from spatialvlm_ros.estimation import build_estimator
+from spatialvlm_ros.estimation import build_estimator, loads_models, preflight_estimator
 from spatialvlm_ros.estimation.geometric import GeometricEstimator
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
@@ -203,3 +205,38 @@ def test_bad_mask_from_a_grounder_is_flagged_not_raised(frames):
 def test_build_estimator_gives_the_geometric_backend():
     est = build_estimator(EstimatorConfig(backend="geometric"))
     assert isinstance(est, GeometricEstimator) and est.name == "geometric"
+
+
+def test_a_model_build_is_tried_in_a_child_process_that_reports_why_it_fails(tmp_path):
+    # The real compact weights build in the child; a weights folder that does not exist is refused with the
+    # child's reason, and the process that asked never imports torch either way.
+    from spatialvlm_ros.config import VLMConfig
+    script = (
+        "import sys\n"
+        "from spatialvlm_ros.config import CompactVLMConfig, EstimatorConfig, VLMConfig\n"
+        "from spatialvlm_ros.estimation import loads_models, preflight_estimator\n"
+        "good = EstimatorConfig(backend='vlm')\n"
+        f"missing = {str(tmp_path / 'none')!r}\n"
+        "bad = EstimatorConfig(backend='vlm', vlm=VLMConfig(compact=CompactVLMConfig(weights=missing)))\n"
+        "assert loads_models(good) and loads_models(bad)\n"
+        "print(repr(preflight_estimator(good)))\n"
+        "print(preflight_estimator(bad))\n"
+        "print('torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    good, bad, torch_imported = done.stdout.strip().splitlines()
+    assert good == "''"
+    assert str(tmp_path / "none") in bad
+    assert torch_imported == "False"
+    assert not loads_models(EstimatorConfig(backend="vlm", vlm=VLMConfig(backend="openai")))
+
+
+def test_a_build_check_that_outlives_its_timeout_is_a_refusal():
+    reason = preflight_estimator(EstimatorConfig(grounding="open_vocab"), timeout_s=0.01)
+    assert reason.startswith("TimeoutError: the estimator did not build within 0 s")
+
+
+def test_a_build_check_that_dies_without_a_reason_is_a_refusal(monkeypatch):
+    monkeypatch.setattr(sys, "executable", "/bin/false")          # exits 1 and says nothing
+    assert preflight_estimator(EstimatorConfig(grounding="open_vocab")) == "the build check exited with 1: "
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    assert preflight_estimator(EstimatorConfig(grounding="open_vocab")).startswith("FileNotFoundError: cannot start")

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import HarnessNode
 from node_rig import FAST, IMAGE, FrameStream, Watch, values
 
@@ -173,3 +175,52 @@ def test_a_configure_that_fails_leaves_the_node_unconfigured(test_node: HarnessN
     auto = start_node("spatial_reward_node", "-r", "__ns:=/auto", "-p", "estimator.backend:=magic")
     assert auto.proc.wait(timeout=30) == 2
     assert "unknown 'magic'" in auto.log and "Traceback" not in auto.log, auto.log
+
+
+class _LosesFirstReply:
+    """A get_state client whose first ``lost`` requests are never answered (replies DDS lost), the next at once.
+
+    A test double: a lost reply cannot be caused on demand between real processes.
+    """
+
+    lost = 1
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def call_async(self, request: Any) -> Any:
+        from lifecycle_msgs.msg import State
+        from lifecycle_msgs.srv import GetState
+        from rclpy.task import Future
+        self.requests += 1
+        future = Future()
+        if self.requests > self.lost:
+            future.set_result(GetState.Response(current_state=State(label="active")))
+        return future
+
+    def remove_pending_request(self, future: Any) -> None:
+        future.cancel()
+
+
+def test_get_state_asks_again_after_a_lost_reply_and_transitions_never_do(monkeypatch: Any) -> None:
+    from spatialvlm_ros.ros import lifecycle
+
+    class Node:
+        replies = _LosesFirstReply
+
+        def create_client(self, kind: Any, name: str) -> Any:
+            return self.replies()
+
+    class NeverAnswers(_LosesFirstReply):
+        lost = 10 ** 6
+
+    monkeypatch.setattr(lifecycle, "GET_STATE_RESEND_S", 0.1)
+    client = lifecycle.LifecycleClient(Node(), "/node")
+    assert client.state(timeout_s=5) == "active" and client._get.requests == 2
+    with pytest.raises(lifecycle.LifecycleError, match="no answer to configure within 0.3 s"):
+        client.change("configure", timeout_s=0.3)
+    assert client._change.requests == 1
+    Node.replies = NeverAnswers
+    never = lifecycle.LifecycleClient(Node(), "/node")
+    with pytest.raises(lifecycle.LifecycleError, match="no answer to get_state within 0.35 s"):
+        never.state(timeout_s=0.35)

@@ -6,6 +6,7 @@
 """
 
 from spatialvlm_ros.estimation.base import DistanceEstimator
-from spatialvlm_ros.estimation.registry import ESTIMATORS, build_estimator
+from spatialvlm_ros.estimation.registry import (ESTIMATORS, build_error, build_estimator, loads_models,
+                                                preflight_estimator)
 
-__all__ = ["ESTIMATORS", "DistanceEstimator", "build_estimator"]
+__all__ = ["ESTIMATORS", "DistanceEstimator", "build_error", "build_estimator", "loads_models", "preflight_estimator"]

@@ -16,6 +16,8 @@ from lifecycle_msgs.srv import ChangeState, GetState
 
 #: The transitions :meth:`LifecycleClient.change` takes, by label.
 TRANSITIONS = ("configure", "activate", "deactivate", "cleanup", "shutdown")
+#: Seconds after which an unanswered get_state is asked again (a reply lost in discovery).
+GET_STATE_RESEND_S = 2.0
 
 
 class LifecycleError(RuntimeError):
@@ -58,8 +60,20 @@ class LifecycleClient:
         return future.result()
 
     def state(self, timeout_s: float = 10.0) -> str:
-        """The current state's label (``unconfigured``, ``inactive``, ``active``, ``finalized``, ...)."""
-        return self._call(self._get, GetState.Request(), timeout_s, "get_state").current_state.label
+        """The current state's label (``unconfigured``, ``inactive``, ``active``, ``finalized``, ...).
+
+        Asked again every :data:`GET_STATE_RESEND_S` until ``timeout_s``: just after discovery a DDS reply can
+        be lost (the server's reply writer not yet matched to this client's reader; ros2/rclcpp#2760), and a
+        query is safe to repeat. Transitions are not: :meth:`change` asks once.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            attempt_s = min(GET_STATE_RESEND_S, deadline - time.monotonic())
+            try:
+                return self._call(self._get, GetState.Request(), attempt_s, "get_state").current_state.label
+            except LifecycleError:
+                if time.monotonic() + 1e-3 >= deadline:
+                    raise LifecycleError(f"{self.target}: no answer to get_state within {timeout_s:g} s") from None
 
     def change(self, transition: str, timeout_s: float = 60.0) -> bool:
         """Request ``transition`` (a label of :data:`TRANSITIONS`); whether the node made it."""

@@ -69,7 +69,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 from spatialvlm_ros.config import EstimatorConfig, ReasoningConfig, SpatialRewardConfig, to_flat
 from spatialvlm_ros.errors import ConfigError, InputError
 from spatialvlm_ros.types import DistanceEstimate, NoEstimateReason, Pair
-from spatialvlm_ros.estimation import DistanceEstimator, build_estimator
+from spatialvlm_ros.estimation import (DistanceEstimator, build_error, build_estimator, loads_models,
+                                       preflight_estimator)
 from spatialvlm_ros.estimation.vlm import VLMDistanceEstimator
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
@@ -131,10 +132,14 @@ class _Swap:
         self.thread.start()
 
     def _build(self) -> None:
+        if loads_models(self.config):      # a build that fails never imports torch into the serving process
+            self.error = preflight_estimator(self.config)
+            if self.error or self.cancelled:
+                return
         try:
             self.estimator = build_estimator(self.config)
         except Exception as err:   # noqa: BLE001 - any failure refuses the swap, with its reason
-            self.error = f"{type(err).__name__}: {err}" if not isinstance(err, ConfigError) else str(err)
+            self.error = build_error(err)
 
     def done(self, wait_s: float = 0.0) -> bool:
         self.thread.join(timeout=wait_s)
@@ -284,8 +289,7 @@ class SpatialRewardNode(LifecycleNode):
         except Exception as err:   # noqa: BLE001 - configure fails, naming why; the node stays unconfigured
             self._loading = None
             self._destroy_outputs()
-            detail = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
-            return self._failed("configure", f"{step}: {detail}")
+            return self._failed("configure", f"{step}: {build_error(err)}")
         load_s, rss_after = time.monotonic() - started, _rss_mb()
         self._pipeline = _Pipeline(config, estimator, build_reward(config.reward, config.pairs))
         self._planner = planner
