@@ -438,3 +438,60 @@ def test_learning_rate_warms_up_and_decays() -> None:
 def test_train_refuses_a_missing_dataset(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cannot read the dataset"):
         train(TrainConfig(data=str(tmp_path / "none"), out=str(tmp_path / "out")))
+
+
+# --------------------------------------------------------------------------------- merge
+
+def test_merge_averages_a_lineage_and_records_its_parents(trained: Path, tmp_path: Path) -> None:
+    """``spatialvlm merge`` writes the share-weighted sum of its parents' tensors.
+
+    The merged model loads and answers, its record names both parents, and a half-half merge of a model
+    with itself is that model.
+    """
+    from safetensors.torch import load_file, save_file
+    from spatialvlm_ros.cli import main
+
+    # The second parent: the first, a little moved (as fine-tuning would), with a training record of its own.
+    shutil.copytree(trained, tmp_path / "tuned")
+    gen = torch.Generator().manual_seed(0)
+    save_file({k: v + 0.01 * torch.randn(v.shape, generator=gen) for k, v in
+               load_file(str(trained / "model.safetensors")).items()}, str(tmp_path / "tuned" / "model.safetensors"))
+    (tmp_path / "tuned" / "training_config.json").write_text(json.dumps({"init": str(trained)}))
+    assert main(["merge", str(trained), str(tmp_path / "tuned"), "--shares", "0.3", "0.7",
+                 "--out", str(tmp_path / "merged")]) == 0
+    a, b, m = (load_file(str(f / "model.safetensors")) for f in (trained, tmp_path / "tuned", tmp_path / "merged"))
+    for k in a:
+        torch.testing.assert_close(m[k], 0.3 * a[k] + 0.7 * b[k], atol=1e-6, rtol=1e-6)
+    record = json.loads((tmp_path / "merged" / "training_config.json").read_text())
+    assert [(p["weights"], p["share"]) for p in record["merged_from"]] == [(str(trained), 0.3),
+                                                                           (str(tmp_path / "tuned"), 0.7)]
+    assert record["merged_from"][1]["training"]["init"] == str(trained)
+    vlm = CompactVLM.from_config(CompactVLMConfig(weights=str(tmp_path / "merged")))
+    assert vlm.ask(np.full((240, 320, 3), 20, np.uint8), QUESTION).parsed.value_m == pytest.approx(0.2, rel=0.15)
+    main(["merge", str(trained), str(trained), "--shares", "0.5", "0.5", "--out", str(tmp_path / "self")])
+    for k, v in load_file(str(tmp_path / "self" / "model.safetensors")).items():
+        torch.testing.assert_close(v, a[k], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("shares, why", [((0.5, 0.6), "sum to 1"), ((1.2, -0.2), "positive"),
+                                         ((1.0,), "one share each")])
+def test_merge_refuses_bad_shares(trained: Path, tmp_path: Path, shares: tuple[float, ...], why: str) -> None:
+    from spatialvlm_ros.training.merge import merge_weights
+    with pytest.raises(ConfigError, match=why):
+        merge_weights([trained, trained], shares, tmp_path / "out")
+
+
+def test_merge_refuses_folders_of_another_lineage(trained: Path, tmp_path: Path) -> None:
+    from spatialvlm_ros.training.merge import merge_weights
+    other = tmp_path / "other"
+    shutil.copytree(trained, other)
+    config = json.loads((other / "model_config.json").read_text())
+    (other / "model_config.json").write_text(json.dumps({**config, "d_model": 32}))
+    with pytest.raises(ConfigError, match="another model config"):
+        merge_weights([trained, other], (0.5, 0.5), tmp_path / "out")
+    shutil.copy(trained / "model_config.json", other / "model_config.json")
+    (other / "tokenizer.json").write_text((other / "tokenizer.json").read_text().replace("centimeters", "zebras"))
+    with pytest.raises(ConfigError, match="another tokenizer"):
+        merge_weights([trained, other], (0.5, 0.5), tmp_path / "out")
+    with pytest.raises(ConfigError, match="lacks model_config.json"):
+        merge_weights([trained, tmp_path], (0.5, 0.5), tmp_path / "out")

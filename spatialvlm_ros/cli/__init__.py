@@ -101,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "line, not aimed at the target (0: none, as the data of VLM stages 1-4)")
     synth.set_defaults(func=_lazy("spatialvlm_ros.cli.synthesize:synthesize_cli"))
 
-    from spatialvlm_ros.cli.vlm import (add_evaluate_arguments, add_finetune_arguments, add_train_arguments,
-                                        add_vlm_arguments)  # light: torch is imported only to train or ask
+    # light: torch is imported only to train or ask
+    from spatialvlm_ros.cli.vlm import (add_evaluate_arguments, add_finetune_arguments, add_merge_arguments,
+                                        add_train_arguments, add_vlm_arguments)
     ask = sub.add_parser(
         "ask", help="ask a spatial VLM how far apart two objects are in an image",
         description="Send an image and a question to the spatial VLM of estimator.vlm (the compact in-house "
@@ -119,27 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_vlm_arguments(ask)
     ask.set_defaults(func=_lazy("spatialvlm_ros.cli.vlm:ask_cli"))
 
-    finetune = sub.add_parser(
-        "finetune", help="LoRA-fine-tune a transformers VLM on a synthesized spatial VQA dataset",
-        description="Train a LoRA adapter (peft) on data.jsonl from 'spatialvlm synthesize'; checkpoints are "
-                    "resumable; prints a JSON summary on the last line.")
-    add_finetune_arguments(finetune)
-    finetune.set_defaults(func=_lazy("spatialvlm_ros.cli.vlm:finetune_cli"))
-
-    evaluate = sub.add_parser(
-        "evaluate", help="score a spatial VLM with the paper's metrics on held-out spatial VQA",
-        description="Ask the VLM of estimator.vlm every question of a synthesized dataset (default: a fresh "
-                    "held-out simulated set) and along approach trajectories; print qualitative accuracy, number "
-                    "rate, ratio bands and Spearman beside the paper's numbers, the JSON summary on the last line.")
-    add_evaluate_arguments(evaluate)
-    evaluate.set_defaults(func=_lazy("spatialvlm_ros.cli.vlm:evaluate_cli"))
-
-    train = sub.add_parser(
-        "train", help="train the compact in-house spatial VLM on a synthesized dataset",
-        description="Train the compact VLM (vlm/compact/, RGB only) from scratch on data.jsonl from "
-                    "'spatialvlm synthesize'; resumable; prints a JSON summary on the last line.")
-    add_train_arguments(train)
-    train.set_defaults(func=_lazy("spatialvlm_ros.cli.vlm:train_cli"))
+    for name, help_text, description, add_arguments in (
+            ("finetune", "LoRA-fine-tune a transformers VLM on a synthesized spatial VQA dataset",
+             "Train a LoRA adapter (peft) on data.jsonl from 'spatialvlm synthesize'; checkpoints are resumable; "
+             "prints a JSON summary on the last line.", add_finetune_arguments),
+            ("evaluate", "score a spatial VLM with the paper's metrics on held-out spatial VQA",
+             "Ask the VLM of estimator.vlm every question of a synthesized dataset (default: a fresh held-out "
+             "simulated set) and along approach trajectories; print qualitative accuracy, number rate, ratio bands "
+             "and Spearman beside the paper's numbers, the JSON summary on the last line.", add_evaluate_arguments),
+            ("train", "train the compact in-house spatial VLM on a synthesized dataset",
+             "Train the compact VLM (vlm/compact/, RGB only) from scratch on data.jsonl from 'spatialvlm "
+             "synthesize'; resumable; prints a JSON summary on the last line.", add_train_arguments),
+            ("merge", "average compact VLM weights of one lineage (how the shipped weights are made)",
+             "Write the weight-space average of compact weights folders (same architecture and tokenizer, one "
+             "fine-tuned from the other) with the given shares; prints a JSON summary on the last line.",
+             add_merge_arguments)):
+        command = sub.add_parser(name, help=help_text, description=description)
+        add_arguments(command)
+        command.set_defaults(func=_lazy(f"spatialvlm_ros.cli.vlm:{name}_cli"))
 
     reason = sub.add_parser(
         "reason", help="answer a composite spatial question step by step (nearest, between, fits, triangle, ...)",

@@ -1,4 +1,4 @@
-"""The VLM subcommands ``ask``, ``evaluate``, ``train`` and ``finetune``: their flags and what runs them.
+"""The VLM subcommands ``ask``, ``evaluate``, ``train``, ``merge`` and ``finetune``: flags and what runs them.
 
 ``ask`` and ``evaluate`` share the flags that override ``estimator.vlm.*`` (:func:`add_vlm_arguments`).
 The work is done below the door: :mod:`spatialvlm_ros.evaluation.vlm_benchmark` scores a VLM (on a
@@ -30,6 +30,7 @@ from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.sim.splits import SPLITS
 from spatialvlm_ros.training.compact import TrainConfig, train
 from spatialvlm_ros.training.lora import FinetuneConfig, finetune
+from spatialvlm_ros.training.merge import merge_weights
 from spatialvlm_ros.estimation.vlm import VLMDistanceEstimator
 from spatialvlm_ros.vlm.registry import build_vlm
 
@@ -300,6 +301,21 @@ def train_cli(args: argparse.Namespace) -> int:
                       seed=args.seed, threads=args.threads, held_out_seed=args.held_out_seed, d_model=args.d_model,
                       text_layers=args.text_layers, init=str(args.init) if args.init else None)
     result = train(cfg)
+    print(json.dumps(dataclasses.asdict(result)))
+    return 0
+
+
+def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``spatialvlm merge``."""
+    parser.add_argument("weights", type=Path, nargs="+", help="weights folders from 'spatialvlm train' (one lineage)")
+    parser.add_argument("--shares", type=float, nargs="+", required=True,
+                        help="each folder's share of the average, in order; they sum to 1")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the merged weights")
+
+
+def merge_cli(args: argparse.Namespace) -> int:
+    """Run ``spatialvlm merge``; prints the :class:`~spatialvlm_ros.training.merge.MergeResult` as JSON last."""
+    result = merge_weights(args.weights, args.shares, args.out)
     print(json.dumps(dataclasses.asdict(result)))
     return 0
 

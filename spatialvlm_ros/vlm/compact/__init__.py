@@ -8,3 +8,6 @@
 It is trained by :mod:`spatialvlm_ros.training.compact` (``spatialvlm train``); the trained weights ship in
 ``spatialvlm_ros/vlm/weights/``.
 """
+
+#: The files of a weights folder (written by network.save_weights; light to import, unlike network).
+WEIGHTS_FILE, MODEL_CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "model_config.json", "tokenizer.json"

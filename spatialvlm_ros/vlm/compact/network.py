@@ -60,10 +60,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from spatialvlm_ros.errors import ConfigError, InputError
+from spatialvlm_ros.vlm.compact import MODEL_CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 from spatialvlm_ros.vlm.compact.tokenizer import EOS_ID, NUM_ID, PAD_ID, REL_ID, SPECIALS, WordTokenizer
 
-#: File names inside a weights folder.
-WEIGHTS_FILE, MODEL_CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "model_config.json", "tokenizer.json"
 #: Attributes the slots are trained to read per object: scene-frame box centre x, y, z, the box's width,
 #: height and depth (metres), and the pixel centre u, v (fractions of the image width and height).
 ATTRIBUTES = ("x_m", "y_m", "z_m", "width_m", "height_m", "depth_m", "u", "v")
