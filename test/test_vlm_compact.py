@@ -495,3 +495,35 @@ def test_merge_refuses_folders_of_another_lineage(trained: Path, tmp_path: Path)
         merge_weights([trained, other], (0.5, 0.5), tmp_path / "out")
     with pytest.raises(ConfigError, match="lacks model_config.json"):
         merge_weights([trained, tmp_path], (0.5, 0.5), tmp_path / "out")
+
+
+def test_init_at_another_input_size_resamples_the_position_grid(dataset: Path, trained: Path, tmp_path: Path) -> None:
+    """``--init`` with ``--image-width/--image-height``: the weights carry over, the patch grid is resampled."""
+    from spatialvlm_ros.vlm.compact.network import resize_input
+
+    model, _ = load_weights(trained)
+    same = resize_input(model, 128, 96)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(same.state_dict()[key], value, atol=1e-6, rtol=0)
+    bigger = resize_input(model, 160, 120)
+    grid = bigger.image_pos.detach().reshape(15, 20, -1)
+    old = model.image_pos.detach().reshape(12, 16, -1)
+    torch.testing.assert_close(grid[0, 0], old[0, 0])                 # corners map onto corners
+    torch.testing.assert_close(grid[-1, -1], old[-1, -1])
+    # What the model read survives the resize; only the pointer, which on these flat test images can only
+    # have learned patch positions, has to learn the new grid.
+    tok = WordTokenizer.load(trained / "tokenizer.json")
+    before, after = ({k: v.item() for k, v in batch_losses(m, sample_batch(load_training_set(
+        dataset, tok, m.config.image_width, m.config.image_height, m.config.max_len), np.random.default_rng(0), 2,
+        2)).items()} for m in (model.eval(), bigger.eval()))
+    for key in ("answer", "value", "attributes", "span", "holds"):
+        assert after[key] <= 2 * before[key] + 0.01, (key, before[key], after[key])
+    small = dict(data=str(dataset), batch_images=2, questions_per_image=2, warmup_steps=1, log_every=1, lr=1e-4)
+    train(TrainConfig(out=str(tmp_path / "big"), steps=1, init=str(trained), image_width=160, image_height=120,
+                      **small))
+    config = json.loads((tmp_path / "big" / "model_config.json").read_text())
+    record = json.loads((tmp_path / "big" / "training_config.json").read_text())
+    assert (config["image_width"], config["image_height"]) == (160, 120)
+    assert (record["image_width"], record["image_height"]) == (160, 120)
+    vlm = CompactVLM.from_config(CompactVLMConfig(weights=str(tmp_path / "big")))
+    assert vlm.ask(np.full((240, 320, 3), 20, np.uint8), QUESTION).parsed is not None

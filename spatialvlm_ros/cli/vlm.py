@@ -292,6 +292,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-layers", type=int, default=d.text_layers, help="decoder layers")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from these weights (an earlier run's --out) instead of a random initialisation")
+    parser.add_argument("--image-width", type=int, default=None,
+                        help="model input width, a multiple of 8 (default: --init's, or 128); with --init, its "
+                             "weights are resized to it")
+    parser.add_argument("--image-height", type=int, default=None,
+                        help="model input height, a multiple of 8 (default: --init's, or 96)")
 
 
 def train_cli(args: argparse.Namespace) -> int:
@@ -299,7 +304,8 @@ def train_cli(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data=str(args.data), out=str(args.out), steps=args.steps, max_minutes=args.max_minutes,
                       lr=args.lr, batch_images=args.batch_images, questions_per_image=args.questions_per_image,
                       seed=args.seed, threads=args.threads, held_out_seed=args.held_out_seed, d_model=args.d_model,
-                      text_layers=args.text_layers, init=str(args.init) if args.init else None)
+                      text_layers=args.text_layers, image_width=args.image_width, image_height=args.image_height,
+                      init=str(args.init) if args.init else None)
     result = train(cfg)
     print(json.dumps(dataclasses.asdict(result)))
     return 0

@@ -75,11 +75,12 @@ class TrainConfig:
         text_layers: decoder layers.
         image_layers: image transformer layers.
         n_heads: attention heads.
-        image_width: model input width, pixels.
-        image_height: model input height, pixels.
+        image_width: model input width, pixels (None: the initial weights', or 128 from scratch).
+        image_height: model input height, pixels (None: the initial weights', or 96 from scratch).
         init: start from these weights (a folder of an earlier ``spatialvlm train``) instead of a random
             initialisation: their tokenizer and architecture are kept (the size settings above are then
-            ignored). None: from scratch.
+            ignored), except an input size set above, to which they are resized
+            (:func:`~spatialvlm_ros.vlm.compact.network.resize_input`). None: from scratch.
     """
 
     data: str
@@ -100,8 +101,8 @@ class TrainConfig:
     text_layers: int = 3
     image_layers: int = 1
     n_heads: int = 4
-    image_width: int = 128
-    image_height: int = 96
+    image_width: int | None = None
+    image_height: int | None = None
     init: str | None = None
 
     def __post_init__(self) -> None:
@@ -519,7 +520,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     import torch
 
     from spatialvlm_ros.vlm.compact.network import (
-        TOKENIZER_FILE, CompactModelConfig, CompactSpatialModel, count_parameters, load_weights, save_weights,
+        TOKENIZER_FILE, CompactModelConfig, CompactSpatialModel, count_parameters, load_weights, resize_input,
+        save_weights,
     )
 
     start = time.perf_counter()
@@ -534,11 +536,16 @@ def train(cfg: TrainConfig) -> TrainResult:
     else:
         tokenizer = initial[1] if initial else WordTokenizer.build(vocabulary_texts(rows))
     if initial:
+        size = (cfg.image_width or initial[0].config.image_width, cfg.image_height or initial[0].config.image_height)
+        if size != (initial[0].config.image_width, initial[0].config.image_height):
+            initial = (resize_input(initial[0], *size), initial[1])
+            logger.info("resized %s to a %dx%d input", cfg.init, *size)
         model_cfg = initial[0].config
     else:
-        model_cfg = CompactModelConfig(vocab_size=len(tokenizer), image_width=cfg.image_width,
-                                       image_height=cfg.image_height, d_model=cfg.d_model, n_heads=cfg.n_heads,
-                                       image_layers=cfg.image_layers, text_layers=cfg.text_layers)
+        model_cfg = CompactModelConfig(vocab_size=len(tokenizer), image_width=cfg.image_width or 128,
+                                       image_height=cfg.image_height or 96, d_model=cfg.d_model,
+                                       n_heads=cfg.n_heads, image_layers=cfg.image_layers,
+                                       text_layers=cfg.text_layers)
     data = load_training_set(Path(cfg.data), tokenizer, model_cfg.image_width, model_cfg.image_height,
                              model_cfg.max_len)
     if initial:
@@ -605,7 +612,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     model.eval()
     save_weights(model, tokenizer, out)
     seconds = time.perf_counter() - start
-    record = {**dataclasses.asdict(cfg), "data_seed": data.data_seed, "images": int(len(data.images)),
+    record = {**dataclasses.asdict(cfg), "image_width": model_cfg.image_width, "image_height": model_cfg.image_height,
+              "data_seed": data.data_seed, "images": int(len(data.images)),
               "rows": data.n_rows, "steps_done": step, "parameters": n_params, "final_loss": last_loss,
               "final_losses": last}
     (out / TRAINING_CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")

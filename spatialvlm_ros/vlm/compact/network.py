@@ -493,6 +493,30 @@ def resize_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((width, height), Image.BOX))
 
 
+def resize_input(model: CompactSpatialModel, width: int, height: int) -> CompactSpatialModel:
+    """``model`` at another input size: every weight kept, the image position embeddings resampled.
+
+    The conv stem works at any size; only the learned position embedding of each patch is tied to the
+    grid, so it is interpolated (bilinear) from the old ``(H/8) x (W/8)`` grid to the new one. Fine-tuning
+    at a higher resolution from a model trained at a lower one starts from here (the reach env renders
+    160x120; the first models saw 128x96).
+
+    Example:
+        >>> small = CompactSpatialModel(CompactModelConfig(vocab_size=20, d_model=16, n_heads=2, text_layers=1))
+        >>> resize_input(small, 160, 120).image_pos.shape
+        torch.Size([1, 300, 16])
+    """
+    old = model.config
+    config = dataclasses.replace(old, image_width=width, image_height=height)
+    resized = CompactSpatialModel(config)
+    state = model.state_dict()
+    grid = state["image_pos"].reshape(1, old.image_height // 8, old.image_width // 8, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(height // 8, width // 8), mode="bilinear", align_corners=True)
+    state["image_pos"] = grid.permute(0, 2, 3, 1).reshape(1, config.image_tokens, -1)
+    resized.load_state_dict(state)
+    return resized.train(model.training)
+
+
 def save_weights(model: CompactSpatialModel, tokenizer: WordTokenizer, folder: Path) -> None:
     """Write ``model.safetensors``, ``model_config.json`` and ``tokenizer.json`` into ``folder`` (created)."""
     from safetensors.torch import save_file
