@@ -12,6 +12,7 @@ import sys
 
 from spatialvlm_ros.config import EstimatorConfig
 from spatialvlm_ros.config.schema import to_flat
+from spatialvlm_ros.errors import ConfigError
 from spatialvlm_ros.estimation.base import DistanceEstimator, EstimatorFactory
 from spatialvlm_ros.estimation.geometric import GeometricEstimator
 from spatialvlm_ros.estimation.vlm import VLMDistanceEstimator
@@ -58,7 +59,6 @@ def loads_models(config: EstimatorConfig) -> bool:
 
 def build_error(err: Exception) -> str:
     """Why a build failed, as a swap refusal says it: a config error's own words, else the exception's type too."""
-    from spatialvlm_ros.errors import ConfigError
     return str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
 
 
