@@ -42,6 +42,7 @@ from spatialvlm_ros.sim import TabletopSim
 
 IMAGE, DEPTH, INFO = "camera/color/image_raw", "camera/aligned_depth_to_color/image_raw", "camera/color/camera_info"
 RATE_HZ = 10.0
+MIN_PHASE_FRAMES = 6   # the shortest phase (0.8 s) at 80% of the camera's rate
 FAST_DIAGNOSTICS = ["-p", "diagnostics_period_s:=0.25", "-p", "diagnostics_window_s:=1.0"]
 RELIABLE = ["-p", "qos.reliability:=reliable"]
 
@@ -92,10 +93,17 @@ class Camera:
             time.sleep(max(0.0, next_tick - time.monotonic()))
 
     def play(self, make: Callable[[int], tuple[Any, Any, Any]] | None, seconds: float) -> tuple[float, float]:
-        """Publish with ``make`` for ``seconds``; the (start, end) monotonic times of the phase."""
+        """Publish with ``make`` for ``seconds``; the (start, end) monotonic times of the phase.
+
+        The phase runs on (up to three times as long) until it holds 80% of the frames ``seconds`` should bring: a
+        node in this process can starve the camera thread of the GIL, and a phase of a few frames proves little.
+        """
         start = time.monotonic()
         self.make = make
         time.sleep(seconds)
+        wanted, deadline = int(0.8 * RATE_HZ * seconds), start + 3 * seconds
+        while len(self.stamps(start, time.monotonic())) < wanted and time.monotonic() < deadline:
+            time.sleep(0.02)
         return start, time.monotonic()
 
     def stamps(self, start: float, end: float) -> list[int]:
@@ -181,7 +189,7 @@ def assert_keeps_publishing(camera: Camera, out: Output, phase: tuple[float, flo
     counts = {r: seen.count(r) for r in sorted(set(seen))}
     _MEASURED.update(answered=f"{len(answers)}/{len(stamps)} ({100 * len(answers) / max(1, len(stamps)):.0f}%)",
                      reasons=counts)
-    assert len(stamps) >= 0.8 * RATE_HZ * (phase[1] - phase[0]), f"the camera fell behind: {len(stamps)} frames"
+    assert len(stamps) >= MIN_PHASE_FRAMES, f"the camera fell behind: {len(stamps)} frames in the phase"
     assert len(answers) >= 0.9 * len(stamps), f"{len(answers)} of {len(stamps)} frames answered: {seen}"
     assert all(a["valid"] == "False" for a in answers) and set(seen) <= reasons, seen
     return seen
