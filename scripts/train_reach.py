@@ -4,9 +4,12 @@ All runs share seeds, step budget, hyperparameters, observation and reward shapi
 computed from differs: (a) ``true``, the exact gap from the simulator; (b) ``geometric`` (alias ``spatial``),
 the geometric estimator's gap on the rendered RGB-D frame (colour-prompt grounding, sensor depth with
 RealSense-like noise); (c) ``vlm``, the packaged compact spatial VLM's answer to "What is the gap between the
-yellow gripper and the red can?" on the RGB frame alone (no depth). Each is shaped by the same
-:class:`RewardConfig` (``negative``, ``scale_m`` 0.1, so ``-gap / 0.1 m``; on the physical task plus a success
-bonus while the gap reads under 2 cm), no filter.
+yellow gripper and the red can?" on the RGB frame alone (no depth); (d) ``vlm_two_views``, the same model asked
+the same on two cameras' RGB frames (the main one and a second front right of it, ``SIDE_CAMERA_OFFSET_M``),
+the larger answer taken (``SpatialRewardWrapper(views="all")``); (e) ``vlm_mirror``, the same model asked on the
+main camera's RGB frame and on its mirror image, the two answers averaged (``estimator.vlm.mirror``). Each is
+shaped by the same :class:`RewardConfig` (``negative``, ``scale_m`` 0.1, so ``-gap / 0.1 m``; on the physical task
+plus a success bonus while the gap reads under 2 cm), no filter.
 
 The env is the physical reach task (a free can; pushing or toppling it is flagged ``target_disturbed``). No
 gap measurement sees that, so :class:`TargetDisturbedPenalty` takes the env's penalty for a disturbed can
@@ -18,12 +21,14 @@ Evaluation always uses the TRUE success criterion (``is_success`` at the episode
 < 2 cm and the can undisturbed), with a deterministic policy on fixed evaluation seeds. Each reward is
 trained once per seed. Writes a plot and a JSON file and prints the final figures (mean and spread over seeds).
 
-Usage: python scripts/train_reach.py [--steps 20000] [--eval-every 2000] [--rewards true geometric vlm]
+Usage: python scripts/train_reach.py [--steps 20000] [--eval-every 2000]
+       [--rewards true geometric vlm vlm_two_views vlm_mirror]
        [--seeds 0 1 2] [--jobs 2] [--out docs/rl_reach] [--reuse docs/rl_reach.json]
 
-``--reuse FILE`` keeps that file's runs of the rewards not trained now (say, after retraining the VLM, train
-``--rewards vlm`` again and keep the true and geometric runs); the file must have the same task, steps,
-evaluation, seeds and settings, or the script refuses it.
+``--reuse FILE [FILE ...]`` keeps those files' runs of the rewards not trained now (say, after retraining the VLM,
+train ``--rewards vlm`` again and keep the true and geometric runs; a reward's runs come from the first file that
+has them); each file must have the same task, steps, evaluation, seeds and settings, or the script refuses it.
+``--rewards`` with no reward after it and ``--reuse`` trains nothing and combines the files' runs into ``--out``.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from stable_baselines3 import SAC
 from spatialvlm_ros.config import EstimatorConfig, RewardConfig, VLMConfig
 from spatialvlm_ros.estimation import build_estimator
 from spatialvlm_ros.gym import REACH_ID, SpatialRewardWrapper
-from spatialvlm_ros.gym.reach import TargetDisturbedPenalty
+from spatialvlm_ros.gym.reach import SIDE_CAMERA_OFFSET_M, TargetDisturbedPenalty
 from spatialvlm_ros.reward import shape_distance
 
 logger = logging.getLogger("train_reach")
@@ -100,11 +105,16 @@ def setup_for(kinematic: bool) -> TaskSetup:
     return SETUPS["kinematic" if kinematic else "physical"]
 
 
+_COMPACT_VLM = EstimatorConfig(backend="vlm", vlm=VLMConfig(backend="compact", samples=1))
 #: The estimators behind the camera rewards: geometric on RGB-D, and the compact VLM (greedy, one answer) on RGB.
 CAMERA_ESTIMATORS = {
     "geometric": EstimatorConfig(backend="geometric", grounding="colour_prompt"),
-    "vlm": EstimatorConfig(backend="vlm", vlm=VLMConfig(backend="compact", samples=1)),
+    "vlm": _COMPACT_VLM,
+    "vlm_two_views": _COMPACT_VLM,
+    "vlm_mirror": dataclasses.replace(_COMPACT_VLM, vlm=dataclasses.replace(_COMPACT_VLM.vlm, mirror=True)),
 }
+#: The camera rewards that read two views (the env then renders the side camera too; it only renders).
+TWO_VIEWS = {"vlm_two_views"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,13 +152,15 @@ class TrueGapReward(gym.Wrapper):
 
 
 def make_train_env(reward: str, kinematic: bool = False) -> gym.Env:
-    """The reach env, its reward from the simulator (``true``) or from the camera (``geometric``, ``vlm``)."""
-    env = gym.make(REACH_ID, physics=not kinematic)
+    """The reach env, its reward from the simulator (``true``) or from the camera (``geometric``, ``vlm``, ...)."""
+    cameras = (SIDE_CAMERA_OFFSET_M,) if reward in TWO_VIEWS else ()
+    env = gym.make(REACH_ID, physics=not kinematic, extra_camera_offsets_m=cameras)
     setup = setup_for(kinematic)
     config = setup.reward
     if reward in CAMERA_ESTIMATORS:
         estimator = build_estimator(CAMERA_ESTIMATORS[reward])
-        shaped = SpatialRewardWrapper(env, estimator, PAIR, reward_config=config, mode="replace")
+        shaped = SpatialRewardWrapper(env, estimator, PAIR, reward_config=config, mode="replace",
+                                      views="all" if reward in TWO_VIEWS else "main")
     else:
         shaped = TrueGapReward(env, config)
     if not kinematic:
@@ -270,12 +282,32 @@ def reused_runs(path: Path, wanted: dict[str, Any], training: list[str]) -> list
             for r in earlier["runs"] if r["reward"] not in training]
 
 
+def reuse_all(paths: list[Path], wanted: dict[str, Any],
+              training: list[str]) -> tuple[list[RunResult], list[dict[str, Any]]]:
+    """:func:`reused_runs` over several files: each reward's runs from the first file that has them.
+
+    Returns:
+        The runs, and per file that gave some, ``{"file", "rewards"}`` (what ``reused_from`` records).
+    """
+    runs: list[RunResult] = []
+    sources = []
+    for path in paths:
+        taken = training + sorted({r.reward for r in runs})
+        more = reused_runs(path, wanted, taken)
+        if more:
+            runs += more
+            sources.append({"file": str(path), "rewards": sorted({r.reward for r in more})})
+    return runs, sources
+
+
 def main() -> None:
     """Parse arguments, train each reward, write the plot and JSON, print the final figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rewards", "--reward", dest="rewards", nargs="+",
-                        choices=("true", "geometric", "spatial", "vlm"), default=["true", "geometric", "vlm"],
-                        help="reward source(s) to train with, in order (spatial = geometric)")
+    parser.add_argument("--rewards", "--reward", dest="rewards", nargs="*",
+                        choices=("true", "spatial", *CAMERA_ESTIMATORS),
+                        default=["true", "geometric", "vlm", "vlm_two_views", "vlm_mirror"],
+                        help="reward source(s) to train with, in order (spatial = geometric); none with --reuse: "
+                             "only combine the files' runs")
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--eval-every", type=int, default=2_000)
     parser.add_argument("--eval-episodes", type=int, default=30)
@@ -285,17 +317,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (the machine is shared)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "rl_reach")
-    parser.add_argument("--reuse", type=Path, help="an earlier JSON of this script whose runs of other rewards "
-                        "to keep (same settings)")
+    parser.add_argument("--reuse", type=Path, nargs="+", default=[], help="earlier JSON files of this script whose "
+                        "runs of other rewards to keep (same settings; a reward's runs from the first file with them)")
     args = parser.parse_args()
     _init_worker(args.threads)
 
     setup = setup_for(args.kinematic)
     rewards = list(dict.fromkeys("geometric" if r == "spatial" else r for r in args.rewards))
-    reused = reused_runs(args.reuse, settings(args, setup), rewards) if args.reuse else []
+    reused, sources = reuse_all(args.reuse, settings(args, setup), rewards)
     runs = [(r, args.steps, args.eval_every, args.eval_episodes, seed, args.kinematic)
             for r in rewards for seed in args.seeds]
-    if args.jobs > 1:
+    if not runs and not reused:
+        parser.error("nothing to train (--rewards is empty) and nothing reused (--reuse)")
+    if not runs:
+        results = []
+    elif args.jobs > 1:
         # Fresh processes (spawn): each run gets its own renderer and torch state; results keep the run order.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_init_worker,
@@ -313,7 +349,7 @@ def main() -> None:
     summary = {
         **settings(args, setup),
         "final_success_rate": final, "final_success_rate_by_seed": final_by_seed,
-        "reused_from": {"file": str(args.reuse), "rewards": sorted({r.reward for r in reused})} if reused else None,
+        "reused_from": sources or None,
         "runs": [dataclasses.asdict(r) for r in results],
     }
     for reward in CAMERA_ESTIMATORS:
@@ -322,7 +358,7 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     for r in results:
         last = r.curve[-1]
-        print(f"{r.reward:>9} reward, seed {r.seed}: success {last.success_rate:.2f} at {last.steps} steps, "
+        print(f"{r.reward:>13} reward, seed {r.seed}: success {last.success_rate:.2f} at {last.steps} steps, "
               f"final gap {last.mean_final_gap_m:.3f} m, disturbed {last.disturbed_rate:.2f}, {r.wall_s:.0f} s")
     for reward in CAMERA_ESTIMATORS:
         if f"{reward}_over_true" in summary:

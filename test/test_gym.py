@@ -266,6 +266,7 @@ def test_vector_wrapper_refuses_same_step_autoreset(estimator: DistanceEstimator
     ({"success_threshold_m": -1.0}, "^success_threshold_m: "),
     ({"sim_config": SimConfig(randomise=True)}, "^sim_config.randomise: "),
     ({"substeps": 0}, "^substeps: "),
+    ({"extra_camera_offsets_m": [(0.1, 0.2)]}, "^extra_camera_offsets_m: .*3 finite numbers"),
 ])
 def test_reach_env_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -335,3 +336,45 @@ def test_physical_scene_is_an_option_and_the_static_scene_is_unchanged() -> None
     assert "freejoint" not in static and "equality" not in static and 'mocap="true"' in static
     physical = build_mjcf(cfg, layout, free_target=True)
     assert physical.count("<freejoint") == 2 and "<weld" in physical
+
+
+def test_all_views_fuse_each_cameras_estimate(estimator: DistanceEstimator, closing: Callable) -> None:
+    """With a second camera and views="all", the reward reads the larger of the two cameras' estimates."""
+    from spatialvlm_ros.gym.reach import SIDE_CAMERA_OFFSET_M
+    from spatialvlm_ros.types import DistanceKind, Pair
+    env = closing(gym.make(REACH_ID, extra_camera_offsets_m=(SIDE_CAMERA_OFFSET_M,)))
+    wrapped = SpatialRewardWrapper(env, estimator, PAIR, reward_config=NEGATIVE, views="all")
+    plain = closing(SpatialRewardWrapper(gym.make(REACH_ID), estimator, PAIR, reward_config=NEGATIVE))
+    obs, _ = wrapped.reset(seed=4)
+    plain.reset(seed=4)
+    for _ in range(6):
+        action = towards_target(obs)
+        obs, reward, _, _, info = wrapped.step(action)
+        _, _, _, _, plain_info = plain.step(action)
+        views = env.unwrapped.render_rgbd_views()
+        each = [estimator.estimate(f, [Pair.parse(PAIR)], DistanceKind.GAP)[0] for f in views]
+        assert len(views) == 2 and all(e.valid for e in each)
+        assert info["spatial_distance_m"] == max(e.distance_m for e in each)
+        assert reward == pytest.approx(-info["spatial_distance_m"] / 0.1)
+        # The extra camera only renders: the main view and the episode are those of an env without it.
+        assert plain_info["true_distance_m"] == info["true_distance_m"]
+        np.testing.assert_array_equal(views[0].rgb, plain.unwrapped.render_rgbd().rgb)
+    vec = closing(SpatialRewardVectorWrapper(
+        SyncVectorEnv([lambda: gym.make(REACH_ID, extra_camera_offsets_m=(SIDE_CAMERA_OFFSET_M,))]), estimator, PAIR,
+        reward_config=NEGATIVE, views="all"))
+    vec.reset(seed=[4])
+    _, _, _, _, vinfo = vec.step(np.zeros((1, 3), np.float32))
+    views = vec.unwrapped.envs[0].unwrapped.render_rgbd_views()
+    assert vinfo["spatial_distance_m"][0] == max(
+        estimator.estimate(f, [Pair.parse(PAIR)], DistanceKind.GAP)[0].distance_m for f in views)
+
+
+@pytest.mark.parametrize(("env_id", "kwargs", "match"), [
+    (REACH_ID, {"views": "both"}, "^views: 'both'"),
+    (REACH_ID, {"views": "all", "intrinsics": CameraIntrinsics.from_fov(160, 120, 58.0)}, "^views: 'all' takes"),
+    ("Pendulum-v1", {"views": "all"}, "^env: .*render_rgbd_views"),
+])
+def test_bad_views_are_refused(env_id: str, kwargs: dict, match: str, estimator: DistanceEstimator,
+                               closing: Callable) -> None:
+    with pytest.raises(ConfigError, match=match):
+        SpatialRewardWrapper(closing(gym.make(env_id)), estimator, PAIR, **kwargs)

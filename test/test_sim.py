@@ -310,3 +310,32 @@ def test_placement_is_deterministic_and_keeps_objects_apart() -> None:
     canonical = [make_layout(dataclasses.replace(SMALL, seed=seed)) for seed in (0, 3)]
     np.testing.assert_array_equal(canonical[0].xy, canonical[1].xy)
     np.testing.assert_array_equal(canonical[0].xy[1:], [(0.20, 0.14), (0.24, -0.06)])
+
+
+def test_an_extra_camera_sees_the_same_state_from_its_own_place(sim: TabletopSim, frames: list[SimFrame]) -> None:
+    """Camera 1 sits at the main eye plus its offset, looks at the same point, and back-projects onto the can."""
+    offset = np.array([0.5, 0.23, 0.05])
+    with TabletopSim(SMALL, extra_camera_offsets_m=[offset]) as two:
+        assert two.n_cameras == 2
+        position = sim.trajectory[sim.n_frames - 1]
+        main, side = (two.render_at(position, camera=k) for k in (0, 1))
+        # The main camera renders what a sim without the extra one renders.
+        _assert_same_frame(main, sim.render_at(position))
+        assert (main.frame.frame_id, side.frame.frame_id) == ("camera_color_optical_frame",
+                                                              "camera1_color_optical_frame")
+        assert side.truth.gap_m == main.truth.gap_m
+        np.testing.assert_allclose(side.truth.camera_pose_world[:3, 3], main.truth.camera_pose_world[:3, 3] + offset,
+                                   atol=1e-9)
+        assert not np.array_equal(side.frame.rgb, main.frame.rgb)
+        # Its depth, intrinsics and pose put the can's pixels on the can: the view is geometrically right.
+        pts = _backproject(side, side.frame.segmentation == side.frame.labels["red can"])
+        axis = side.truth.object_positions_world["red can"]
+        assert len(pts) > 50
+        assert np.median(np.abs(np.linalg.norm(pts[:, :2] - axis[:2], axis=1) - 0.033)) < 0.003
+        # The camera-frame truth is in camera 1's frame: the grasp point maps back to the same world point.
+        grasp = side.truth.camera_pose_world @ np.r_[side.truth.gripper_position_cam, 1.0]
+        np.testing.assert_allclose(grasp[:3], position, atol=1e-9)
+        with pytest.raises(SimulationError, match="camera 2 out of range"):
+            two.render_at(position, camera=2)
+    with pytest.raises(SimulationError, match="3 finite numbers"):
+        TabletopSim(SMALL, extra_camera_offsets_m=[(0.1, np.nan, 0.0)])

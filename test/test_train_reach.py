@@ -82,6 +82,22 @@ def test_camera_rewards_share_the_shaping_and_the_penalty(train_reach: ModuleTyp
             shape_distance(info["spatial_distance_m"], config))
     finally:
         vlm.close()
+    # The two-view reward renders the side camera too and reads the larger of the two answers.
+    two = train_reach.make_train_env("vlm_two_views")
+    try:
+        assert two.unwrapped.sim.n_cameras == 2
+        two.reset(seed=0)
+        _, reward, _, _, info = two.step(np.zeros(3, np.float32))
+        assert info["spatial_distance_valid"] and reward == pytest.approx(
+            shape_distance(info["spatial_distance_m"], config))
+        from spatialvlm_ros.estimation import build_estimator
+        from spatialvlm_ros.types import DistanceKind, Pair
+        vlm_estimator = build_estimator(train_reach.CAMERA_ESTIMATORS["vlm_two_views"])
+        answers = [vlm_estimator.estimate(f, [Pair.parse(train_reach.PAIR)], DistanceKind.GAP)[0].distance_m
+                   for f in two.unwrapped.render_rgbd_views()]
+        assert info["spatial_distance_m"] == max(answers)
+    finally:
+        two.close()
     kinematic = train_reach.make_train_env("true", kinematic=True)
     try:
         assert not isinstance(kinematic, train_reach.TargetDisturbedPenalty) and not kinematic.unwrapped.physics
@@ -124,3 +140,38 @@ def test_reuse_keeps_other_rewards_runs_only_from_a_comparable_file(train_reach:
         other = train_reach.settings(argparse.Namespace(**{**vars(args), **change}), train_reach.setup_for(False))
         with pytest.raises(SystemExit, match="other settings"):
             train_reach.reused_runs(earlier, other, ["vlm"])
+
+
+def test_reuse_takes_each_rewards_runs_from_the_first_file_that_has_them(
+        train_reach: ModuleType, tmp_path: Path) -> None:
+    import argparse
+    args = argparse.Namespace(kinematic=False, steps=20_000, eval_every=2_000, eval_episodes=30, seeds=[0])
+    wanted = train_reach.settings(args, train_reach.setup_for(False))
+
+    def write(name: str, rates: dict[str, float]) -> Path:
+        runs = [{"reward": reward, "seed": 0, "wall_s": 1.0, "spatial_invalid_rate": 0.0,
+                 "curve": [{"steps": 20_000, "success_rate": rate, "mean_final_gap_m": 0.01}]}
+                for reward, rate in rates.items()]
+        path = tmp_path / name
+        path.write_text(json.dumps({**wanted, "runs": runs}))
+        return path
+
+    first = write("a.json", {"true": 0.8, "vlm": 0.4})
+    second = write("b.json", {"true": 0.1, "vlm_two_views": 0.2, "geometric": 0.7})
+    runs, sources = train_reach.reuse_all([first, second], wanted, ["geometric"])
+    assert [(r.reward, r.curve[-1].success_rate) for r in runs] == [("true", 0.8), ("vlm", 0.4),
+                                                                    ("vlm_two_views", 0.2)]
+    assert sources == [{"file": str(first), "rewards": ["true", "vlm"]},
+                       {"file": str(second), "rewards": ["vlm_two_views"]}]
+    # No reward to train: the script only combines the files (and says where each reward's runs came from).
+    out = tmp_path / "combined"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--rewards", "--reuse", str(first), str(second),
+                           "--seeds", "0", "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert [r["reward"] for r in summary["runs"]] == ["true", "vlm", "vlm_two_views", "geometric"]
+    assert summary["final_success_rate"]["geometric"] == 0.7 and summary["vlm_over_true"] == pytest.approx(0.5)
+    assert summary["reused_from"][1] == {"file": str(second), "rewards": ["geometric", "vlm_two_views"]}
+    nothing = subprocess.run([sys.executable, str(SCRIPT), "--rewards"], capture_output=True, text=True, timeout=300,
+                             cwd=REPO)
+    assert nothing.returncode == 2 and "nothing to train" in nothing.stderr

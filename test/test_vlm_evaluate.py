@@ -343,3 +343,33 @@ def test_shift_scenes_share_no_rig_gripper_texture_or_light_with_the_training_sp
     assert near >= 0.25 * 40                     # a quarter of the scenes or more put the gripper within 5 cm
     lo, hi = TRAINING_KELVIN
     assert all(b <= lo or a >= hi for a, b in SHIFT_KELVIN)
+
+
+def test_mirror_averages_each_approach_frame_with_its_mirror_image() -> None:
+    """``score_trajectory(mirror=True)``: every frame asked on itself and its mirror; the estimate is their mean."""
+    from spatialvlm_ros.evaluation.vlm_benchmark import TrajectoryFrames, score_trajectory
+    from spatialvlm_ros.types import DistanceKind, Pair
+    frames = tuple(np.full((4, 6, 3), i, np.uint8) for i in range(3))
+    for image in frames:
+        image[:, 0] = 255                      # the mirror image differs: the bright column moves to the right
+
+    class ByImage:
+        name = "by-image"
+
+        def ask_batch(self, images: list[np.ndarray], questions: list[str], depths: Any = None) -> list[VLMAnswer]:
+            # A frame reads as its index in decimetres; its mirror image 4 cm more.
+            texts = [f"{10 * int(im[0, 1, 0]) + (4 if im[0, -1, 0] == 255 else 0)} cm" for im in images]
+            return [VLMAnswer(t, parse_answer(t), 1.0) for t in texts]
+
+    trajectory = TrajectoryFrames(1, Pair("yellow gripper", "red can"), DistanceKind.GAP, frames, (0.0, 0.1, 0.2))
+    plain = score_trajectory(ByImage(), trajectory, samples=2)
+    mirrored = score_trajectory(ByImage(), trajectory, samples=2, mirror=True)
+    assert plain.estimate_m == pytest.approx((0.0, 0.1, 0.2))
+    assert mirrored.estimate_m == pytest.approx((0.02, 0.12, 0.22))
+
+
+def test_cli_mirror_flag_reaches_the_trajectories(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from spatialvlm_ros.cli import main
+    assert main(["evaluate", "--backend", "compact", "--scenes", "2", "--trajectories", "1", "--frames", "3",
+                 "--mirror"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mirror"] is True

@@ -463,3 +463,34 @@ def test_ask_cli_prints_answers_and_parsed_metres(fake: FakeVLMServer, capsys: p
     with pytest.raises(ConfigError, match="--url is a setting of the openai backend, not of 'compact'"):
         args = build_parser().parse_args(["ask", "sim", "Q?", "--backend", "compact", "--url", url])
         estimator_config_from_args(args)
+
+
+class ByImage(Scripted):
+    """Answers by which image it is asked about: ``texts[image_index]``, images told apart by content."""
+
+    def __init__(self, images: list[np.ndarray], texts: list[str]) -> None:
+        super().__init__(texts)
+        self.known = images
+        self.asked: list[int] = []
+
+    def ask_batch(self, images: Any, questions: Any, depths: Any = None) -> list[VLMAnswer]:
+        self.questions += questions
+        self.asked += [next(i for i, k in enumerate(self.known) if np.array_equal(k, im)) for im in images]
+        return [VLMAnswer(self.texts[i], parse_answer(self.texts[i]), 1.0) for i in self.asked[-len(images):]]
+
+
+def test_mirror_asks_each_sample_on_the_mirror_image_too_and_averages(sim_frame: tuple[Frame, float]) -> None:
+    """Per pair: k questions on the image, the same k on its mirror; the estimate is the mean of all answers."""
+    frame, _ = sim_frame
+    mirrored = frame.rgb[:, ::-1]
+    vlm = ByImage([frame.rgb, mirrored], ["10 cm", "20 cm"])
+    estimator = VLMDistanceEstimator(VLMConfig(samples=2, mirror=True, phrasing="sampled"), vlm=vlm, seed=3)
+    other = Pair("yellow gripper", "blue box")
+    can, box = estimator.estimate(frame, [PAIR, other], DistanceKind.GAP)
+    assert vlm.asked == [0, 0, 1, 1, 0, 0, 1, 1]
+    assert vlm.questions[:2] == vlm.questions[2:4] and vlm.questions[4:6] == vlm.questions[6:]
+    assert "blue box" in vlm.questions[4] and "red can" in vlm.questions[0]
+    assert can.valid and can.distance_m == pytest.approx(0.15) and box.distance_m == pytest.approx(0.15)
+    assert can.detail.startswith("4/4 answers parsed")
+    plain = VLMDistanceEstimator(VLMConfig(samples=2), vlm=ByImage([frame.rgb, mirrored], ["10 cm", "20 cm"]))
+    assert plain.estimate(frame, [PAIR], DistanceKind.GAP)[0].distance_m == pytest.approx(0.10)

@@ -95,8 +95,8 @@ def estimator_config_from_args(args: argparse.Namespace) -> EstimatorConfig:
     """
     path = args.config or config_path("spatial_reward.yaml")
     backend = args.backend or load_config(SpatialRewardConfig, "spatial_reward_node", path).estimator.vlm.backend
-    overrides = {f"estimator.vlm.{key}": getattr(args, key) for key in ("backend", "samples")
-                 if getattr(args, key) is not None}
+    overrides = {f"estimator.vlm.{key}": getattr(args, key, None) for key in ("backend", "samples", "mirror")
+                 if getattr(args, key, None) is not None}
     section = _SECTION_FLAGS.get(backend, {})
     for flag in _FLAGS:
         value = getattr(args, flag)
@@ -162,6 +162,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="questions per ask_batch")
     parser.add_argument("--trajectories", type=int, default=2, help="approach trajectories for Spearman (0: skip)")
     parser.add_argument("--frames", type=int, default=20, help="frames per trajectory")
+    parser.add_argument("--mirror", action="store_true", default=None,
+                        help="approach trajectories: also ask on each frame's mirror image and average, as the "
+                             "estimator does with estimator.vlm.mirror (default: that setting of --config)")
     add_vlm_arguments(parser, samples_default=1)
 
 
@@ -261,7 +264,7 @@ def evaluate_cli(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, limit=args.limit,
                               default_unit=getattr(section, "default_unit", "") or None, trajectories=args.trajectories,
                               frames=args.frames, seed=seed, kind=estimator.distance,
-                              split=split)
+                              split=split, mirror=estimator.vlm.mirror)
     summary = report.summary()
     if args.out is not None:
         report.write(args.out)

@@ -161,6 +161,10 @@ class VLMConfig:
             (1 for the greedy compact model; 3-5 with temperature > 0 for a sampled large model).
         phrasing: ``fixed`` asks the first question template every time; ``sampled`` draws one per sample,
             seeded by the estimator seed and the frame stamp.
+        mirror: also ask every sample on the left-right mirrored image and average over both images' answers.
+            A distance is the same in a mirror image, and a model's errors on an image and on its mirror
+            partly cancel (the compact model on the reach env's frames: see the README); costs twice the
+            questions.
         breaker_failures: after this many frames in a row whose questions failed (no answer: unreachable,
             HTTP error, malformed response), or after one timeout, stop asking and flag every frame
             ``backend_unavailable`` at once while probing the backend in the background (0 = never).
@@ -172,6 +176,7 @@ class VLMConfig:
     backend: str = "compact"
     samples: int = 1
     phrasing: Literal["fixed", "sampled"] = "fixed"
+    mirror: bool = False
     compact: CompactVLMConfig = CompactVLMConfig()
     openai: OpenAIVLMConfig = OpenAIVLMConfig()
     transformers: TransformersVLMConfig = TransformersVLMConfig()

@@ -99,8 +99,9 @@ class CircuitBreaker:
 class VLMDistanceEstimator:
     """A :class:`~spatialvlm_ros.estimation.base.DistanceEstimator` that asks a spatial VLM.
 
-    Per pair it asks ``config.samples`` times (all pairs and samples in one :meth:`SpatialVLM.ask_batch`)
-    and reports, over the answers that parse:
+    Per pair it asks ``config.samples`` times (all pairs and samples in one :meth:`SpatialVLM.ask_batch`),
+    and as often again on the left-right mirrored image when ``config.mirror`` is set, and reports, over the
+    answers that parse:
 
     * ``distance_m``: their mean;
     * ``uncertainty_m``: their standard deviation (``ddof=1``; the paper's Fig. 5 error bars); with a
@@ -158,7 +159,18 @@ class VLMDistanceEstimator:
         kind = DistanceKind(kind)
         k = self.config.samples
         rng = np.random.default_rng([self.seed, frame.stamp_ns]) if self.config.phrasing == "sampled" else None
-        questions = [distance_question(pair, kind, rng) for pair in pairs for _ in range(k)]
+        views = [(frame.rgb, frame.depth_m)]
+        if self.config.mirror:   # a distance is the same in the mirror image: each question is asked there too
+            views.append((np.ascontiguousarray(frame.rgb[:, ::-1]),
+                          None if frame.depth_m is None else np.ascontiguousarray(frame.depth_m[:, ::-1])))
+        questions, images, depths = [], [], []
+        for pair in pairs:
+            asked = [distance_question(pair, kind, rng) for _ in range(k)]
+            for rgb, depth in views:
+                questions += asked
+                images += [rgb] * k
+                depths += [depth] * k
+        k *= len(views)   # answers per pair
 
         def flagged(reason: NoEstimateReason, detail: str) -> list[DistanceEstimate]:
             latency_ms = 1e3 * (time.perf_counter() - start)
@@ -173,7 +185,7 @@ class VLMDistanceEstimator:
                                  daemon=True).start()
             return flagged(NoEstimateReason.BACKEND_UNAVAILABLE, self.breaker.describe())
         try:
-            answers = self.vlm.ask_batch([frame.rgb] * len(questions), questions, [frame.depth_m] * len(questions))
+            answers = self.vlm.ask_batch(images, questions, depths)
         except VLMError as err:
             reason = NoEstimateReason.TIMEOUT if isinstance(err, VLMTimeoutError) else NoEstimateReason.BACKEND_ERROR
             logger.debug("%s at stamp %d: %s", reason.value, frame.stamp_ns, err)

@@ -469,19 +469,27 @@ class TrajectoryResult:
     metrics: dict[str, float]
 
 
-def score_trajectory(vlm: SpatialVLM, trajectory: TrajectoryFrames, samples: int = 1) -> TrajectoryResult:
-    """Ask the distance question on every frame (``samples`` times, one batch) and score the trace."""
+def score_trajectory(vlm: SpatialVLM, trajectory: TrajectoryFrames, samples: int = 1,
+                     mirror: bool = False) -> TrajectoryResult:
+    """Ask the distance question on every frame (``samples`` times, one batch) and score the trace.
+
+    ``mirror``: ask as often again on each frame's mirror image and average all the answers (what
+    ``estimator.vlm.mirror`` does).
+    """
     from spatialvlm_ros.evaluation.metrics import distance_metrics  # scipy: kept off `spatialvlm --help`
     question = distance_question(trajectory.pair, trajectory.kind)
     n = len(trajectory.images)
     estimates = [math.nan] * n
+    per_frame = samples * (2 if mirror else 1)
+    images = [view for img in trajectory.images
+              for view in ([img, np.ascontiguousarray(img[:, ::-1])] if mirror else [img]) for _ in range(samples)]
     try:
-        answers = vlm.ask_batch([img for img in trajectory.images for _ in range(samples)], [question] * (n * samples))
+        answers = vlm.ask_batch(images, [question] * len(images))
     except VLMError as err:
         logger.warning("trajectory %d unanswered: %s", trajectory.seed, err)
         answers = []
-    for i in range(len(answers) // samples):
-        values = [a.parsed.value_m for a in answers[i * samples:(i + 1) * samples] if a.parsed.valid]
+    for i in range(len(answers) // per_frame):
+        values = [a.parsed.value_m for a in answers[i * per_frame:(i + 1) * per_frame] if a.parsed.valid]
         estimates[i] = float(np.mean(values)) if values else math.nan
     return TrajectoryResult(trajectory.seed, question, tuple(estimates), trajectory.truth_m,
                             distance_metrics(estimates, trajectory.truth_m))
@@ -569,7 +577,7 @@ def per_family(records: Sequence[AnswerRecord]) -> dict[str, dict[str, Any]]:
 def evaluate_vlm(vlm: SpatialVLM, data: Path, *, model: str = "", samples: int = 1, batch_size: int = 32,
                  limit: int | None = None, default_unit: str | None = None, trajectories: int = 2,
                  frames: int = 20, seed: int = EVAL_SEED_OFFSET, kind: DistanceKind | str = DistanceKind.GAP,
-                 size: tuple[int, int] = (320, 240), split: str = "sim") -> EvaluationReport:
+                 size: tuple[int, int] = (320, 240), split: str = "sim", mirror: bool = False) -> EvaluationReport:
     """Ask ``vlm`` every question of the dataset ``data`` and along ``trajectories`` approaches; score it all.
 
     Args:
@@ -587,6 +595,8 @@ def evaluate_vlm(vlm: SpatialVLM, data: Path, *, model: str = "", samples: int =
         size: (width, height) of the approach frames.
         split: the approaches' scene distribution (one of :data:`~spatialvlm_ros.sim.splits.SPLITS`, see
             :func:`approach_trajectories`); recorded in the metrics.
+        mirror: along the approaches, also ask on each frame's mirror image and average (see
+            :func:`score_trajectory`); recorded in the metrics. The dataset's questions are asked as they are.
 
     Raises:
         ConfigError: bad counts or a training seed.
@@ -603,12 +613,13 @@ def evaluate_vlm(vlm: SpatialVLM, data: Path, *, model: str = "", samples: int =
     questions = load_questions(data, limit)
     logger.info("asking %d questions x %d samples from %s", len(questions), samples, data)
     records = ask_questions(vlm, questions, samples, batch_size, default_unit)
-    scored = [score_trajectory(vlm, t, samples)
+    scored = [score_trajectory(vlm, t, samples, mirror)
               for t in approach_trajectories(trajectories, frames, seed, kind, *size, split=split)]
     rhos = [t.metrics["spearman"] for t in scored if math.isfinite(t.metrics["spearman"])]
     near = [abs(e - t) for r in scored for e, t in zip(r.estimate_m, r.truth_m)
             if t < NEAR_CONTACT_M and math.isfinite(e)]
-    metrics = {"split": split, **answer_metrics(records), "spearman": float(np.mean(rhos)) if rhos else math.nan,
+    metrics = {"split": split, "mirror": mirror, **answer_metrics(records),
+               "spearman": float(np.mean(rhos)) if rhos else math.nan,
                "trajectory_frames": sum(len(t.truth_m) for t in scored),
                "near_contact_trajectory_frames": len(near),
                "near_contact_trajectory_median_abs_error_m": float(np.median(near)) if near else math.nan,

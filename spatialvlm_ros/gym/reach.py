@@ -13,13 +13,13 @@ exact one on equal terms: both see the same low-dimensional observation, only th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import gymnasium as gym
 import numpy as np
 
 from spatialvlm_ros.config import DepthNoiseConfig, SimConfig
-from spatialvlm_ros.errors import ConfigError
+from spatialvlm_ros.errors import ConfigError, SimulationError
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.sim import TabletopSim
 from spatialvlm_ros.sim.scene import GRIPPER_OPENING_M, HALF_HEIGHT, TABLE_CENTRE_XY, TABLE_HALF, TABLE_TOP_Z
@@ -36,6 +36,12 @@ _START = np.array([-0.29, 0.05, 1.06])          # where the scripted demo approa
 _START_JITTER = np.array([0.05, 0.08, 0.04])
 _CONTROL_PERIOD_NS = 100_000_000                # 10 Hz, the render_fps below
 _MAX_SPEED = 2.0                                # m/s, the observed gripper velocity's bound (a free move is ~0.15)
+
+#: A second camera for the reach scene, front right of the main one (added to its eye, world metres; it looks at
+#: the same point). A single view cannot tell a gripper hovering along its line of sight from one touching the
+#: can; this one sees that line from 50 degrees aside. Chosen among four offsets on the wandering frames of
+#: ``benchmarks/vlm_reach_frames.py`` (seeds 2,001,000+), never on the RL evaluation seeds.
+SIDE_CAMERA_OFFSET_M = (0.5, 0.23, 0.05)
 
 DEFAULT_SIM = SimConfig(width=160, height=120, n_frames=2, depth_noise=DepthNoiseConfig(enabled=True))
 
@@ -66,7 +72,8 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
     * Reset draws the can's position on the table and the gripper's start from the env's seeded
       ``np_random``; render calls draw nothing from it, so wrapped and bare envs see the same episodes.
     * ``render_rgbd()`` gives the RGB-D :class:`~spatialvlm_ros.frame.Frame` of the current state (the
-      :class:`~spatialvlm_ros.gym.spatial.RgbdRenderable` protocol); ``render()`` its RGB.
+      :class:`~spatialvlm_ros.gym.spatial.RgbdRenderable` protocol); ``render()`` its RGB;
+      ``render_rgbd_views()`` the frames of every camera, the main one first (``extra_camera_offsets_m``).
 
     Args:
         render_mode: ``"rgb_array"`` or None.
@@ -78,6 +85,8 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
         substeps: MuJoCo steps (2 ms each) per env step, physics only.
         max_target_move_m, max_target_tilt_deg: how far the can may move / tilt before it counts as disturbed.
         disturbed_penalty_m: reward subtracted on each step once the can is disturbed, metres of gap.
+        extra_camera_offsets_m: more cameras (e.g. ``(SIDE_CAMERA_OFFSET_M,)``), each at the main camera's eye
+            plus this offset, world metres, looking at the same point; default none. They only render.
 
     Raises:
         ConfigError: a bad argument.
@@ -98,7 +107,8 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
     def __init__(self, render_mode: str | None = None, *, sim_config: SimConfig = DEFAULT_SIM,
                  max_step_m: float = 0.03, success_threshold_m: float = 0.02, physics: bool = True,
                  substeps: int = 50, max_target_move_m: float = 0.01, max_target_tilt_deg: float = 10.0,
-                 disturbed_penalty_m: float = 0.5) -> None:
+                 disturbed_penalty_m: float = 0.5,
+                 extra_camera_offsets_m: Sequence[Sequence[float]] = ()) -> None:
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ConfigError(f"render_mode: {render_mode!r} is not one of {[None, *self.metadata['render_modes']]}")
         if sim_config.randomise:
@@ -122,7 +132,10 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
         self.render_mode = render_mode
         self.max_step_m = max_step_m
         self.success_threshold_m = success_threshold_m
-        self.sim = TabletopSim(sim_config, physics=physics)
+        try:
+            self.sim = TabletopSim(sim_config, physics=physics, extra_camera_offsets_m=extra_camera_offsets_m)
+        except SimulationError as err:
+            raise ConfigError(f"extra_camera_offsets_m: {err}") from err
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
         # The can's height never changes, but a zero-width bound trips gymnasium's checker: any z above the table.
         # With physics a pushed can may leave the target region and contacts may nudge the gripper out of the
@@ -140,7 +153,7 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
         self._target = np.r_[self.sim.layout.xy[0], TABLE_TOP_Z + HALF_HEIGHT[sim_config.target]]
         self._t = 0
         self._episode_key = 0
-        self._frame: Frame | None = None       # the current state's frame, rendered at most once
+        self._frames: dict[int, Frame] = {}    # the current state's frame per camera, rendered at most once
 
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -157,7 +170,7 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
             self._target = self._target_start.copy()
         self._episode_key = int(self.np_random.integers(2**31))   # seeds this episode's depth noise
         self._t = 0
-        self._frame = None
+        self._frames = {}
         return self._observation(), self._info()
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -171,17 +184,26 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
         else:
             self._gripper = goal
         self._t += 1
-        self._frame = None
+        self._frames = {}
         info = self._info()
         reward = -max(info["true_distance_m"], 0.0) - self.disturbed_penalty_m * info.get("target_disturbed", False)
         return self._observation(), reward, False, False, info
 
     def render_rgbd(self) -> Frame:
         """RGB, depth (metres, with the configured sensor noise) and intrinsics of the current state."""
-        if self._frame is None:
-            rng = np.random.default_rng([self._episode_key, self._t])
-            self._frame = self.sim.render_at(self._gripper, _CONTROL_PERIOD_NS * self._t, rng).frame
-        return self._frame
+        return self._render_camera(0)
+
+    def render_rgbd_views(self) -> tuple[Frame, ...]:
+        """:meth:`render_rgbd` for every camera of the scene, the main one first."""
+        return tuple(self._render_camera(k) for k in range(self.sim.n_cameras))
+
+    def _render_camera(self, camera: int) -> Frame:
+        if camera not in self._frames:
+            # Camera 0 keeps the noise stream it always had; each other camera has its own.
+            rng = np.random.default_rng([self._episode_key, self._t, *([camera] if camera else [])])
+            self._frames[camera] = self.sim.render_at(self._gripper, _CONTROL_PERIOD_NS * self._t, rng,
+                                                      camera).frame
+        return self._frames[camera]
 
     def gripper_pose(self) -> tuple[np.ndarray, float]:
         """The gripper's grasp frame in the camera optical frame (4x4) and its opening (metres), now.

@@ -5,6 +5,9 @@ Frame protocol. A wrapped env gives its camera frame in one of two ways:
 * it implements ``render_rgbd() -> Frame`` (on the env itself or any wrapper below; found with
   ``get_wrapper_attr``): RGB, registered depth and intrinsics of the *current* state, the way
   :class:`~spatialvlm_ros.gym.reach.TabletopReachEnv` does;
+* with ``views="all"``, it implements ``render_rgbd_views() -> tuple[Frame, ...]``: every camera's frame of
+  the current state, the main camera first; each pair is estimated in every view and the views fused
+  (:func:`~spatialvlm_ros.estimation.views.fuse_views`: the largest valid estimate);
 * or, when the wrapper is given ``intrinsics``, its ``render()`` (``render_mode="rgb_array"``) is taken as a
   monocular RGB frame with those intrinsics and no depth (the geometric backend then answers "no depth";
   a VLM backend does not need it).
@@ -27,6 +30,7 @@ from spatialvlm_ros.config import RewardConfig
 from spatialvlm_ros.errors import ConfigError
 from spatialvlm_ros.types import DistanceEstimate, DistanceKind, Pair
 from spatialvlm_ros.estimation.base import DistanceEstimator
+from spatialvlm_ros.estimation.views import fuse_views
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.reward.tracker import CombinedReward, MultiPairReward
@@ -36,6 +40,9 @@ MODES: tuple[str, ...] = typing.get_args(Mode)
 #: The info keys the wrappers add (the env's own ``true_distance_m`` comes through when it has one).
 INFO_KEYS = ("spatial_distance_m", "spatial_distance_valid", "spatial_reason", "spatial_reward")
 RENDER_RGBD = "render_rgbd"
+RENDER_RGBD_VIEWS = "render_rgbd_views"
+Views = Literal["main", "all"]
+VIEWS: tuple[str, ...] = typing.get_args(Views)
 #: An env that knows its gripper's pose (a robot's kinematics, a simulator) offers ``gripper_pose() ->
 #: (4x4 pose in the camera optical frame, opening in metres or None)``; the wrappers attach it to each frame
 #: that has none, for an estimator with ``estimator.gripper.source: pose``.
@@ -116,6 +123,8 @@ class SpatialTerm:
         mode: ``"replace"``, ``"add"`` or ``"info"``.
         intrinsics: take frames from ``render()`` (RGB only) with these intrinsics instead of ``render_rgbd()``.
         n_envs: how many envs (one filter state each).
+        views: ``"main"`` the env's main camera (``render_rgbd()``); ``"all"`` every camera
+            (``render_rgbd_views()``), fused per pair.
 
     Raises:
         ConfigError: a bad argument; the message starts with its name.
@@ -123,9 +132,14 @@ class SpatialTerm:
 
     def __init__(self, estimator: DistanceEstimator, pairs: Sequence[Pair | str] | Pair | str,
                  kind: DistanceKind | str, reward_config: RewardConfig, mode: Mode,
-                 intrinsics: CameraIntrinsics | None, n_envs: int) -> None:
+                 intrinsics: CameraIntrinsics | None, n_envs: int, views: Views = "main") -> None:
         if mode not in MODES:
             raise ConfigError(f"mode: {mode!r} is not one of {list(MODES)}")
+        if views not in VIEWS:
+            raise ConfigError(f"views: {views!r} is not one of {list(VIEWS)}")
+        if views == "all" and intrinsics is not None:
+            raise ConfigError("views: 'all' takes frames from render_rgbd_views(); intrinsics= (render() RGB) "
+                              "has one view only")
         if not callable(getattr(estimator, "estimate", None)):
             raise ConfigError(f"estimator: {type(estimator).__name__} has no estimate(frame, pairs, kind) method; "
                               "build one with build_estimator(EstimatorConfig(...))")
@@ -150,6 +164,7 @@ class SpatialTerm:
         self.reward_config = reward_config
         self.mode = mode
         self.intrinsics = intrinsics
+        self.views = views
         self._rewards = [MultiPairReward(reward_config, parsed) for _ in range(n_envs)]
         self.pairs = self._rewards[0].pairs
 
@@ -157,9 +172,15 @@ class SpatialTerm:
         """Forget env ``i``'s filter state and held distance (its episode starts anew)."""
         self._rewards[i].reset()
 
-    def observe(self, i: int, frame: Frame) -> SpatialObservation:
-        """Estimate every pair in env ``i``'s ``frame`` and update its reward state."""
-        estimates = tuple(self.estimator.estimate(frame, self.pairs, self.kind))
+    @property
+    def render_method(self) -> str:
+        """The env method that gives the frames (when no ``intrinsics``): one frame, or a tuple of views."""
+        return RENDER_RGBD_VIEWS if self.views == "all" else RENDER_RGBD
+
+    def observe(self, i: int, frames: Frame | Sequence[Frame]) -> SpatialObservation:
+        """Estimate every pair in env ``i``'s frame (or in each of its views, fused) and update its reward state."""
+        views = [frames] if isinstance(frames, Frame) else list(frames)
+        estimates = fuse_views([self.estimator.estimate(f, self.pairs, self.kind) for f in views])
         return SpatialObservation(estimates=estimates, combined=self._rewards[i].update(estimates))
 
     def rgb_frame(self, rgb: np.ndarray) -> Frame:
@@ -185,8 +206,10 @@ class SpatialTerm:
         return env_r + spatial
 
 
-def check_rgbd_env(env: Any, intrinsics: CameraIntrinsics | None) -> None:
+def check_rgbd_env(env: Any, intrinsics: CameraIntrinsics | None, views: Views = "main") -> None:
     """Raise :class:`ConfigError` unless ``env`` can give frames the way the wrapper will ask for them."""
+    if views == "all" and not env.has_wrapper_attr(RENDER_RGBD_VIEWS):
+        raise ConfigError(f"env: {env} has no {RENDER_RGBD_VIEWS}() -> tuple[Frame, ...] for views='all'")
     if intrinsics is None:
         if not env.has_wrapper_attr(RENDER_RGBD):
             raise ConfigError(f"env: {env} has no {RENDER_RGBD}() -> Frame; implement it, or pass intrinsics= "

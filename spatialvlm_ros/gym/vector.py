@@ -16,7 +16,7 @@ from spatialvlm_ros.types import DistanceKind, Pair
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.gym.spatial import (
-    GRIPPER_POSE, INFO_KEYS, RENDER_RGBD, Mode, SpatialObservation, SpatialTerm, attach_env_pose, check_rgbd_env,
+    GRIPPER_POSE, INFO_KEYS, Mode, SpatialObservation, SpatialTerm, Views, attach_env_pose, check_rgbd_env,
 )
 
 
@@ -41,6 +41,7 @@ class SpatialRewardVectorWrapper(VectorWrapper[ObsType, ActType, ObsType, ActTyp
         reward_config: see there.
         mode: see there.
         intrinsics: see there.
+        views: see there.
 
     Raises:
         ConfigError: a bad argument (the message starts with its name), or an autoreset mode other than NEXT_STEP.
@@ -62,16 +63,17 @@ class SpatialRewardVectorWrapper(VectorWrapper[ObsType, ActType, ObsType, ActTyp
     def __init__(self, env: VectorEnv[ObsType, ActType, ArrayType], estimator: DistanceEstimator,
                  pairs: Sequence[Pair | str] | Pair | str = "yellow gripper -> red can", *,
                  kind: DistanceKind | str = DistanceKind.GAP, reward_config: RewardConfig = RewardConfig(),
-                 mode: Mode = "replace", intrinsics: CameraIntrinsics | None = None) -> None:
+                 mode: Mode = "replace", intrinsics: CameraIntrinsics | None = None, views: Views = "main") -> None:
         super().__init__(env)
-        self._term = SpatialTerm(estimator, pairs, kind, reward_config, mode, intrinsics, n_envs=env.num_envs)
+        self._term = SpatialTerm(estimator, pairs, kind, reward_config, mode, intrinsics, n_envs=env.num_envs,
+                                 views=views)
         autoreset = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
         if AutoresetMode(autoreset) is not AutoresetMode.NEXT_STEP:
             raise ConfigError(f"env: autoreset_mode must be NEXT_STEP, got {autoreset}; with SAME_STEP the frame "
                               "after a final step already shows the next episode")
         # A SyncVectorEnv can be checked now; other vector envs fail on the first frame request.
         for sub_env in getattr(env.unwrapped, "envs", ()):
-            check_rgbd_env(sub_env, intrinsics)
+            check_rgbd_env(sub_env, intrinsics, views)
         self._autoreset = np.zeros(env.num_envs, dtype=bool)
 
     @property
@@ -100,21 +102,23 @@ class SpatialRewardVectorWrapper(VectorWrapper[ObsType, ActType, ObsType, ActTyp
         self._autoreset = np.logical_or(terminations, truncations)
         return obs, rewards, terminations, truncations, {**info, **self._info(observations)}
 
-    def _frames(self) -> tuple[Frame, ...]:
+    def _frames(self) -> list[list[Frame]]:
+        """Per sub-env, its views (one unless ``views="all"``), the main camera's first."""
         if self._term.intrinsics is None:
-            frames = tuple(self.env.call(RENDER_RGBD))
+            views = [[f] if isinstance(f, Frame) else list(f) for f in self.env.call(self._term.render_method)]
         else:
-            frames = tuple(self._term.rgb_frame(rgb) for rgb in self.env.render())
-        if any(f.gripper_pose is None for f in frames):
+            views = [[self._term.rgb_frame(rgb)] for rgb in self.env.render()]
+        # An env's gripper_pose() is in its main camera's frame: it can only complete the first view.
+        if any(v[0].gripper_pose is None for v in views):
             try:
                 poses = self.env.call(GRIPPER_POSE)
             except AttributeError:     # the sub-envs do not know their gripper pose
-                return frames
-            frames = tuple(attach_env_pose(f, p) for f, p in zip(frames, poses))
-        return frames
+                return views
+            views = [[attach_env_pose(v[0], p), *v[1:]] for v, p in zip(views, poses)]
+        return views
 
     def _observe(self) -> list[SpatialObservation]:
-        return [self._term.observe(i, frame) for i, frame in enumerate(self._frames())]
+        return [self._term.observe(i, views) for i, views in enumerate(self._frames())]
 
     def _info(self, observations: list[SpatialObservation]) -> dict[str, Any]:
         per_env = [o.info() for o in observations]

@@ -12,7 +12,7 @@ from spatialvlm_ros.estimation.base import DistanceEstimator
 from spatialvlm_ros.types import DistanceKind, Pair
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
-from spatialvlm_ros.gym.spatial import (RENDER_RGBD, Mode, SpatialObservation, SpatialTerm, check_rgbd_env,
+from spatialvlm_ros.gym.spatial import (Mode, SpatialObservation, SpatialTerm, Views, check_rgbd_env,
                                         with_env_gripper_pose)
 
 
@@ -41,6 +41,9 @@ class SpatialRewardWrapper(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.
         reward_config: shaping, filter, success bonus, clipping, invalid policy, combination over pairs.
         mode: ``"replace"``, ``"add"`` or ``"info"``.
         intrinsics: use ``render()`` RGB with these intrinsics instead of ``render_rgbd()``.
+        views: ``"main"`` (default) the env's main camera; ``"all"`` every camera the env's
+            ``render_rgbd_views()`` gives, each pair estimated in each view and fused (the largest valid
+            estimate: one camera confuses a gripper hovering along its line of sight with contact).
 
     Raises:
         ConfigError: a bad argument (the message starts with its name), or an env that cannot give frames.
@@ -65,14 +68,14 @@ class SpatialRewardWrapper(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.
     def __init__(self, env: gym.Env[ObsType, ActType], estimator: DistanceEstimator,
                  pairs: Sequence[Pair | str] | Pair | str = "yellow gripper -> red can", *,
                  kind: DistanceKind | str = DistanceKind.GAP, reward_config: RewardConfig = RewardConfig(),
-                 mode: Mode = "replace", intrinsics: CameraIntrinsics | None = None) -> None:
+                 mode: Mode = "replace", intrinsics: CameraIntrinsics | None = None, views: Views = "main") -> None:
         # Recorded as given, not deep-copied: an estimator is a live object (weights, locks, HTTP sessions).
         gym.utils.RecordConstructorArgs.__init__(self, estimator=estimator, pairs=pairs, kind=kind,
                                                  reward_config=reward_config, mode=mode, intrinsics=intrinsics,
-                                                 _disable_deepcopy=True)
+                                                 views=views, _disable_deepcopy=True)
         gym.Wrapper.__init__(self, env)
-        self._term = SpatialTerm(estimator, pairs, kind, reward_config, mode, intrinsics, n_envs=1)
-        check_rgbd_env(env, intrinsics)
+        self._term = SpatialTerm(estimator, pairs, kind, reward_config, mode, intrinsics, n_envs=1, views=views)
+        check_rgbd_env(env, intrinsics, views)
 
     @property
     def pairs(self) -> tuple[Pair, ...]:
@@ -94,11 +97,14 @@ class SpatialRewardWrapper(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.
         return obs, reward, terminated, truncated, {**info, **spatial.info()}
 
     def _observe(self) -> SpatialObservation:
-        return self._term.observe(0, self._frame())
+        return self._term.observe(0, self._frames())
 
-    def _frame(self) -> Frame:
+    def _frames(self) -> list[Frame]:
+        """The views to estimate in (one unless ``views="all"``), the main camera's first."""
         if self._term.intrinsics is None:
-            frame = self.env.get_wrapper_attr(RENDER_RGBD)()
+            got = self.env.get_wrapper_attr(self._term.render_method)()
+            views = [got] if isinstance(got, Frame) else list(got)
         else:
-            frame = self._term.rgb_frame(self.env.render())
-        return with_env_gripper_pose(self.env, frame)
+            views = [self._term.rgb_frame(self.env.render())]
+        # An env's gripper_pose() is in its main camera's frame: it can only complete the first view.
+        return [with_env_gripper_pose(self.env, views[0]), *views[1:]]

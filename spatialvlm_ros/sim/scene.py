@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -417,8 +418,9 @@ def _physical_gripper(gripper_xml: str) -> str:
 
 
 def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, int] | None = None,
-               free_target: bool = False, appearance: Appearance | None = None) -> str:
-    """MJCF text of the room, table, objects, mocap gripper, key light and RGB-D camera.
+               free_target: bool = False, appearance: Appearance | None = None,
+               extra_camera_offsets_m: Sequence[Sequence[float]] = ()) -> str:
+    """MJCF text of the room, table, objects, mocap gripper, key light and RGB-D camera (or cameras).
 
     Rendering settings chosen for sensor-like output and CPU speed: no multisampling (segmentation ids
     must not be blended at edges), near/far clip 1 cm / 10 m (``znear``/``zfar`` are fractions of
@@ -438,13 +440,24 @@ def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, 
         appearance: a randomised look (:mod:`spatialvlm_ros.sim.appearance`): scenery textures, object and
             gripper shades and materials, lights, floor clutter. Default None: the plain look. Geometry and
             truth are the same either way.
+        extra_camera_offsets_m: more cameras, ``rgbd1``, ``rgbd2``, ... (``CAMERA_NAME`` and a number): each at
+            the main camera's eye plus this (x, y, z) offset, world metres, looking at the same point with the
+            same field of view. Default none: the text is unchanged.
 
     Raises:
-        SimulationError: ``tessellation`` below 3 slices or stacks (MuJoCo would accept it and draw garbage).
+        SimulationError: ``tessellation`` below 3 slices or stacks (MuJoCo would accept it and draw garbage),
+            or a camera offset that is not three finite numbers.
     """
     if tessellation is not None and min(tessellation) < 3:
         raise SimulationError(f"tessellation needs at least 3 slices and 3 stacks, got {tessellation}")
-    right, up = _camera_xyaxes(layout.camera_eye, layout.camera_look_at)
+    for offset in extra_camera_offsets_m:
+        if np.shape(offset) != (3,) or not np.all(np.isfinite(np.asarray(offset, dtype=float))):
+            raise SimulationError(f"a camera offset must be 3 finite numbers (x y z metres), got {offset!r}")
+    eyes = [layout.camera_eye, *(layout.camera_eye + np.asarray(o, dtype=float) for o in extra_camera_offsets_m)]
+    cameras = "\n    ".join(
+        f'<camera name="{CAMERA_NAME}{k or ""}" pos="{_fmt(eye)}" '
+        f'xyaxes="{" ".join(_fmt(v) for v in _camera_xyaxes(eye, layout.camera_look_at))}" fovy="{cfg.fovy_deg}"/>'
+        for k, eye in enumerate(eyes))
     light_dir = layout.centre(0) - layout.light_pos
     look = _Look.of(cfg, layout, appearance)
     materials = [f'<material name="m_obj{i}" rgba="{_fmt(c)}" {look.gloss}/>' for i, c in enumerate(look.rgba)]
@@ -505,8 +518,7 @@ def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, 
     <geom name="wall_right" type="box" size="0.02 3 1.5" pos="2.5 0 1.5" material="m_wall"/>
     <geom name="table_top" type="box" size="{hx} {hy} 0.02" pos="{tx} {ty} {TABLE_TOP_Z - 0.02}" material="m_table"/>
     {legs}
-    <camera name="{CAMERA_NAME}" pos="{_fmt(layout.camera_eye)}" xyaxes="{_fmt(right)} {_fmt(up)}"
-            fovy="{cfg.fovy_deg}"/>
+    {cameras}
     {chr(10).join('    ' + b for b in bodies).lstrip()}
     {gripper}
   </worldbody>

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import mujoco
 import numpy as np
@@ -122,13 +122,14 @@ class TabletopSim:
 
     def __init__(self, config: SimConfig, *, gl_context: GLContext | None = None, shadows: bool = True,
                  tessellation: tuple[int, int] | None = None, physics: bool = False,
-                 appearance: Appearance | None = None) -> None:
+                 appearance: Appearance | None = None,
+                 extra_camera_offsets_m: Sequence[Sequence[float]] = ()) -> None:
         self.config = config
         self.physics = physics
         self.layout = make_layout(config)
         self.gripper_opening_m = gripper_opening(config)
         self._xml = build_mjcf(config, self.layout, tessellation=tessellation, free_target=physics,
-                               appearance=appearance)
+                               appearance=appearance, extra_camera_offsets_m=extra_camera_offsets_m)
         try:
             self.model = mujoco.MjModel.from_xml_string(self._xml)
         except ValueError as err:
@@ -139,7 +140,8 @@ class TabletopSim:
         self._gripper_body = gripper_body
         driver = GRIPPER_DRIVER_BODY if physics else GRIPPER_BODY
         self._mocap = int(self.model.body_mocapid[mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, driver)])
-        self._cam = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA_NAME)
+        self._camera_names = [CAMERA_NAME + (str(k) if k else "") for k in range(1 + len(extra_camera_offsets_m))]
+        self._cams = [mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, n) for n in self._camera_names]
         self.gripper_label = f"{config.gripper_colour} gripper"
         self._phrases = [o.phrase for o in self.layout.objects]
         self._labels = {self.gripper_label: 0, **{p: i + 1 for i, p in enumerate(self._phrases)}}
@@ -168,10 +170,11 @@ class TabletopSim:
             self.data.qpos[self._gripper_qpos + 3:self._gripper_qpos + 7] = quat
         self._trajectory = self._solve_trajectory()
 
-        self._intrinsics = CameraIntrinsics.from_fov(config.width, config.height, float(self.model.cam_fovy[self._cam]))
+        self._intrinsics = CameraIntrinsics.from_fov(config.width, config.height,
+                                                     float(self.model.cam_fovy[self._cams[0]]))
         self._warn_if_out_of_view()
-        self._renderer = RgbdRenderer(self.model, CAMERA_NAME, config.width, config.height, self._geom_object,
-                                      gl_context=gl_context, shadows=shadows)
+        self._renderers = [RgbdRenderer(self.model, name, config.width, config.height, self._geom_object,
+                                        gl_context=gl_context, shadows=shadows) for name in self._camera_names]
         logger.info("tabletop sim: %s, %d frames, gap %.3f -> %.3f m, %dx%d", list(self._labels), config.n_frames,
                     config.start_gap_m, config.end_gap_m, config.width, config.height)
 
@@ -312,10 +315,10 @@ class TabletopSim:
             if np.any(cam[:, 2] <= 0) or np.any(uv - radius[:, None] < 0) or np.any(uv + radius[:, None] > size):
                 logger.warning("the gripper may leave the image at step %d; reduce start_gap_m or widen fovy_deg", i)
 
-    def _camera_pose(self) -> np.ndarray:
+    def _camera_pose(self, camera: int = 0) -> np.ndarray:
         pose = np.eye(4)
-        pose[:3, :3] = self.data.cam_xmat[self._cam].reshape(3, 3) @ _MJ_TO_OPTICAL
-        pose[:3, 3] = self.data.cam_xpos[self._cam]
+        pose[:3, :3] = self.data.cam_xmat[self._cams[camera]].reshape(3, 3) @ _MJ_TO_OPTICAL
+        pose[:3, 3] = self.data.cam_xpos[self._cams[camera]]
         return pose
 
     def _check_index(self, i: int) -> None:
@@ -331,22 +334,24 @@ class TabletopSim:
         self._check_index(i)
         return self.truth_at(self._trajectory[i])
 
-    def truth_at(self, position_world: np.ndarray) -> GroundTruth:
+    def truth_at(self, position_world: np.ndarray, camera: int = 0) -> GroundTruth:
         """Put the grasp point at ``position_world`` (3,), world metres, and return the ground truth (cheap).
 
         Any position is accepted, off the scripted trajectory too (a policy moving the gripper); the
         gripper keeps its orientation. Nothing stops it from entering an object (no physics): gaps go negative.
+        Camera-frame fields are in ``camera``'s optical frame (0 the main camera; see :attr:`n_cameras`).
 
         Raises:
-            SimulationError: ``position_world`` is not three finite numbers.
+            SimulationError: ``position_world`` is not three finite numbers, or no such camera.
         """
+        self._check_camera(camera)
         grasp = np.array(position_world, dtype=np.float64)
         if grasp.shape != (3,) or not np.all(np.isfinite(grasp)):
             raise SimulationError(f"gripper position must be 3 finite numbers (world metres), got {position_world!r}")
         self._set_gripper(grasp)
         if self.physics:
             self._object_centres[0] = self.data.xpos[self._target_body]
-        pose = self._camera_pose()
+        pose = self._camera_pose(camera)
         rot, eye = pose[:3, :3], pose[:3, 3]
 
         def to_cam(p: np.ndarray) -> np.ndarray:
@@ -395,31 +400,45 @@ class TabletopSim:
                                   np.random.default_rng([self.config.seed, i]))
 
     def render_at(self, position_world: np.ndarray, stamp_ns: int = 0,
-                  rng: np.random.Generator | None = None) -> SimFrame:
+                  rng: np.random.Generator | None = None, camera: int = 0) -> SimFrame:
         """Put the grasp point at ``position_world`` (3,), world metres, and render (see :meth:`truth_at`).
 
         Args:
             position_world: grasp point, world frame, metres.
             stamp_ns: frame time, integer nanoseconds.
             rng: draws the depth noise; default seeded with ``(config.seed, stamp_ns)``, so a frame is reproducible.
+            camera: which camera renders (0 the main one; ``extra_camera_offsets_m`` adds more). Its frame's
+                ``frame_id`` is ``camera_color_optical_frame`` for camera 0, ``camera<k>_color_optical_frame``
+                for camera k.
 
         Returns:
             The frame and its ground truth, with ``index`` -1 (not a trajectory step).
 
         Raises:
-            SimulationError: ``position_world`` is not three finite numbers.
+            SimulationError: ``position_world`` is not three finite numbers, or no such camera.
         """
         return self._render_state(position_world, -1, int(stamp_ns),
-                                  np.random.default_rng([self.config.seed, int(stamp_ns)]) if rng is None else rng)
+                                  np.random.default_rng([self.config.seed, int(stamp_ns)]) if rng is None else rng,
+                                  camera)
+
+    @property
+    def n_cameras(self) -> int:
+        """How many cameras the scene has: the main one plus ``extra_camera_offsets_m``."""
+        return len(self._cams)
+
+    def _check_camera(self, camera: int) -> None:
+        if not 0 <= camera < len(self._cams):
+            raise SimulationError(f"camera {camera} out of range [0, {len(self._cams)})")
 
     def _render_state(self, position_world: np.ndarray, index: int, stamp_ns: int,
-                      rng: np.random.Generator) -> SimFrame:
+                      rng: np.random.Generator, camera: int = 0) -> SimFrame:
         start = time.perf_counter()
-        truth = self.truth_at(position_world)
-        rgb, depth, segmentation = self._renderer.render(self.data)
+        truth = self.truth_at(position_world, camera)
+        rgb, depth, segmentation = self._renderers[camera].render(self.data)
         depth = apply_depth_noise(depth, self.config.depth_noise, rng)
+        frame_id = OPTICAL_FRAME_ID if camera == 0 else OPTICAL_FRAME_ID.replace("camera", f"camera{camera}", 1)
         frame = Frame(rgb=rgb, intrinsics=self._intrinsics, depth_m=depth, stamp_ns=stamp_ns,
-                      frame_id=OPTICAL_FRAME_ID, segmentation=segmentation, labels=self.labels,
+                      frame_id=frame_id, segmentation=segmentation, labels=self.labels,
                       gripper_pose=truth.gripper_pose_cam, gripper_opening_m=self.gripper_opening_m)
         logger.debug("rendered step %d in %.1f ms", index, 1e3 * (time.perf_counter() - start))
         return SimFrame(index=index, frame=frame, truth=truth)
@@ -506,8 +525,9 @@ class TabletopSim:
             raise SimulationError("physics steps need TabletopSim(..., physics=True)")
 
     def close(self) -> None:
-        """Free the renderer, and its OpenGL context unless it was given one (idempotent)."""
-        self._renderer.close()
+        """Free the renderers, and their OpenGL contexts unless one was given (idempotent)."""
+        for renderer in self._renderers:
+            renderer.close()
 
     def __enter__(self) -> "TabletopSim":
         return self
