@@ -102,8 +102,10 @@ Grid = dict[str, list[float | None]]
 
 
 def direction_map(estimator: DistanceEstimator, seed: int) -> tuple[Grid, Grid]:
-    """Direction -> the estimated gap (metres, None where invalid) at each of ``MAP_GAPS_M`` along it: the main
-    view's, and the two views' fused."""
+    """Direction -> the estimated gap (metres, None where invalid) at each of ``MAP_GAPS_M`` along it.
+
+    Two maps: the main view's, and the two views' fused.
+    """
     env = gym.make(REACH_ID, physics=False, extra_camera_offsets_m=(SIDE_CAMERA_OFFSET_M,))
     out: Grid = {}
     two: Grid = {}
