@@ -39,8 +39,9 @@ _MAX_SPEED = 2.0                                # m/s, the observed gripper velo
 
 #: A second camera for the reach scene, front right of the main one (added to its eye, world metres; it looks at
 #: the same point). A single view cannot tell a gripper hovering along its line of sight from one touching the
-#: can; this one sees that line from 50 degrees aside. Chosen among four offsets on the wandering frames of
-#: ``benchmarks/vlm_reach_frames.py`` (seeds 2,001,000+), never on the RL evaluation seeds.
+#: can; this one sees that line from 50 degrees aside. Chosen among twelve offsets on the wandering frames and
+#: the direction map of ``benchmarks/vlm_reach_frames.py`` (seeds 2,000,500 and 2,001,000+), never on the RL
+#: evaluation seeds.
 SIDE_CAMERA_OFFSET_M = (0.5, 0.23, 0.05)
 
 DEFAULT_SIM = SimConfig(width=160, height=120, n_frames=2, depth_noise=DepthNoiseConfig(enabled=True))
