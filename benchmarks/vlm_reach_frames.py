@@ -81,6 +81,8 @@ def approach(env: gym.Env, estimator: DistanceEstimator, seed: int, steps: int,
     """(main-view estimates, two-view estimates, truths) in metres along one slow approach; NaN where invalid.
 
     ``wander``: uniform action noise of this size on top of the pull (a seeded random drift around the can).
+    Only wandering episodes ask the side camera too (the straight approaches report the main view): without
+    wander the two-view estimates are the main view's.
     """
     obs, _ = env.reset(seed=seed)
     noise = np.random.default_rng(seed)
@@ -91,7 +93,8 @@ def approach(env: gym.Env, estimator: DistanceEstimator, seed: int, steps: int,
         # band below gets frames.
         pull = 1.2 * (obs[3:6] - obs[:3]) + wander * noise.uniform(-1.0, 1.0, 3)
         obs, _, _, _, info = env.step(np.clip(pull, -1.0, 1.0).astype(np.float32))
-        main, both = gaps(estimator, env.unwrapped.render_rgbd_views())
+        views = env.unwrapped.render_rgbd_views() if wander else (env.unwrapped.render_rgbd(),)
+        main, both = gaps(estimator, views)
         estimates.append(main)
         fused.append(both)
         truths.append(max(info["true_distance_m"], 0.0))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import gymnasium as gym
 import numpy as np
@@ -338,12 +338,26 @@ def test_physical_scene_is_an_option_and_the_static_scene_is_unchanged() -> None
     assert physical.count("<freejoint") == 2 and "<weld" in physical
 
 
+class _SideReadsFurther:
+    """Wraps an estimator: in the side camera's frames every distance reads 10 cm more (fusion must pick it)."""
+
+    def __init__(self, inner: DistanceEstimator) -> None:
+        self.inner = inner
+
+    def estimate(self, frame: Any, pairs: Any, kind: Any) -> list:
+        found = self.inner.estimate(frame, pairs, kind)
+        if frame.frame_id != "camera1_color_optical_frame":
+            return found
+        return [dataclasses.replace(e, distance_m=e.distance_m + 0.1) for e in found]
+
+
 def test_all_views_fuse_each_cameras_estimate(estimator: DistanceEstimator, closing: Callable) -> None:
     """With a second camera and views="all", the reward reads the larger of the two cameras' estimates."""
     from spatialvlm_ros.gym.reach import SIDE_CAMERA_OFFSET_M
     from spatialvlm_ros.types import DistanceKind, Pair
+    side_further = _SideReadsFurther(estimator)
     env = closing(gym.make(REACH_ID, extra_camera_offsets_m=(SIDE_CAMERA_OFFSET_M,)))
-    wrapped = SpatialRewardWrapper(env, estimator, PAIR, reward_config=NEGATIVE, views="all")
+    wrapped = SpatialRewardWrapper(env, side_further, PAIR, reward_config=NEGATIVE, views="all")
     plain = closing(SpatialRewardWrapper(gym.make(REACH_ID), estimator, PAIR, reward_config=NEGATIVE))
     obs, _ = wrapped.reset(seed=4)
     plain.reset(seed=4)
@@ -351,22 +365,21 @@ def test_all_views_fuse_each_cameras_estimate(estimator: DistanceEstimator, clos
         action = towards_target(obs)
         obs, reward, _, _, info = wrapped.step(action)
         _, _, _, _, plain_info = plain.step(action)
-        views = env.unwrapped.render_rgbd_views()
-        each = [estimator.estimate(f, [Pair.parse(PAIR)], DistanceKind.GAP)[0] for f in views]
-        assert len(views) == 2 and all(e.valid for e in each)
-        assert info["spatial_distance_m"] == max(e.distance_m for e in each)
+        main, side = env.unwrapped.render_rgbd_views()
+        [from_side] = estimator.estimate(side, [Pair.parse(PAIR)], DistanceKind.GAP)
+        assert from_side.valid and info["spatial_distance_m"] == pytest.approx(from_side.distance_m + 0.1)
         assert reward == pytest.approx(-info["spatial_distance_m"] / 0.1)
         # The extra camera only renders: the main view and the episode are those of an env without it.
         assert plain_info["true_distance_m"] == info["true_distance_m"]
-        np.testing.assert_array_equal(views[0].rgb, plain.unwrapped.render_rgbd().rgb)
+        np.testing.assert_array_equal(main.rgb, plain.unwrapped.render_rgbd().rgb)
     vec = closing(SpatialRewardVectorWrapper(
-        SyncVectorEnv([lambda: gym.make(REACH_ID, extra_camera_offsets_m=(SIDE_CAMERA_OFFSET_M,))]), estimator, PAIR,
-        reward_config=NEGATIVE, views="all"))
+        SyncVectorEnv([lambda: gym.make(REACH_ID, extra_camera_offsets_m=(SIDE_CAMERA_OFFSET_M,))]), side_further,
+        PAIR, reward_config=NEGATIVE, views="all"))
     vec.reset(seed=[4])
     _, _, _, _, vinfo = vec.step(np.zeros((1, 3), np.float32))
-    views = vec.unwrapped.envs[0].unwrapped.render_rgbd_views()
-    assert vinfo["spatial_distance_m"][0] == max(
-        estimator.estimate(f, [Pair.parse(PAIR)], DistanceKind.GAP)[0].distance_m for f in views)
+    _, side = vec.unwrapped.envs[0].unwrapped.render_rgbd_views()
+    assert vinfo["spatial_distance_m"][0] == pytest.approx(
+        estimator.estimate(side, [Pair.parse(PAIR)], DistanceKind.GAP)[0].distance_m + 0.1)
 
 
 @pytest.mark.parametrize(("env_id", "kwargs", "match"), [
@@ -378,3 +391,19 @@ def test_bad_views_are_refused(env_id: str, kwargs: dict, match: str, estimator:
                                closing: Callable) -> None:
     with pytest.raises(ConfigError, match=match):
         SpatialRewardWrapper(closing(gym.make(env_id)), estimator, PAIR, **kwargs)
+
+
+def test_views_that_are_not_frames_are_a_clear_error(estimator: DistanceEstimator, closing: Callable) -> None:
+    """An env whose render_rgbd_views() gives nothing usable: a ConfigError naming it, not an IndexError."""
+
+    class NoViews(gym.Wrapper):
+        def render_rgbd_views(self) -> tuple:
+            return ()
+
+    env = SpatialRewardWrapper(closing(NoViews(gym.make(REACH_ID))), estimator, PAIR, views="all")
+    with pytest.raises(ConfigError, match=r"^env: .*render_rgbd_views\(\) must give a non-empty tuple of Frame"):
+        env.reset(seed=0)
+    vec = closing(SpatialRewardVectorWrapper(SyncVectorEnv([lambda: NoViews(gym.make(REACH_ID))]), estimator, PAIR,
+                                             views="all"))
+    with pytest.raises(ConfigError, match=r"^env: sub-env 0 render_rgbd_views"):
+        vec.reset(seed=0)

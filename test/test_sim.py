@@ -339,3 +339,6 @@ def test_an_extra_camera_sees_the_same_state_from_its_own_place(sim: TabletopSim
             two.render_at(position, camera=2)
     with pytest.raises(SimulationError, match="3 finite numbers"):
         TabletopSim(SMALL, extra_camera_offsets_m=[(0.1, np.nan, 0.0)])
+    layout = make_layout(SMALL)
+    with pytest.raises(SimulationError, match="above or below the point"):
+        TabletopSim(SMALL, extra_camera_offsets_m=[layout.camera_look_at + (0.0, 0.0, 0.5) - layout.camera_eye])

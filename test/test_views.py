@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -19,9 +20,9 @@ def valid(pair: Pair, metres: float, detail: str = "") -> DistanceEstimate:
                             detail=detail)
 
 
-def invalid(pair: Pair) -> DistanceEstimate:
+def invalid(pair: Pair, reason: NoEstimateReason = NoEstimateReason.NOT_VISIBLE) -> DistanceEstimate:
     return DistanceEstimate(pair=pair, kind=DistanceKind.GAP, distance_m=math.nan, uncertainty_m=math.nan,
-                            valid=False, reason=NoEstimateReason.NOT_VISIBLE)
+                            valid=False, reason=reason)
 
 
 def test_each_pair_takes_the_largest_valid_view() -> None:
@@ -32,10 +33,11 @@ def test_each_pair_takes_the_largest_valid_view() -> None:
 
 
 def test_invalid_views_are_left_out_and_all_invalid_gives_the_first() -> None:
-    [fused] = fuse_views([[invalid(CAN)], [valid(CAN, 0.03)], [valid(CAN, 0.02)]])
-    assert fused.valid and fused.distance_m == 0.03
-    first = invalid(CAN)
-    assert fuse_views([[first], [invalid(CAN)]]) == (first,)
+    slow = dataclasses.replace(valid(CAN, 0.02), latency_ms=5.0)
+    [fused] = fuse_views([[invalid(CAN)], [dataclasses.replace(valid(CAN, 0.03), latency_ms=2.0)], [slow]])
+    assert fused.valid and fused.distance_m == 0.03 and fused.latency_ms == 7.0   # the estimate cost both
+    [fused] = fuse_views([[invalid(CAN, NoEstimateReason.NO_DEPTH)], [invalid(CAN)]])
+    assert not fused.valid and fused.reason is NoEstimateReason.NO_DEPTH
 
 
 def test_one_view_passes_through_unchanged() -> None:

@@ -162,7 +162,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="questions per ask_batch")
     parser.add_argument("--trajectories", type=int, default=2, help="approach trajectories for Spearman (0: skip)")
     parser.add_argument("--frames", type=int, default=20, help="frames per trajectory")
-    parser.add_argument("--mirror", action="store_true", default=None,
+    parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
                         help="approach trajectories: also ask on each frame's mirror image and average, as the "
                              "estimator does with estimator.vlm.mirror (default: that setting of --config)")
     add_vlm_arguments(parser, samples_default=1)

@@ -164,7 +164,8 @@ class VLMConfig:
         mirror: also ask every sample on the left-right mirrored image and average over both images' answers.
             A distance is the same in a mirror image, and a model's errors on an image and on its mirror
             partly cancel (the compact model on the reach env's frames: see the README); costs twice the
-            questions.
+            questions. The uncertainty then includes the spread between the two images' answers. Leave it
+            off for phrases that say "left" or "right" (in the mirror "the left can" is the other can).
         breaker_failures: after this many frames in a row whose questions failed (no answer: unreachable,
             HTTP error, malformed response), or after one timeout, stop asking and flag every frame
             ``backend_unavailable`` at once while probing the backend in the background (0 = never).

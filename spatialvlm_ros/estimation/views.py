@@ -22,7 +22,8 @@ def fuse_views(per_view: Sequence[Sequence[DistanceEstimate]]) -> tuple[Distance
         per_view: one sequence of estimates per camera, each in the same pair order.
 
     Returns:
-        One estimate per pair. A fused estimate's ``detail`` says which view it came from.
+        One estimate per pair (on a tie, the later view's). A fused estimate's ``detail`` says which view it
+        came from, and its ``latency_ms`` is the sum over the views (what the estimate cost).
 
     Raises:
         ConfigError: no views, or views whose pairs differ.
@@ -46,10 +47,11 @@ def fuse_views(per_view: Sequence[Sequence[DistanceEstimate]]) -> tuple[Distance
     for estimates in zip(*per_view):
         valid = [(e.distance_m, k) for k, e in enumerate(estimates) if e.valid]
         if not valid:
-            fused.append(estimates[0])
+            fused.append(dataclasses.replace(estimates[0], latency_ms=sum(e.latency_ms for e in estimates)))
             continue
         _, k = max(valid)
         chosen = estimates[k]
         note = f"largest of {len(valid)} valid views' estimates: view {k}"
-        fused.append(dataclasses.replace(chosen, detail=f"{chosen.detail}; {note}" if chosen.detail else note))
+        fused.append(dataclasses.replace(chosen, detail=f"{chosen.detail}; {note}" if chosen.detail else note,
+                                         latency_ms=sum(e.latency_ms for e in estimates)))
     return tuple(fused)

@@ -39,7 +39,7 @@ _MAX_SPEED = 2.0                                # m/s, the observed gripper velo
 
 #: A second camera for the reach scene, front right of the main one (added to its eye, world metres; it looks at
 #: the same point). A single view cannot tell a gripper hovering along its line of sight from one touching the
-#: can; this one sees that line from 50 degrees aside. Chosen among twelve offsets on the wandering frames and
+#: can; this one sees the can from 34-37 degrees aside. Chosen among twelve offsets on the wandering frames and
 #: the direction map of ``benchmarks/vlm_reach_frames.py`` (seeds 2,000,500 and 2,001,000+), never on the RL
 #: evaluation seeds.
 SIDE_CAMERA_OFFSET_M = (0.5, 0.23, 0.05)

@@ -177,6 +177,18 @@ class SpatialTerm:
         """The env method that gives the frames (when no ``intrinsics``): one frame, or a tuple of views."""
         return RENDER_RGBD_VIEWS if self.views == "all" else RENDER_RGBD
 
+    def checked_views(self, got: Any, source: Any) -> list[Frame]:
+        """What ``render_rgbd_views()`` gave, as a list of frames; a clear error for anything else.
+
+        Raises:
+            ConfigError: not a non-empty sequence of :class:`Frame`.
+        """
+        views = list(got) if isinstance(got, (list, tuple)) else []
+        if not views or not all(isinstance(f, Frame) for f in views):
+            raise ConfigError(f"env: {source} {RENDER_RGBD_VIEWS}() must give a non-empty tuple of Frame, "
+                              f"got {type(got).__name__}")
+        return views
+
     def observe(self, i: int, frames: Frame | Sequence[Frame]) -> SpatialObservation:
         """Estimate every pair in env ``i``'s frame (or in each of its views, fused) and update its reward state."""
         views = [frames] if isinstance(frames, Frame) else list(frames)
@@ -208,9 +220,10 @@ class SpatialTerm:
 
 def check_rgbd_env(env: Any, intrinsics: CameraIntrinsics | None, views: Views = "main") -> None:
     """Raise :class:`ConfigError` unless ``env`` can give frames the way the wrapper will ask for them."""
-    if views == "all" and not env.has_wrapper_attr(RENDER_RGBD_VIEWS):
-        raise ConfigError(f"env: {env} has no {RENDER_RGBD_VIEWS}() -> tuple[Frame, ...] for views='all'")
-    if intrinsics is None:
+    if views == "all":
+        if not env.has_wrapper_attr(RENDER_RGBD_VIEWS):
+            raise ConfigError(f"env: {env} has no {RENDER_RGBD_VIEWS}() -> tuple[Frame, ...] for views='all'")
+    elif intrinsics is None:
         if not env.has_wrapper_attr(RENDER_RGBD):
             raise ConfigError(f"env: {env} has no {RENDER_RGBD}() -> Frame; implement it, or pass intrinsics= "
                               "to use render() RGB frames without depth")

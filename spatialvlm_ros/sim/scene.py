@@ -446,7 +446,8 @@ def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, 
 
     Raises:
         SimulationError: ``tessellation`` below 3 slices or stacks (MuJoCo would accept it and draw garbage),
-            or a camera offset that is not three finite numbers.
+            or a camera offset that is not three finite numbers or that puts the camera on, above or below the
+            point it looks at.
     """
     if tessellation is not None and min(tessellation) < 3:
         raise SimulationError(f"tessellation needs at least 3 slices and 3 stacks, got {tessellation}")
@@ -454,6 +455,12 @@ def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, 
         if np.shape(offset) != (3,) or not np.all(np.isfinite(np.asarray(offset, dtype=float))):
             raise SimulationError(f"a camera offset must be 3 finite numbers (x y z metres), got {offset!r}")
     eyes = [layout.camera_eye, *(layout.camera_eye + np.asarray(o, dtype=float) for o in extra_camera_offsets_m)]
+    for offset, eye in zip(extra_camera_offsets_m, eyes[1:]):
+        look = layout.camera_look_at - eye
+        # On the look-at point, or straight above or below it, the camera has no defined "right".
+        if np.linalg.norm(np.cross(look, [0.0, 0.0, 1.0])) < 1e-3 * max(np.linalg.norm(look), 1e-9):
+            raise SimulationError(f"a camera offset must not put the camera on, above or below the point the cameras "
+                                  f"look at, got {offset!r}")
     cameras = "\n    ".join(
         f'<camera name="{CAMERA_NAME}{k or ""}" pos="{_fmt(eye)}" '
         f'xyaxes="{" ".join(_fmt(v) for v in _camera_xyaxes(eye, layout.camera_look_at))}" fovy="{cfg.fovy_deg}"/>'
