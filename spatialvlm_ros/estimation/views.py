@@ -45,13 +45,14 @@ def fuse_views(per_view: Sequence[Sequence[DistanceEstimate]]) -> tuple[Distance
         return tuple(per_view[0])
     fused = []
     for estimates in zip(*per_view):
+        cost_ms = sum(e.latency_ms for e in estimates)
         valid = [(e.distance_m, k) for k, e in enumerate(estimates) if e.valid]
         if not valid:
-            fused.append(dataclasses.replace(estimates[0], latency_ms=sum(e.latency_ms for e in estimates)))
+            fused.append(dataclasses.replace(estimates[0], latency_ms=cost_ms))
             continue
         _, k = max(valid)
         chosen = estimates[k]
         note = f"largest of {len(valid)} valid views' estimates: view {k}"
         fused.append(dataclasses.replace(chosen, detail=f"{chosen.detail}; {note}" if chosen.detail else note,
-                                         latency_ms=sum(e.latency_ms for e in estimates)))
+                                         latency_ms=cost_ms))
     return tuple(fused)

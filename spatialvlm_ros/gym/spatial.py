@@ -177,21 +177,22 @@ class SpatialTerm:
         """The env method that gives the frames (when no ``intrinsics``): one frame, or a tuple of views."""
         return RENDER_RGBD_VIEWS if self.views == "all" else RENDER_RGBD
 
-    def checked_views(self, got: Any, source: Any) -> list[Frame]:
-        """What ``render_rgbd_views()`` gave, as a list of frames; a clear error for anything else.
+    def views_of(self, got: Any, source: Any) -> list[Frame]:
+        """What :attr:`render_method` gave, as the list of views to estimate in (one unless ``views="all"``).
 
         Raises:
-            ConfigError: not a non-empty sequence of :class:`Frame`.
+            ConfigError: with ``views="all"``, not a non-empty sequence of :class:`Frame` (``source`` names the env).
         """
+        if self.views == "main":
+            return [got]
         views = list(got) if isinstance(got, (list, tuple)) else []
         if not views or not all(isinstance(f, Frame) for f in views):
             raise ConfigError(f"env: {source} {RENDER_RGBD_VIEWS}() must give a non-empty tuple of Frame, "
                               f"got {type(got).__name__}")
         return views
 
-    def observe(self, i: int, frames: Frame | Sequence[Frame]) -> SpatialObservation:
-        """Estimate every pair in env ``i``'s frame (or in each of its views, fused) and update its reward state."""
-        views = [frames] if isinstance(frames, Frame) else list(frames)
+    def observe(self, i: int, views: Sequence[Frame]) -> SpatialObservation:
+        """Estimate every pair in each of env ``i``'s views, fuse them per pair, and update its reward state."""
         estimates = fuse_views([self.estimator.estimate(f, self.pairs, self.kind) for f in views])
         return SpatialObservation(estimates=estimates, combined=self._rewards[i].update(estimates))
 

@@ -106,11 +106,9 @@ class SpatialRewardVectorWrapper(VectorWrapper[ObsType, ActType, ObsType, ActTyp
         """Per sub-env, its views (one unless ``views="all"``), the main camera's first."""
         if self._term.intrinsics is not None:
             views = [[self._term.rgb_frame(rgb)] for rgb in self.env.render()]
-        elif self._term.views == "all":
-            views = [self._term.checked_views(got, f"sub-env {i}")
-                     for i, got in enumerate(self.env.call(self._term.render_method))]
         else:
-            views = [[f] for f in self.env.call(self._term.render_method)]
+            views = [self._term.views_of(got, f"sub-env {i}")
+                     for i, got in enumerate(self.env.call(self._term.render_method))]
         # An env's gripper_pose() is in its main camera's frame: it can only complete the first view.
         if any(v[0].gripper_pose is None for v in views):
             try:

@@ -103,9 +103,7 @@ class SpatialRewardWrapper(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.
         """The views to estimate in (one unless ``views="all"``), the main camera's first."""
         if self._term.intrinsics is not None:
             views = [self._term.rgb_frame(self.env.render())]
-        elif self._term.views == "all":
-            views = self._term.checked_views(self.env.get_wrapper_attr(self._term.render_method)(), self.env)
         else:
-            views = [self.env.get_wrapper_attr(self._term.render_method)()]
+            views = self._term.views_of(self.env.get_wrapper_attr(self._term.render_method)(), self.env)
         # An env's gripper_pose() is in its main camera's frame: it can only complete the first view.
         return [with_env_gripper_pose(self.env, views[0]), *views[1:]]

@@ -332,6 +332,11 @@ def _gripper_body(cfg: SimConfig, layout: SceneLayout) -> str:
     </body>"""
 
 
+def camera_name(k: int) -> str:
+    """The MJCF name of camera ``k``: ``CAMERA_NAME`` for the main one (0), then ``rgbd1``, ``rgbd2``, ..."""
+    return f"{CAMERA_NAME}{k or ''}"
+
+
 def _camera_xyaxes(eye: np.ndarray, look_at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return the MuJoCo camera's x (image right) and y (image up) axes; it looks along its -z."""
     forward = (look_at - eye) / np.linalg.norm(look_at - eye)
@@ -451,18 +456,18 @@ def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, 
     """
     if tessellation is not None and min(tessellation) < 3:
         raise SimulationError(f"tessellation needs at least 3 slices and 3 stacks, got {tessellation}")
+    eyes = [layout.camera_eye]
     for offset in extra_camera_offsets_m:
         if np.shape(offset) != (3,) or not np.all(np.isfinite(np.asarray(offset, dtype=float))):
             raise SimulationError(f"a camera offset must be 3 finite numbers (x y z metres), got {offset!r}")
-    eyes = [layout.camera_eye, *(layout.camera_eye + np.asarray(o, dtype=float) for o in extra_camera_offsets_m)]
-    for offset, eye in zip(extra_camera_offsets_m, eyes[1:]):
-        look = layout.camera_look_at - eye
+        eyes.append(layout.camera_eye + np.asarray(offset, dtype=float))
+        look = layout.camera_look_at - eyes[-1]
         # On the look-at point, or straight above or below it, the camera has no defined "right".
         if np.linalg.norm(np.cross(look, [0.0, 0.0, 1.0])) < 1e-3 * max(np.linalg.norm(look), 1e-9):
             raise SimulationError(f"a camera offset must not put the camera on, above or below the point the cameras "
                                   f"look at, got {offset!r}")
     cameras = "\n    ".join(
-        f'<camera name="{CAMERA_NAME}{k or ""}" pos="{_fmt(eye)}" '
+        f'<camera name="{camera_name(k)}" pos="{_fmt(eye)}" '
         f'xyaxes="{" ".join(_fmt(v) for v in _camera_xyaxes(eye, layout.camera_look_at))}" fovy="{cfg.fovy_deg}"/>'
         for k, eye in enumerate(eyes))
     light_dir = layout.centre(0) - layout.light_pos

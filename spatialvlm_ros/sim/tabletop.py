@@ -21,7 +21,7 @@ from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.sim.appearance import Appearance
 from spatialvlm_ros.sim.noise import apply_depth_noise
 from spatialvlm_ros.sim.render import GLContext, RgbdRenderer
-from spatialvlm_ros.sim.scene import (CAMERA_NAME, GRIPPER_BODY, GRIPPER_DRIVER_BODY, build_mjcf, gripper_axes,
+from spatialvlm_ros.sim.scene import (GRIPPER_BODY, GRIPPER_DRIVER_BODY, build_mjcf, camera_name, gripper_axes,
                                       gripper_opening, make_layout)
 
 logger = logging.getLogger(__name__)
@@ -105,6 +105,9 @@ class TabletopSim:
             Default False: the kinematic scene, unchanged.
         appearance: a randomised look (:mod:`spatialvlm_ros.sim.appearance`; its sensor damage is the
             caller's to apply). Default None: the plain look.
+        extra_camera_offsets_m: more cameras, each at the main camera's eye plus this (x, y, z) offset, world
+            metres, looking at the same point (:func:`~spatialvlm_ros.sim.scene.build_mjcf`); rendered with
+            ``render_at(..., camera=k)``, k from 1. Default none.
 
     Raises:
         SimulationError: unknown colour or kind, objects that do not fit, no OpenGL context, ``gl_context``
@@ -140,7 +143,7 @@ class TabletopSim:
         self._gripper_body = gripper_body
         driver = GRIPPER_DRIVER_BODY if physics else GRIPPER_BODY
         self._mocap = int(self.model.body_mocapid[mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, driver)])
-        self._camera_names = [CAMERA_NAME + (str(k) if k else "") for k in range(1 + len(extra_camera_offsets_m))]
+        self._camera_names = [camera_name(k) for k in range(1 + len(extra_camera_offsets_m))]
         self._cams = [mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, n) for n in self._camera_names]
         self.gripper_label = f"{config.gripper_colour} gripper"
         self._phrases = [o.phrase for o in self.layout.objects]
