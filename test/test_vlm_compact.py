@@ -29,8 +29,8 @@ from spatialvlm_ros.vlm.registry import build_vlm  # noqa: E402
 from spatialvlm_ros.vlm.compact import backend  # noqa: E402
 from spatialvlm_ros.config import CompactVLMConfig  # noqa: E402
 from spatialvlm_ros.vlm.compact.backend import CompactVLM  # noqa: E402
-from spatialvlm_ros.vlm.compact.network import (CompactModelConfig, CompactSpatialModel, load_weights,  # noqa: E402
-                                                save_weights)
+from spatialvlm_ros.vlm.compact.network import (CompactModelConfig, CompactSpatialModel, fit_image,  # noqa: E402
+                                                load_weights, save_weights)
 from spatialvlm_ros.vlm.compact.tokenizer import (EOS_ID, NUM_ID, REF_A_ID, REF_B_ID, REL_ID, SPECIALS,  # noqa: E402
                                                   WordTokenizer, fill_numbers, fill_references, mask_numbers,
                                                   mask_references, prompt_ids, reference_spans, spell_number)
@@ -344,6 +344,38 @@ def test_backend_refuses_bad_inputs(trained: Path) -> None:
         vlm.ask(np.zeros((8, 8, 3), np.uint8), "far " * 200)
 
 
+def test_fit_image_keeps_the_vertical_field_of_view() -> None:
+    """4:3 frames are only resized; wider ones lose their sides, narrower ones get their edges repeated."""
+    rng = np.random.default_rng(0)
+    four_three = rng.integers(0, 256, (240, 320, 3), np.uint8)
+    assert np.array_equal(fit_image(four_three, 128, 96),
+                          np.asarray(Image.fromarray(four_three).resize((128, 96), Image.BOX)))
+    # 16:9 (240x427): a red strip on each side outside the middle 320 columns is never seen.
+    wide = np.zeros((240, 427, 3), np.uint8)
+    wide[:, :53] = wide[:, 53 + 320:] = (255, 0, 0)
+    wide[:, 53:53 + 320] = four_three
+    assert np.array_equal(fit_image(wide, 128, 96), fit_image(four_three, 128, 96))
+    # Portrait (320x240): the frame keeps its height (a row stays at the same fraction of it) and its pixels
+    # stay square (a 40x40 square stays 16x16 in the 96-pixel model image); the sides repeat the edge columns.
+    tall = np.full((320, 240, 3), 90, np.uint8)
+    tall[:, 0] = (0, 200, 0)
+    tall[:, -1] = (0, 0, 200)
+    tall[140:180, 100:140] = 255
+    fitted = fit_image(tall, 128, 96)
+    white = np.argwhere(fitted[..., 1] > 200)
+    assert white[:, 0].min() == 42 and white[:, 0].max() == 53 and np.ptp(white[:, 1]) + 1 == 12
+    assert (fitted[:, :10] == (0, 200, 0)).all() and (fitted[:, -10:] == (0, 0, 200)).all()
+
+
+def test_backend_warns_once_per_frame_size_it_crops(trained: Path, caplog: pytest.LogCaptureFixture) -> None:
+    vlm = CompactVLM.from_config(CompactVLMConfig(weights=str(trained)))
+    for shape in ((240, 320), (480, 640), (320, 240), (240, 427), (240, 427), (720, 1280)):
+        assert vlm.ask(np.zeros((*shape, 3), np.uint8), QUESTION).parsed.valid
+    cropped = [r.getMessage() for r in caplog.records if "wider than" in r.getMessage()]
+    assert len(cropped) == 2 and "427x240" in cropped[0] and "1280x720" in cropped[1]
+    assert "middle 320 columns (13% of each side unseen)" in cropped[0] and "4:3 camera" in cropped[0]
+
+
 # --------------------------------------------------------------------------------- training
 
 def test_batches_carry_the_answer_number_and_object_targets(dataset: Path, tokenizer: WordTokenizer) -> None:
@@ -374,6 +406,16 @@ def test_batches_carry_the_answer_number_and_object_targets(dataset: Path, token
             assert math.exp(batch.log_values[row]) in (pytest.approx(0.2), pytest.approx(1.5))
         else:
             assert batch.value_positions[row] == -1 and math.isnan(batch.log_values[row])
+
+
+def test_training_refuses_images_of_another_aspect(tmp_path: Path, tokenizer: WordTokenizer) -> None:
+    """Object centres and pointer targets are fractions of the whole image, which inference would crop."""
+    data = write_dataset(tmp_path / "d")
+    for image in (data / "images").iterdir():
+        Image.fromarray(np.zeros((240, 427, 3), np.uint8)).save(image)
+    with pytest.raises(InputError, match=r"is 427x240, not the model's aspect 128x96"):
+        load_training_set(data, tokenizer, 128, 96, 160)
+    assert len(load_training_set(data, tokenizer, 128, 72, 160).images) == 2   # 16:9 weights read 16:9 data
 
 
 def test_a_dataset_without_scene_records_trains_the_text_only(tmp_path: Path, tokenizer: WordTokenizer) -> None:

@@ -373,3 +373,34 @@ def test_cli_mirror_flag_reaches_the_trajectories(tmp_path: Path, capsys: pytest
     assert main(["evaluate", "--backend", "compact", "--scenes", "2", "--trajectories", "1", "--frames", "3",
                  "--mirror"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mirror"] is True
+
+
+def test_cli_image_size_renders_the_held_out_scenes_and_approaches_at_that_size(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--image-size 432x240``: a 16:9 camera's frames, for the questions and the approaches alike."""
+    from PIL import Image
+
+    from spatialvlm_ros.cli import main
+    from spatialvlm_ros.cli import vlm as cli_vlm
+    from spatialvlm_ros.evaluation import vlm_benchmark
+    sizes = []
+    real = vlm_benchmark.approach_trajectories
+
+    def recording(count: int, n_frames: int, seed: int, kind: Any, width: int, height: int,
+                  split: str = "sim") -> Any:
+        for trajectory in real(count, n_frames, seed, kind, width, height, split):
+            sizes.extend(image.shape[:2] for image in trajectory.images)
+            yield trajectory
+
+    monkeypatch.setattr(vlm_benchmark, "approach_trajectories", recording)
+    out = tmp_path / "wide"
+    assert main(["evaluate", "--backend", "compact", "--scenes", "2", "--trajectories", "1", "--frames", "3",
+                 "--image-size", "432x240", "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["trajectory_frames"] == 3
+    images = sorted((out / "dataset" / "images").iterdir())
+    assert images and all(Image.open(p).size == (432, 240) for p in images)
+    assert sizes == [(240, 432)] * 3
+    assert cli_vlm.image_size("640X480") == (640, 480)
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--backend", "compact", "--image-size", "432"])
+    assert "is not WIDTHxHEIGHT" in capsys.readouterr().err

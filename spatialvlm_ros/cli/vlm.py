@@ -148,7 +148,11 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="spatial_reward_node parameter file with estimator.vlm (default: "
                              "config/spatial_reward.yaml)")
     parser.add_argument("--synthesis-config", type=Path, default=None,
-                        help="data engine YAML for the held-out set (default: config/synthesis.yaml)")
+                        help="data engine YAML for the held-out set; its sim.width/height also size the approach "
+                             "frames (default: config/synthesis.yaml)")
+    parser.add_argument("--image-size", type=image_size, default=None, metavar="WxH",
+                        help="render the held-out scenes and approaches at this size instead (e.g. 432x240 for a "
+                             "16:9 camera)")
     parser.add_argument("--scenes", type=int, default=20, help="held-out simulated scenes without --data")
     parser.add_argument("--split", choices=SPLITS, default=None,
                         help="held-out scenes (without --data) and approach trajectories: 'sim' like the "
@@ -168,8 +172,17 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     add_vlm_arguments(parser, samples_default=1)
 
 
+def image_size(text: str) -> tuple[int, int]:
+    """``"432x240"`` -> ``(432, 240)`` (width, height in pixels), for ``--image-size``."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 432x240") from None
+    return width, height
+
+
 def synthesize_held_out(out: Path, scenes: int, seed: int, synthesis_config: Path | None = None,
-                        split: str = "sim") -> Path:
+                        split: str = "sim", size: tuple[int, int] | None = None) -> Path:
     """Synthesise ``scenes`` simulated scenes with the held-out ``seed`` into the dataset folder ``out``.
 
     Args:
@@ -180,6 +193,7 @@ def synthesize_held_out(out: Path, scenes: int, seed: int, synthesis_config: Pat
         split: one of :data:`~spatialvlm_ros.sim.splits.SPLITS`: ``"sim"`` (the training split's scene
             distribution), ``"shift"`` (the held-out shift), ``"plain"`` (the look before domain
             randomisation) or ``"around"`` (``sim`` with the camera anywhere around the target).
+        size: (width, height) of the images, replacing the config's ``sim.width`` / ``sim.height``.
 
     Returns:
         ``out``.
@@ -192,6 +206,8 @@ def synthesize_held_out(out: Path, scenes: int, seed: int, synthesis_config: Pat
     from spatialvlm_ros.synthesis.sources import SimSource
     check_held_out(seed)
     cfg = load_synthesis_config(synthesis_config, {"seed": seed})
+    if size is not None:
+        cfg = dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, width=size[0], height=size[1]))
     source = SimSource(scenes, cfg, split=split)
     summary = run_local(source, out, cfg)
     logger.info("held-out set: %d scenes, %d questions, seed %d, in %s", summary.images, summary.rows, seed, out)
@@ -248,12 +264,15 @@ def evaluate_cli(args: argparse.Namespace) -> int:
     if not getattr(args, "verbose", False):
         # One simulator per scene would log a line each.
         logging.getLogger("spatialvlm_ros.sim").setLevel(logging.WARNING)
+    from spatialvlm_ros.synthesis.config import load_synthesis_config
+    sim = load_synthesis_config(args.synthesis_config).sim
+    size = args.image_size or (sim.width, sim.height)   # the held-out scenes' and the approaches' frames
     vlm = build_vlm(estimator.vlm)
     with tempfile.TemporaryDirectory(prefix="spatialvlm-eval-") as tmp:
         data = args.data
         if data is None:
             data = synthesize_held_out((args.out or Path(tmp)) / "dataset", args.scenes, seed, args.synthesis_config,
-                                       split)
+                                       split, size)
         else:
             warn_if_training_data(data)
         section = getattr(estimator.vlm, estimator.vlm.backend, None)
@@ -264,7 +283,7 @@ def evaluate_cli(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, limit=args.limit,
                               default_unit=getattr(section, "default_unit", "") or None, trajectories=args.trajectories,
                               frames=args.frames, seed=seed, kind=estimator.distance,
-                              split=split, mirror=estimator.vlm.mirror)
+                              size=size, split=split, mirror=estimator.vlm.mirror)
     summary = report.summary()
     if args.out is not None:
         report.write(args.out)

@@ -318,7 +318,7 @@ def load_training_set(data: Path, tokenizer: Any, width: int, height: int, max_l
     """
     from PIL import Image
 
-    from spatialvlm_ros.vlm.compact.network import resize_image
+    from spatialvlm_ros.vlm.compact.network import fit_image, same_aspect
 
     data = Path(data)
     by_image: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -332,6 +332,11 @@ def load_training_set(data: Path, tokenizer: Any, width: int, height: int, max_l
                 rgb = np.asarray(im.convert("RGB"))
         except OSError as err:
             raise InputError(f"cannot read image {str(data / rel)!r}: {err}") from err
+        if not same_aspect(rgb.shape[:2], width, height):
+            # The objects' pixel centres and pointer targets are fractions of the whole image; inference would crop
+            # or pad such an image (fit_image), so training on it would teach targets the model never sees.
+            raise InputError(f"image {str(data / rel)!r} is {rgb.shape[1]}x{rgb.shape[0]}, not the model's aspect "
+                             f"{width}x{height}: train with image_width/image_height of the data's aspect")
         scene_path = data / "scenes" / f"{by_image[rel][0].get('image_id', Path(rel).stem)}.json"
         records = {}
         if scene_path.is_file():
@@ -342,7 +347,7 @@ def load_training_set(data: Path, tokenizer: Any, width: int, height: int, max_l
         kept = tuple(e for e in rows if len(e.ids) <= max_len)
         dropped += len(rows) - len(kept)
         if kept:
-            images.append(resize_image(rgb, width, height))
+            images.append(fit_image(rgb, width, height))
             examples.append(kept)
     if dropped:
         logger.warning("dropped %d rows longer than %d tokens", dropped, max_len)

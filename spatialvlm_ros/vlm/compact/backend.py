@@ -8,6 +8,7 @@ Without a weights folder named, the packaged one (:data:`PACKAGED_WEIGHTS`) is u
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,8 @@ import torch
 from spatialvlm_ros.errors import InputError
 from spatialvlm_ros.config import CompactVLMConfig
 from spatialvlm_ros.vlm.base import VLMAnswer, VLMError, ask_in_batches
-from spatialvlm_ros.vlm.compact.network import (CompactSpatialModel, Generation, count_parameters, load_weights,
-                                                resize_image)
+from spatialvlm_ros.vlm.compact.network import (CompactSpatialModel, Generation, count_parameters, fit_image,
+                                                load_weights, same_aspect)
 from spatialvlm_ros.vlm.compact.tokenizer import WordTokenizer, fill_numbers, fill_references, prompt_ids
 from spatialvlm_ros.vlm.parsing import parse_answer
 
@@ -62,6 +63,7 @@ class CompactVLM:
         self.tokenizer = tokenizer
         self.options = options or CompactVLMConfig()
         self._generator = torch.Generator().manual_seed(self.options.seed)
+        self._warned_shapes: set[tuple[int, int]] = set()
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
 
@@ -78,10 +80,11 @@ class CompactVLM:
         return cls(model, tokenizer, options)
 
     def preprocess(self, images: Sequence[np.ndarray], questions: Sequence[str]) -> _Batch:
-        """Resize the images to the model's input size and tokenize ``[BOS] question [SEP]``.
+        """Fit the images to the model's input size (:func:`fit_image`) and tokenize ``[BOS] question [SEP]``.
 
-        The same array object passed for several questions (the estimator asks every pair and sample about
-        one frame) is resized and encoded once.
+        A frame wider than the model's aspect loses its sides; the first frame of each such size logs a warning
+        saying how much. The same array object passed for several questions (the estimator asks every pair and
+        sample about one frame) is fitted and encoded once.
 
         Raises:
             InputError: an image that is not (H, W, 3) uint8, or a question longer than the model reads.
@@ -99,13 +102,27 @@ class CompactVLM:
                                  f"{getattr(image, 'dtype', type(image).__name__)}")
             slots[id(image)] = len(arrays)
             index.append(len(arrays))
-            arrays.append(resize_image(image, cfg.image_width, cfg.image_height))
+            self._warn_if_cropped(image.shape[:2])
+            arrays.append(fit_image(image, cfg.image_width, cfg.image_height))
         prompts = [prompt_ids(self.tokenizer, q) for q in questions]
         longest = max(map(len, prompts), default=0)
         if longest >= cfg.max_len:
             raise InputError(f"compact VLM: a question of {longest} tokens; this model reads at most "
                              f"{cfg.max_len - 1}")
         return _Batch(images=torch.from_numpy(np.stack(arrays)), image_index=torch.as_tensor(index), prompts=prompts)
+
+    def _warn_if_cropped(self, size: tuple[int, int]) -> None:
+        cfg = self.model.config
+        h, w = size
+        kept = h * cfg.image_width / cfg.image_height
+        if size in self._warned_shapes or same_aspect(size, cfg.image_width, cfg.image_height) or kept >= w:
+            return
+        self._warned_shapes.add(size)
+        g = math.gcd(cfg.image_width, cfg.image_height)
+        logger.warning("compact VLM: %dx%d frames are wider than the model's %d:%d; it reads the middle %d columns "
+                       "(%.0f%% of each side unseen): keep the named objects in the middle, or use a %d:%d camera",
+                       w, h, cfg.image_width // g, cfg.image_height // g, round(kept), 50 * (1 - kept / w),
+                       cfg.image_width // g, cfg.image_height // g)
 
     def _forward(self, batch: _Batch) -> list[Generation]:
         """Decode the answers' token ids, number values and reference spans (greedy or sampled)."""

@@ -484,13 +484,40 @@ def _spans(out: ModelOutput, row: int, shift: int, n: int) -> list[tuple[int, in
     return spans
 
 
-def resize_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (height, width, 3) uint8, area-averaged (the training images' resampling)."""
+def same_aspect(image_size: tuple[int, int], width: int, height: int) -> bool:
+    """Whether an (H, W) image has the aspect ``width`` : ``height`` to within a pixel's rounding."""
+    h, w = image_size
+    return abs(w * height - h * width) <= max(width, height)
+
+
+def fit_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (height, width, 3) uint8, keeping the frame's vertical field of view.
+
+    Every training image has the model's aspect (4:3) and a vertical field of view the model learned metric
+    scale against, so a frame of another shape keeps its vertical extent and its pixels square: a wider one
+    (16:9) loses equal strips at its left and right (centre crop), a narrower one (1:1, portrait) gets its
+    edge pixels repeated at both sides. Then it is area-averaged (the training images' resampling) to the
+    model's size. Stretching instead distorts every horizontal length and read 16:9 and portrait frames worse
+    on held-out scenes (see the README, "Other image shapes"). A frame of the model's aspect is only resized.
+
+    Example:
+        >>> fit_image(np.zeros((240, 427, 3), np.uint8), 128, 96).shape   # 16:9: the middle 320 columns
+        (96, 128, 3)
+    """
     from PIL import Image
 
+    h, w = image.shape[:2]
+    if not same_aspect((h, w), width, height):
+        fitted = round(h * width / height)
+        if fitted < w:
+            left = (w - fitted) // 2
+            image = image[:, left:left + fitted]
+        else:
+            left = (fitted - w) // 2
+            image = np.pad(image, ((0, 0), (left, fitted - w - left), (0, 0)), mode="edge")
     if image.shape[:2] == (height, width):
         return image
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BOX))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.BOX))
 
 
 def resize_input(model: CompactSpatialModel, width: int, height: int) -> CompactSpatialModel:
