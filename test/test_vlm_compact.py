@@ -334,10 +334,33 @@ def test_backend_is_registered_and_names_a_missing_folder(monkeypatch: pytest.Mo
         CompactVLM.from_config(CompactVLMConfig(weights=str(missing)))
 
 
+def test_backend_reads_rgba_and_greyscale_frames_as_rgb(trained: Path) -> None:
+    """A renderer's RGBA frame is its RGB; a greyscale frame is grey RGB: the same answers, not an error."""
+    vlm = CompactVLM.from_config(CompactVLMConfig(weights=str(trained)))
+    for value in (20, 230):
+        rgb = np.full((240, 320, 3), value, np.uint8)
+        rgba = np.concatenate([rgb, np.full((240, 320, 1), 7, np.uint8)], axis=2)
+        expected = vlm.ask(rgb, QUESTION).text
+        assert [vlm.ask(im, QUESTION).text for im in (rgba, rgb[..., 0], rgb[..., :1])] == [expected] * 3
+
+
+def test_backend_warns_once_of_words_it_never_learned(trained: Path, caplog: pytest.LogCaptureFixture) -> None:
+    vlm = CompactVLM.from_config(CompactVLMConfig(weights=str(trained)))
+    image = np.zeros((240, 320, 3), np.uint8)
+    vlm.ask(image, QUESTION)
+    assert "never learned" not in caplog.text
+    for _ in range(3):
+        vlm.ask(image, "How far is the gray cube from the yellow gripper?")
+    warnings = [r.getMessage() for r in caplog.records if "never learned" in r.getMessage()]
+    assert len(warnings) == 1 and "'cube', 'gray'" in warnings[0]
+
+
 def test_backend_refuses_bad_inputs(trained: Path) -> None:
     vlm = CompactVLM.from_config(CompactVLMConfig(weights=str(trained)))
     with pytest.raises(InputError, match="uint8"):
         vlm.ask(np.zeros((8, 8), np.float32), QUESTION)
+    with pytest.raises(InputError, match=r"RGBA \(H, W, 4\).*\(8, 8, 2\)"):
+        vlm.ask(np.zeros((8, 8, 2), np.uint8), QUESTION)
     with pytest.raises(InputError, match="2 images but 1 questions"):
         vlm.ask_batch([np.zeros((8, 8, 3), np.uint8)] * 2, [QUESTION])
     with pytest.raises(InputError, match="a question of .* tokens"):

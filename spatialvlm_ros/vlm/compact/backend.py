@@ -40,6 +40,25 @@ class _Batch:
     prompts: list[list[int]]
 
 
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a uint8 RGB, RGBA (alpha dropped) or greyscale ((H, W) or (H, W, 1)) image.
+
+    Raises:
+        InputError: anything else (another dtype, channel count or rank).
+
+    Example:
+        >>> as_rgb(np.zeros((2, 3, 4), np.uint8)).shape, as_rgb(np.zeros((2, 3), np.uint8)).shape
+        ((2, 3, 3), (2, 3, 3))
+    """
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8:
+        if image.ndim == 3 and image.shape[2] in (3, 4):
+            return image[..., :3]
+        if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+            return np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=2)
+    raise InputError(f"image must be uint8 RGB (H, W, 3), RGBA (H, W, 4) or greyscale (H, W), got "
+                     f"{getattr(image, 'shape', None)} {getattr(image, 'dtype', type(image).__name__)}")
+
+
 class CompactVLM:
     """The compact model as a :class:`~spatialvlm_ros.vlm.base.SpatialVLM` (backend ``"compact"``).
 
@@ -64,6 +83,7 @@ class CompactVLM:
         self.options = options or CompactVLMConfig()
         self._generator = torch.Generator().manual_seed(self.options.seed)
         self._warned_shapes: set[tuple[int, int]] = set()
+        self._warned_words: set[str] = set()
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
 
@@ -86,8 +106,12 @@ class CompactVLM:
         saying how much. The same array object passed for several questions (the estimator asks every pair and
         sample about one frame) is fitted and encoded once.
 
+        RGBA frames (many renderers give them) lose their alpha; greyscale ones, (H, W) or (H, W, 1), are read as
+        RGB. A word the model never learned is read as ``<unk>``; the first question using it logs a warning.
+
         Raises:
-            InputError: an image that is not (H, W, 3) uint8, or a question longer than the model reads.
+            InputError: an image that is not uint8 RGB, RGBA or greyscale, or a question longer than the model
+                reads.
         """
         cfg = self.model.config
         arrays: list[np.ndarray] = []
@@ -97,19 +121,26 @@ class CompactVLM:
             if id(image) in slots:
                 index.append(slots[id(image)])
                 continue
-            if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise InputError(f"image must be (H, W, 3) uint8 RGB, got {getattr(image, 'shape', None)} "
-                                 f"{getattr(image, 'dtype', type(image).__name__)}")
             slots[id(image)] = len(arrays)
             index.append(len(arrays))
-            self._warn_if_cropped(image.shape[:2])
-            arrays.append(fit_image(image, cfg.image_width, cfg.image_height))
+            rgb = as_rgb(image)
+            self._warn_if_cropped(rgb.shape[:2])
+            arrays.append(fit_image(rgb, cfg.image_width, cfg.image_height))
+        self._warn_of_unknown_words(questions)
         prompts = [prompt_ids(self.tokenizer, q) for q in questions]
         longest = max(map(len, prompts), default=0)
         if longest >= cfg.max_len:
             raise InputError(f"compact VLM: a question of {longest} tokens; this model reads at most "
                              f"{cfg.max_len - 1}")
         return _Batch(images=torch.from_numpy(np.stack(arrays)), image_index=torch.as_tensor(index), prompts=prompts)
+
+    def _warn_of_unknown_words(self, questions: Sequence[str]) -> None:
+        unknown = {w.strip() for q in questions for w in self.tokenizer.unknown_words(q)} - self._warned_words
+        if unknown:
+            self._warned_words |= unknown
+            logger.warning("compact VLM: never learned the word(s) %s (each is read as <unk>, so an object named by "
+                           "it may not be found); its colour and object words are the data engine's",
+                           ", ".join(repr(w) for w in sorted(unknown)))
 
     def _warn_if_cropped(self, size: tuple[int, int]) -> None:
         cfg = self.model.config
