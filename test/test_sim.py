@@ -87,7 +87,7 @@ def test_depth_at_ball_centre_is_analytic_z() -> None:
     assert z_true * np.linalg.norm(ray) - z_true > 0.002       # z-depth and range differ here: the test can tell
 
 
-@pytest.mark.parametrize("target", ["can", "box", "ball", "bowl"])
+@pytest.mark.parametrize("target", ["can", "box", "ball", "bowl", "mug", "bottle", "cone", "wedge"])
 def test_gap_falls_linearly_from_start_to_end(target: str) -> None:
     cfg = dataclasses.replace(SMALL, target=target, n_frames=10, start_gap_m=0.25, end_gap_m=0.02)
     with TabletopSim(cfg) as s:
@@ -342,3 +342,31 @@ def test_an_extra_camera_sees_the_same_state_from_its_own_place(sim: TabletopSim
     layout = make_layout(SMALL)
     with pytest.raises(SimulationError, match="above or below the point"):
         TabletopSim(SMALL, extra_camera_offsets_m=[layout.camera_look_at + (0.0, 0.0, 0.5) - layout.camera_eye])
+
+
+def test_more_kinds_render_with_their_own_silhouettes_and_stand_on_the_table() -> None:
+    """Mugs, bottles and the mesh solids: each seen, each its true height, meshes declared only where used."""
+    from spatialvlm_ros.sim import MORE_KINDS
+    from spatialvlm_ros.sim.scene import HALF_HEIGHT, TABLE_TOP_Z, build_mjcf, make_layout
+    cfg = SimConfig(seed=3, randomise=True, target="mug", distractors=("blue bottle", "green cone", "white wedge"))
+    with TabletopSim(cfg) as s:
+        step = s.render(0)
+        for phrase in ("red mug", "blue bottle", "green cone", "white wedge"):
+            kind = phrase.split()[1]
+            assert (step.frame.segmentation == step.frame.labels[phrase]).sum() > 30, phrase
+            body = s.model.body(f"obj{[o.phrase for o in s.layout.objects].index(phrase)}").id
+            geoms = [g for g in range(s.model.ngeom) if s.model.geom_bodyid[g] == body]
+            lows, highs = zip(*((s.data.geom_xpos[g][2] - s.model.geom_rbound[g],
+                                 s.data.geom_xpos[g][2] + s.model.geom_rbound[g]) for g in geoms))
+            # Bounding spheres overshoot; the object's centre is its half height above the table.
+            assert s.truth(0).object_positions_world[phrase][2] == pytest.approx(TABLE_TOP_Z + HALF_HEIGHT[kind])
+            assert min(lows) <= TABLE_TOP_Z + 0.005 and max(highs) >= TABLE_TOP_Z + 2 * HALF_HEIGHT[kind] - 0.005
+    assert set(MORE_KINDS) == {"mug", "bottle", "cone", "wedge"}
+    plain = SimConfig(seed=3, randomise=True)
+    assert "<mesh" not in build_mjcf(plain, make_layout(plain))     # the old scenes' text is unchanged
+    assert build_mjcf(cfg, make_layout(cfg)).count("<mesh ") == 2
+
+
+def test_an_unknown_kind_names_every_known_one() -> None:
+    with pytest.raises(SimulationError, match="unknown object kind 'spoon'.*mug, bottle, cone, wedge"):
+        TabletopSim(SimConfig(target="spoon"))

@@ -254,3 +254,36 @@ def test_cli_exact_per_image_overrides_the_config(tmp_path: Path, capsys) -> Non
     assert not any(r["exact_truth"] for r in rows)
     assert main(["synthesize", "--input", "sim:1", "--out", str(tmp_path / "bad"), "--exact-per-image", "-1"]) == 2
     assert main(["synthesize", "--input", "sim:1", "--out", str(tmp_path / "bad"), "--off-path-share", "1.5"]) == 2
+
+
+def test_sim_kinds_and_colours_choose_what_scenes_are_drawn_from(tmp_path: Path) -> None:
+    """``sim.kinds`` / ``sim.colours``: the default draws the shipped model's scenes; others draw only theirs."""
+    from spatialvlm_ros.errors import ConfigError
+    from spatialvlm_ros.sim import COLOURS, KINDS
+    default, explicit = SynthesisConfig(), SynthesisConfig()
+    explicit = dataclasses.replace(explicit, sim=dataclasses.replace(explicit.sim, kinds=KINDS, colours=tuple(COLOURS)))
+    assert [SimSource(8, default).scene_config(i) for i in range(8)] == \
+        [SimSource(8, explicit).scene_config(i) for i in range(8)]
+    new = dataclasses.replace(default, sim=dataclasses.replace(default.sim, kinds=("mug", "bottle", "cone", "wedge"),
+                                                               colours=("grey", "pink", "brown")))
+    drawn = [SimSource(20, new).scene_config(i) for i in range(20)]
+    phrases = {p for c in drawn for p in (f"{c.target_colour} {c.target}", *c.distractors)}
+    assert {p.split()[1] for p in phrases} == {"mug", "bottle", "cone", "wedge"}
+    assert {p.split()[0] for p in phrases} | {c.gripper_colour for c in drawn} == {"grey", "pink", "brown"}
+    for kinds, colours, why in ((("spoon",), (), r"sim.kinds: \['spoon'\] unknown"),
+                                ((), ("red", "teal"), r"sim.colours: \['teal'\] unknown"),
+                                (("can",), ("red", "blue"), "2 phrases for up to 6 objects")):
+        bad = dataclasses.replace(default, sim=dataclasses.replace(default.sim, kinds=kinds, colours=colours))
+        with pytest.raises(ConfigError, match=why):
+            SimSource(2, bad)
+    with pytest.raises(ConfigError, match="sim.colours"):
+        dataclasses.replace(default.sim, colours=("red",))
+    out = tmp_path / "more"
+    assert main(["synthesize", "--input", "sim:3", "--out", str(out), "--kinds", "all", "--colours", "grey",
+                 "pink"]) == 0
+    rows = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
+    used = json.loads((out / "synthesis_config.json").read_text())["sim"]
+    assert used["kinds"] == ["can", "box", "ball", "bowl", "mug", "bottle", "cone", "wedge"]
+    assert used["colours"] == ["grey", "pink"] and rows
+    words = {w for r in rows for w in r["question"].lower().replace("?", " ").replace(",", " ").split()}
+    assert {"grey", "pink"} & words and not {"red", "blue", "yellow", "green", "white", "black"} & words

@@ -475,9 +475,9 @@ def test_resuming_with_another_architecture_is_refused(dataset: Path, tmp_path: 
         train(TrainConfig(steps=2, text_layers=2, **small))
 
 
-def test_init_starts_from_earlier_weights_and_refuses_unknown_words(
+def test_init_starts_from_earlier_weights_and_learns_new_words(
         dataset: Path, trained: Path, tmp_path: Path) -> None:
-    """``--init``: the first step's loss is the trained model's, far below a random start's; new words are refused."""
+    """``--init``: the first step's loss is the trained model's, far below a random start's; new words are added."""
     small = dict(data=str(dataset), batch_images=2, questions_per_image=2, warmup_steps=1, log_every=1, lr=1e-4)
     scratch = train(TrainConfig(out=str(tmp_path / "scratch"), steps=1, d_model=16, n_heads=2, text_layers=1,
                                 **small))
@@ -489,8 +489,14 @@ def test_init_starts_from_earlier_weights_and_refuses_unknown_words(
     shutil.copytree(dataset, other)
     rows[0]["question"] = rows[0]["question"].replace("?", " zebra?")
     (other / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(ConfigError, match="words its tokenizer lacks.*zebra"):
-        train(TrainConfig(out=str(tmp_path / "refused"), steps=1, init=str(trained), **{**small, "data": str(other)}))
+    wider = dict(small, data=str(other), init=str(trained), out=str(tmp_path / "zebra"))
+    extended = train(TrainConfig(steps=1, **wider))
+    assert extended.final_loss < 0.5 * scratch.final_loss        # the old words kept what they had learned
+    old_model, old_tok = load_weights(trained)
+    new_model, new_tok = load_weights(tmp_path / "zebra")
+    assert new_tok.tokens == (*old_tok.tokens, " zebra") and new_tok.unknown_words(rows[0]["question"]) == []
+    assert new_model.config.vocab_size == old_model.config.vocab_size + 1
+    assert train(TrainConfig(steps=2, **wider)).steps == 2   # resumes with the grown vocabulary
 
 
 def test_learning_rate_warms_up_and_decays() -> None:

@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--off-path-share", type=float, default=None,
                        help="overrides sim.off_path_share: share of simulated scenes whose gripper is off its approach "
                             "line, not aimed at the target (0: none, as the data of VLM stages 1-4)")
+    synth.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
+                       help="overrides sim.kinds: the object kinds scenes are drawn from ('all': every kind the "
+                            "simulator has, adding mug, bottle, cone, wedge; default: can box ball bowl)")
+    synth.add_argument("--colours", nargs="+", default=None, metavar="COLOUR",
+                       help="overrides sim.colours ('all': adding grey, silver, brown, beige, pink)")
     synth.set_defaults(func=_lazy("spatialvlm_ros.cli.synthesize:synthesize_cli"))
 
     # light: torch is imported only to train or ask

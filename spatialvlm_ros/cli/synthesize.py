@@ -31,6 +31,12 @@ def synthesize_cli(args: argparse.Namespace) -> int:
                                                                      exact_per_image=args.exact_per_image))
     if args.off_path_share is not None:
         cfg = dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, off_path_share=args.off_path_share))
+    for key, every in (("kinds", "ALL_KINDS"), ("colours", "PALETTE")):
+        words = getattr(args, key, None)
+        if words:
+            import spatialvlm_ros.sim as sim
+            words = tuple(getattr(sim, every)) if words == ["all"] else tuple(words)
+            cfg = dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, **{key: words}))
     source = open_source(args.input, cfg)
     if args.engine == "ray":
         # Fail on a missing Ray before drawing a progress bar.

@@ -32,7 +32,8 @@ NOUN_SHAPES: dict[str, str] = {
 SHAPES = ("cylinder", "box", "sphere")
 #: Nouns of things no primitive describes: never completed.
 NOT_PRIMITIVE = frozenset(("gripper", "hand", "finger", "fingers", "claw", "effector", "jaw", "jaws", "arm",
-                           "robot", "tool", "bowl", "plate", "cloth"))
+                           "robot", "tool", "bowl", "plate", "cloth", "mug", "cup", "bottle", "cone", "wedge",
+                           "ramp"))
 #: An object whose lowest visible point is within this of the table stands on it.
 ON_TABLE_M = 0.03
 #: Fewest points a fit needs, and most it uses (an even thinning of the rest).

@@ -29,6 +29,10 @@ CAPTION_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
     "box": {"nouns": ("box", "block", "toy block"), "sizes": ("small", "compact")},
     "ball": {"nouns": ("ball", "sphere"), "sizes": ("small", "little")},
     "bowl": {"nouns": ("bowl", "dish"), "sizes": ("wide", "shallow")},
+    "mug": {"nouns": ("mug", "cup", "coffee mug"), "sizes": ("small", "little")},
+    "bottle": {"nouns": ("bottle", "water bottle"), "sizes": ("tall", "slim")},
+    "cone": {"nouns": ("cone", "toy cone"), "sizes": ("small", "pointed")},
+    "wedge": {"nouns": ("wedge", "ramp"), "sizes": ("small", "low")},
     "gripper": {"nouns": ("gripper", "robot gripper", "robotic gripper"), "sizes": ()},
 }
 #: Chance that a caption carries the colour word, and a size word.

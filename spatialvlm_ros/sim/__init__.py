@@ -12,8 +12,9 @@ if _GL in ("osmesa", "egl"):
     # PyOpenGL must agree with MuJoCo's context type, or its GL calls fail at the first render.
     os.environ.setdefault("PYOPENGL_PLATFORM", _GL)
 
-from spatialvlm_ros.sim.colours import COLOURS, KINDS, PALETTE, ObjectSpec  # noqa: E402
+from spatialvlm_ros.sim.colours import ALL_KINDS, COLOURS, KINDS, MORE_KINDS, PALETTE, ObjectSpec  # noqa: E402
 from spatialvlm_ros.sim.noise import apply_depth_noise  # noqa: E402
 from spatialvlm_ros.sim.tabletop import GroundTruth, SimFrame, TabletopSim  # noqa: E402
 
-__all__ = ["COLOURS", "KINDS", "PALETTE", "GroundTruth", "ObjectSpec", "SimFrame", "TabletopSim", "apply_depth_noise"]
+__all__ = ["ALL_KINDS", "COLOURS", "KINDS", "MORE_KINDS", "PALETTE", "GroundTruth", "ObjectSpec", "SimFrame",
+           "TabletopSim", "apply_depth_noise"]

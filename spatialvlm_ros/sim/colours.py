@@ -47,8 +47,14 @@ TABLE_RGBA = (0.60, 0.56, 0.50, 1.0)
 FLOOR_RGBA = (0.36, 0.36, 0.38, 1.0)
 WALL_RGBA = (0.78, 0.78, 0.76, 1.0)
 
-#: Object kinds the scene builder knows (the gripper is not an object kind).
+#: Object kinds the data engine draws its scenes from by default (the gripper is not an object kind).
 KINDS = ("can", "box", "ball", "bowl")
+#: More kinds the scene builder knows: a mug (with a handle), a bottle (with a neck) and two mesh solids. Kept
+#: apart, like :data:`MORE_COLOURS`, so the default scenes (and the shipped model's data) are drawn as before;
+#: ``sim.kinds`` of the data engine's YAML adds them.
+MORE_KINDS = ("mug", "bottle", "cone", "wedge")
+#: Every kind the scene builder knows: :data:`KINDS` and :data:`MORE_KINDS`.
+ALL_KINDS = KINDS + MORE_KINDS
 
 
 def colour_rgba(name: str) -> np.ndarray:
@@ -80,7 +86,7 @@ class ObjectSpec:
 
     Attributes:
         colour: colour word (a key of :data:`PALETTE`).
-        kind: ``"gripper"`` or one of :data:`KINDS`.
+        kind: ``"gripper"`` or one of :data:`ALL_KINDS`.
     """
 
     colour: str
@@ -99,8 +105,8 @@ class ObjectSpec:
             SimulationError: unknown colour or kind.
         """
         colour_rgba(colour)
-        if kind not in KINDS and not (allow_gripper and kind == "gripper"):
-            raise SimulationError(f"unknown object kind {kind!r}; known: {', '.join(KINDS)}")
+        if kind not in ALL_KINDS and not (allow_gripper and kind == "gripper"):
+            raise SimulationError(f"unknown object kind {kind!r}; known: {', '.join(ALL_KINDS)}")
         return cls(colour=colour, kind=kind)
 
     @classmethod

@@ -33,9 +33,20 @@ CAMERA_NAME = "rgbd"
 GRIPPER_BODY = "gripper"
 
 #: Half height of each kind: the object's centre sits this far above the table top.
-HALF_HEIGHT = {"can": 0.061, "box": 0.035, "ball": 0.035, "bowl": 0.025}
+HALF_HEIGHT = {"can": 0.061, "box": 0.035, "ball": 0.035, "bowl": 0.025,
+               "mug": 0.048, "bottle": 0.09, "cone": 0.045, "wedge": 0.03}
 #: Radius of a vertical cylinder enclosing each kind (overlap test when placing objects).
-FOOTPRINT = {"can": 0.033, "box": 0.057, "ball": 0.035, "bowl": 0.085}
+FOOTPRINT = {"can": 0.033, "box": 0.057, "ball": 0.035, "bowl": 0.085,
+             "mug": 0.072, "bottle": 0.032, "cone": 0.042, "wedge": 0.059}
+#: The mesh kinds' vertices in the object's frame (MuJoCo draws and collides with their convex hull).
+_CONE_SIDES = 20
+MESH_VERTICES = {
+    "cone": np.vstack([[(0.042 * np.cos(a), 0.042 * np.sin(a), -0.045)
+                        for a in np.linspace(0.0, 2 * np.pi, _CONE_SIDES, endpoint=False)], [(0.0, 0.0, 0.045)]]),
+    # A ramp: a right triangle 6 cm tall over a 10 x 6 cm footprint, extruded across.
+    "wedge": np.array([(x, y, -0.03) for x in (-0.05, 0.05) for y in (-0.03, 0.03)]
+                      + [(x, 0.03, 0.03) for x in (-0.05, 0.05)]),
+}
 
 # The gripper is drawn from a shape preset of spatialvlm_ros/geometry/gripper.py (``sim.gripper_model``), in
 # its own frame: origin = grasp point (centre of the region between the finger pads), +z = approach
@@ -264,7 +275,7 @@ def _fmt(values: np.ndarray | tuple[float, ...] | list[float]) -> str:
 
 
 def _object_geoms(kind: str, material: str, name: str) -> list[str]:
-    """MJCF geoms of one object in its body frame (origin = object centre)."""
+    """MJCF geoms of one object in its body frame (origin = object centre); every part convex (for mj_geomDistance)."""
     common = f'material="{material}"'
     if kind == "can":
         return [f'<geom name="{name}_0" type="cylinder" size="0.033 {HALF_HEIGHT["can"]}" {common}/>']
@@ -272,6 +283,20 @@ def _object_geoms(kind: str, material: str, name: str) -> list[str]:
         return [f'<geom name="{name}_0" type="box" size="0.045 0.035 {HALF_HEIGHT["box"]}" {common}/>']
     if kind == "ball":
         return [f'<geom name="{name}_0" type="sphere" size="{HALF_HEIGHT["ball"]}" {common}/>']
+    if kind in MESH_VERTICES:
+        return [f'<geom name="{name}_0" type="mesh" mesh="mesh_{kind}" {common}/>']
+    if kind == "mug":
+        # A closed cylinder and a handle of three capsules on its +x side.
+        h = HALF_HEIGHT["mug"]
+        handle = ((0.04, -0.025), (0.065, -0.02), (0.065, 0.02), (0.04, 0.025))
+        return [f'<geom name="{name}_0" type="cylinder" size="0.04 {h}" {common}/>'] + [
+            f'<geom name="{name}_handle{k}" type="capsule" size="0.007" '
+            f'fromto="{a[0]} 0 {a[1]} {b[0]} 0 {b[1]}" {common}/>' for k, (a, b) in enumerate(zip(handle, handle[1:]))]
+    if kind == "bottle":
+        # Body, shoulder and neck: three cylinders stacked, 18 cm in all.
+        parts = ((0.032, -0.09, 0.03), (0.022, 0.03, 0.05), (0.013, 0.05, 0.09))
+        return [f'<geom name="{name}_{k}" type="cylinder" size="{r} {(top - bottom) / 2:.4g}" '
+                f'pos="0 0 {(top + bottom) / 2:.4g}" {common}/>' for k, (r, bottom, top) in enumerate(parts)]
     # bowl: a thin base disk, slanted capsule staves and a capsule rim (a coarse open bowl, all convex parts)
     n, r_bottom, r_top, r_cap, z_lo, z_hi = 12, 0.045, 0.075, 0.01, -0.015, 0.015
     geoms = [f'<geom name="{name}_base" type="cylinder" size="0.05 0.005" pos="0 0 -0.02" {common}/>']
@@ -473,6 +498,8 @@ def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, 
     light_dir = layout.centre(0) - layout.light_pos
     look = _Look.of(cfg, layout, appearance)
     materials = [f'<material name="m_obj{i}" rgba="{_fmt(c)}" {look.gloss}/>' for i, c in enumerate(look.rgba)]
+    materials += [f'<mesh name="mesh_{kind}" vertex="{_fmt(MESH_VERTICES[kind].ravel())}"/>'
+                  for kind in sorted({o.kind for o in layout.objects} & set(MESH_VERTICES))]
     bodies = []
     for i, obj in enumerate(layout.objects):
         geoms = "\n      ".join(_object_geoms(obj.kind, f"m_obj{i}", f"obj{i}"))

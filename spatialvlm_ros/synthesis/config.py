@@ -190,8 +190,19 @@ class SimSourceConfig:
     max_distractors: int = 5
     off_path_share: float = 0.5        # scenes whose gripper is off its approach line (not aimed at the target)
     depth_noise: DepthNoiseConfig = DepthNoiseConfig()
+    # What objects and the gripper are drawn from (uniformly); empty: spatialvlm_ros.sim.KINDS and COLOURS, the
+    # shipped model's data. The simulator knows more (sim.ALL_KINDS, sim.PALETTE): mugs, bottles, cones, wedges;
+    # grey, silver, brown, beige, pink. SimSource checks the words (importing sim here would load MuJoCo).
+    kinds: tuple[str, ...] = ()
+    colours: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "kinds", tuple(self.kinds))      # YAML gives lists
+        object.__setattr__(self, "colours", tuple(self.colours))
+        _require(len(set(self.kinds)) == len(self.kinds), "sim.kinds", "must not repeat a kind")
+        # Two colours at least: every scene has several objects, and no two may share a phrase.
+        _require(len(set(self.colours)) == len(self.colours) and len(self.colours) != 1, "sim.colours",
+                 "need two or more distinct colours (or none: the default ones)")
         _require(self.width >= 16 and self.height >= 16, "sim.width", "image must be at least 16x16")
         _require(0 <= self.min_distractors <= self.max_distractors, "sim.min_distractors",
                  "need 0 <= min_distractors <= max_distractors")

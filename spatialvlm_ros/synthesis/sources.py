@@ -108,11 +108,20 @@ class SimSource:
     """
 
     def __init__(self, n: int, cfg: SynthesisConfig, *, split: str = "sim") -> None:
+        from spatialvlm_ros.sim import ALL_KINDS, COLOURS, KINDS, PALETTE
         from spatialvlm_ros.sim.splits import SPLITS
         if n < 1:
             raise InputError(f"sim:{n}: need at least one scene")
         if split not in SPLITS:
             raise ConfigError(f"split: {split!r} is not one of {list(SPLITS)}")
+        self._kinds = cfg.sim.kinds or KINDS
+        self._colours = cfg.sim.colours or tuple(COLOURS)
+        for key, words, known in (("kinds", self._kinds, ALL_KINDS), ("colours", self._colours, PALETTE)):
+            if set(words) - set(known):
+                raise ConfigError(f"sim.{key}: {sorted(set(words) - set(known))} unknown; known: {', '.join(known)}")
+        if len(self._kinds) * len(self._colours) < 1 + cfg.sim.max_distractors:   # each object's phrase is its own
+            raise ConfigError(f"sim.kinds x sim.colours: {len(self._kinds) * len(self._colours)} phrases for up to "
+                              f"{1 + cfg.sim.max_distractors} objects; add kinds or colours, or lower max_distractors")
         self.cfg = cfg
         self.split = split
         self._ids = tuple(f"sim{i:06d}" for i in range(n))
@@ -133,12 +142,11 @@ class SimSource:
 
     def scene(self, index: int) -> tuple[SimConfig, Appearance | None]:
         """The simulator settings and the look of scene ``index`` (deterministic in ``(cfg.seed, index)``)."""
-        from spatialvlm_ros.sim import COLOURS
         from spatialvlm_ros.sim.splits import near_contact_gap, split_scene
         s = self.cfg.sim
         # The shift split has its own stream, so its scenes share no draws with the training split's.
         rng = np.random.default_rng([self.cfg.seed, index, 0x5A1F7 if self.split == "shift" else 0x5151])
-        gripper, target_colour, target, phrases = self._draw_objects(rng, list(COLOURS))
+        gripper, target_colour, target, phrases = self._draw_objects(rng)
         seed = int(rng.integers(2**31))
         # plain: the gaps the data engine drew before near-contact scenes (the same draws).
         gap = float(rng.uniform(0.03, 0.3)) if self.split == "plain" else near_contact_gap(rng)
@@ -147,15 +155,15 @@ class SimSource:
                            randomise=True, n_frames=2, start_gap_m=gap, end_gap_m=0.01, depth_noise=s.depth_noise)
         return split_scene(self.split, config, rng)
 
-    def _draw_objects(self, rng: np.random.Generator, colours: list[str]) -> tuple[str, str, str, list[str]]:
+    def _draw_objects(self, rng: np.random.Generator) -> tuple[str, str, str, list[str]]:
         """The gripper's colour, the target's colour and kind, and every object phrase (target first), distinct."""
-        from spatialvlm_ros.sim import KINDS
         s = self.cfg.sim
+        colours, kinds = self._colours, self._kinds
         gripper = colours[int(rng.integers(len(colours)))]
         phrases: list[str] = []
         n_objects = 1 + int(rng.integers(s.min_distractors, s.max_distractors + 1))
         while len(phrases) < n_objects:
-            phrase = f"{colours[int(rng.integers(len(colours)))]} {KINDS[int(rng.integers(len(KINDS)))]}"
+            phrase = f"{colours[int(rng.integers(len(colours)))]} {kinds[int(rng.integers(len(kinds)))]}"
             if phrase not in phrases:
                 phrases.append(phrase)
         target_colour, target = phrases[0].split()

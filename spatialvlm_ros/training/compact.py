@@ -80,7 +80,9 @@ class TrainConfig:
         init: start from these weights (a folder of an earlier ``spatialvlm train``) instead of a random
             initialisation: their tokenizer and architecture are kept (the size settings above are then
             ignored), except an input size set above, to which they are resized
-            (:func:`~spatialvlm_ros.vlm.compact.network.resize_input`). None: from scratch.
+            (:func:`~spatialvlm_ros.vlm.compact.network.resize_input`), and words of the data the tokenizer
+            lacks, which are appended to it (:func:`~spatialvlm_ros.vlm.compact.network.extend_vocabulary`).
+            None: from scratch.
     """
 
     data: str
@@ -438,12 +440,9 @@ def batch_losses(model: Any, batch: Batch) -> dict[str, Any]:
     return losses
 
 
-def _check_vocabulary(tokenizer: WordTokenizer, rows: Sequence[dict[str, Any]], init: str) -> None:
-    """Refuse a dataset with words the initial weights' tokenizer lacks: they would all read ``<unk>``."""
-    unknown = sorted({piece for text in vocabulary_texts(rows) for piece in tokenizer.unknown_words(text)})
-    if unknown:
-        raise ConfigError(f"train --init {init}: the dataset uses words its tokenizer lacks ({', '.join(unknown[:10])}"
-                          f"{', ...' if len(unknown) > 10 else ''}); train from scratch instead")
+def _new_words(tokenizer: WordTokenizer, rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The words of the dataset that ``tokenizer`` lacks (they would all read ``<unk>``)."""
+    return sorted({piece for text in vocabulary_texts(rows) for piece in tokenizer.unknown_words(text)})
 
 
 def final_tokens(data: TrainingSet) -> tuple[int, ...]:
@@ -525,8 +524,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     import torch
 
     from spatialvlm_ros.vlm.compact.network import (
-        TOKENIZER_FILE, CompactModelConfig, CompactSpatialModel, count_parameters, load_weights, resize_input,
-        save_weights,
+        TOKENIZER_FILE, CompactModelConfig, CompactSpatialModel, count_parameters, extend_vocabulary, load_weights,
+        resize_input, save_weights,
     )
 
     start = time.perf_counter()
@@ -541,6 +540,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     else:
         tokenizer = initial[1] if initial else WordTokenizer.build(vocabulary_texts(rows))
     if initial:
+        new_words = [] if resuming else _new_words(tokenizer, rows)
+        if new_words:
+            tokenizer = tokenizer.extended(new_words)
+            logger.info("the data has %d words %s lacks (%s%s): added to its vocabulary", len(new_words), cfg.init,
+                        ", ".join(w.strip() for w in new_words[:12]), ", ..." if len(new_words) > 12 else "")
+        if len(tokenizer) > initial[0].config.vocab_size:   # new words now, or in the run being resumed
+            initial = (extend_vocabulary(initial[0], len(tokenizer)), tokenizer)
         size = (cfg.image_width or initial[0].config.image_width, cfg.image_height or initial[0].config.image_height)
         if size != (initial[0].config.image_width, initial[0].config.image_height):
             initial = (resize_input(initial[0], *size), initial[1])
@@ -553,8 +559,6 @@ def train(cfg: TrainConfig) -> TrainResult:
                                        text_layers=cfg.text_layers)
     data = load_training_set(Path(cfg.data), tokenizer, model_cfg.image_width, model_cfg.image_height,
                              model_cfg.max_len)
-    if initial:
-        _check_vocabulary(tokenizer, rows, cfg.init)
     model_cfg = dataclasses.replace(model_cfg, final_tokens=final_tokens(data))
     logger.info("loaded %d images, %d QA rows, vocabulary %d, in %.1f s", len(data.images), data.n_rows,
                 len(tokenizer), time.perf_counter() - start)

@@ -544,6 +544,31 @@ def resize_input(model: CompactSpatialModel, width: int, height: int) -> Compact
     return resized.train(model.training)
 
 
+def extend_vocabulary(model: CompactSpatialModel, vocab_size: int) -> CompactSpatialModel:
+    """``model`` reading ``vocab_size`` tokens: the old ones keep their embeddings, new ones start as the mean word.
+
+    A new word (appended by :meth:`WordTokenizer.extended`) starts as the average of the model's word embeddings
+    plus a little seeded noise (so two new words differ), i.e. as a word the model has no opinion about; the
+    output projection is tied to the embedding, so it grows with it. Fine-tuning on data that uses the words
+    teaches them.
+
+    Example:
+        >>> small = CompactSpatialModel(CompactModelConfig(vocab_size=20, d_model=16, n_heads=2, text_layers=1))
+        >>> extend_vocabulary(small, 23).embed.weight.shape
+        torch.Size([23, 16])
+    """
+    old = model.config
+    if vocab_size < old.vocab_size:
+        raise ConfigError(f"compact VLM: cannot shrink a vocabulary of {old.vocab_size} to {vocab_size}")
+    extended = CompactSpatialModel(dataclasses.replace(old, vocab_size=vocab_size))
+    state = model.state_dict()
+    words = state["embed.weight"][len(SPECIALS):]
+    noise = torch.randn(vocab_size - old.vocab_size, words.shape[1], generator=torch.Generator().manual_seed(0))
+    state["embed.weight"] = torch.cat([state["embed.weight"], words.mean(dim=0) + 0.02 * noise])
+    extended.load_state_dict(state)
+    return extended.train(model.training)
+
+
 def save_weights(model: CompactSpatialModel, tokenizer: WordTokenizer, folder: Path) -> None:
     """Write ``model.safetensors``, ``model_config.json`` and ``tokenizer.json`` into ``folder`` (created)."""
     from safetensors.torch import save_file

@@ -95,6 +95,17 @@ class WordTokenizer:
         # A placeholder is written as a word of its own (a number or a reference replaces it).
         return re.sub(r"(?<=\S)(<num>|<a>|<b>)", r" \1", text).strip()
 
+    def extended(self, words: Iterable[str]) -> "WordTokenizer":
+        """This vocabulary with ``words`` it lacks appended (sorted): every old id keeps its token.
+
+        Example:
+            >>> tok = WordTokenizer.build(["How far?"])
+            >>> bigger = tok.extended([" near", " far"])
+            >>> bigger.tokens[:len(tok)] == tok.tokens, bigger.tokens[len(tok):]
+            (True, (' near',))
+        """
+        return WordTokenizer(self.tokens + tuple(sorted(set(words) - set(self.tokens))))
+
     def save(self, path: Path) -> None:
         """Write the vocabulary as JSON (``{"tokens": [...]}``, id order)."""
         Path(path).write_text(json.dumps({"tokens": list(self.tokens)}, ensure_ascii=False, indent=0) + "\n")
