@@ -552,6 +552,25 @@ def test_merge_refuses_bad_shares(trained: Path, tmp_path: Path, shares: tuple[f
         merge_weights([trained, trained], shares, tmp_path / "out")
 
 
+def test_merge_reads_a_parent_with_the_new_words_its_child_learned(trained: Path, tmp_path: Path) -> None:
+    """A child fine-tuned on new words (``train --init``) merges with its parent: the parent gets the same rows."""
+    from safetensors.torch import load_file
+    from spatialvlm_ros.training.merge import merge_weights
+    from spatialvlm_ros.vlm.compact.network import extend_vocabulary, extended_embedding
+
+    model, tokenizer = load_weights(trained)
+    child = extend_vocabulary(model, len(tokenizer) + 2)
+    with torch.no_grad():
+        child.embed.weight[-2:] += 1.0                      # what fine-tuning taught the new words
+    save_weights(child, tokenizer.extended([" zebra", " okapi"]), tmp_path / "child")
+    merge_weights([trained, tmp_path / "child"], (0.25, 0.75), tmp_path / "merged")
+    parent, young, merged = (load_file(str(f / "model.safetensors")) for f in (trained, tmp_path / "child",
+                                                                               tmp_path / "merged"))
+    grown = extended_embedding(parent["embed.weight"], len(tokenizer) + 2)
+    torch.testing.assert_close(merged["embed.weight"], 0.25 * grown + 0.75 * young["embed.weight"])
+    assert load_weights(tmp_path / "merged")[1].tokens[-2:] == (" okapi", " zebra")
+
+
 def test_merge_refuses_folders_of_another_lineage(trained: Path, tmp_path: Path) -> None:
     from spatialvlm_ros.training.merge import merge_weights
     other = tmp_path / "other"

@@ -50,7 +50,8 @@ def merge_weights(weights: Sequence[str | Path], shares: Sequence[float], out: s
 
     Raises:
         ConfigError: fewer than two folders, shares that are not positive or do not sum to 1, a missing
-            file, or parents whose model config, tokenizer or tensor shapes differ.
+            file, or parents whose model config, tokenizer or tensor shapes differ (except a vocabulary that
+            another parent's extends: its new words' rows are added as ``train --init`` adds them).
     """
     from safetensors.numpy import load_file, save_file
 
@@ -60,16 +61,28 @@ def merge_weights(weights: Sequence[str | Path], shares: Sequence[float], out: s
                           f"folders and {len(shares)} shares")
     if not all(math.isfinite(s) and s > 0 for s in shares) or abs(sum(shares) - 1.0) > 1e-6:
         raise ConfigError(f"merge: shares must be positive and sum to 1, got {list(shares)}")
-    config, tokenizer = _read(folders[0], MODEL_CONFIG_FILE), _read(folders[0], TOKENIZER_FILE)
-    for folder in folders[1:]:
-        if json.loads(_read(folder, MODEL_CONFIG_FILE)) != json.loads(config):
-            raise ConfigError(f"merge: {str(folder)!r} has another model config than {str(folders[0])!r}")
-        if _read(folder, TOKENIZER_FILE) != tokenizer:
-            raise ConfigError(f"merge: {str(folder)!r} has another tokenizer than {str(folders[0])!r}")
+    configs = [json.loads(_read(folder, MODEL_CONFIG_FILE)) for folder in folders]
+    vocabularies = [json.loads(_read(folder, TOKENIZER_FILE))["tokens"] for folder in folders]
+    # A model fine-tuned on data with new words has them appended to its parent's vocabulary (train --init); the
+    # parent is then read with those rows added as training added them, so that both can be averaged.
+    longest = max(range(len(folders)), key=lambda i: len(vocabularies[i]))
+    for folder, cfg, vocabulary in zip(folders, configs, vocabularies):
+        if {**cfg, "vocab_size": 0} != {**configs[longest], "vocab_size": 0}:
+            raise ConfigError(f"merge: {str(folder)!r} has another model config than {str(folders[longest])!r}")
+        if vocabulary != vocabularies[longest][:len(vocabulary)]:
+            raise ConfigError(f"merge: {str(folder)!r} has another tokenizer than {str(folders[longest])!r}")
     tensors = [load_file(str(folder / WEIGHTS_FILE)) for folder in folders]
-    for folder, t in zip(folders[1:], tensors[1:]):
-        if {k: v.shape for k, v in t.items()} != {k: v.shape for k, v in tensors[0].items()}:
-            raise ConfigError(f"merge: {str(folder)!r} has other tensors than {str(folders[0])!r}")
+    for t in tensors:
+        if len(t["embed.weight"]) < configs[longest]["vocab_size"]:
+            import torch
+
+            from spatialvlm_ros.vlm.compact.network import extended_embedding
+            t["embed.weight"] = extended_embedding(torch.from_numpy(t["embed.weight"]),
+                                                   configs[longest]["vocab_size"]).numpy()
+    for folder, t in zip(folders, tensors):
+        if {k: v.shape for k, v in t.items()} != {k: v.shape for k, v in tensors[longest].items()}:
+            raise ConfigError(f"merge: {str(folder)!r} has other tensors than {str(folders[longest])!r}")
+    config, tokenizer = _read(folders[longest], MODEL_CONFIG_FILE), _read(folders[longest], TOKENIZER_FILE)
     merged = {k: sum(s * t[k].astype(np.float64) for s, t in zip(shares, tensors)).astype(tensors[0][k].dtype)
               for k in tensors[0]}
     out = Path(out).expanduser()

@@ -562,11 +562,16 @@ def extend_vocabulary(model: CompactSpatialModel, vocab_size: int) -> CompactSpa
         raise ConfigError(f"compact VLM: cannot shrink a vocabulary of {old.vocab_size} to {vocab_size}")
     extended = CompactSpatialModel(dataclasses.replace(old, vocab_size=vocab_size))
     state = model.state_dict()
-    words = state["embed.weight"][len(SPECIALS):]
-    noise = torch.randn(vocab_size - old.vocab_size, words.shape[1], generator=torch.Generator().manual_seed(0))
-    state["embed.weight"] = torch.cat([state["embed.weight"], words.mean(dim=0) + 0.02 * noise])
+    state["embed.weight"] = extended_embedding(state["embed.weight"], vocab_size)
     extended.load_state_dict(state)
     return extended.train(model.training)
+
+
+def extended_embedding(embedding: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(V, d) token embedding -> (vocab_size, d): new rows are the mean word plus seeded noise (see above)."""
+    words = embedding[len(SPECIALS):]
+    noise = torch.randn(vocab_size - len(embedding), words.shape[1], generator=torch.Generator().manual_seed(0))
+    return torch.cat([embedding, words.mean(dim=0) + 0.02 * noise.to(embedding.dtype)])
 
 
 def save_weights(model: CompactSpatialModel, tokenizer: WordTokenizer, folder: Path) -> None:
