@@ -82,7 +82,9 @@ class CompactVLM:
         self.tokenizer = tokenizer
         self.options = options or CompactVLMConfig()
         self._generator = torch.Generator().manual_seed(self.options.seed)
-        self._warned_shapes: set[tuple[int, int]] = set()
+        # Frame sizes and questions already checked for a warning: the estimator asks the same on every frame.
+        self._checked_sizes: set[tuple[int, int]] = set()
+        self._checked_questions: set[str] = set()
         self._warned_words: set[str] = set()
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
@@ -135,7 +137,11 @@ class CompactVLM:
         return _Batch(images=torch.from_numpy(np.stack(arrays)), image_index=torch.as_tensor(index), prompts=prompts)
 
     def _warn_of_unknown_words(self, questions: Sequence[str]) -> None:
-        unknown = {w.strip() for q in questions for w in self.tokenizer.unknown_words(q)} - self._warned_words
+        new = set(questions) - self._checked_questions
+        if not new:
+            return
+        self._checked_questions |= new
+        unknown = {w.strip() for q in new for w in self.tokenizer.unknown_words(q)} - self._warned_words
         if unknown:
             self._warned_words |= unknown
             logger.warning("compact VLM: never learned the word(s) %s (each is read as <unk>, so an object named by "
@@ -143,12 +149,14 @@ class CompactVLM:
                            ", ".join(repr(w) for w in sorted(unknown)))
 
     def _warn_if_cropped(self, size: tuple[int, int]) -> None:
+        if size in self._checked_sizes:
+            return
+        self._checked_sizes.add(size)
         cfg = self.model.config
         h, w = size
         kept = h * cfg.image_width / cfg.image_height
-        if size in self._warned_shapes or same_aspect(size, cfg.image_width, cfg.image_height) or kept >= w:
+        if same_aspect(size, cfg.image_width, cfg.image_height) or kept >= w:   # fit_image keeps every column
             return
-        self._warned_shapes.add(size)
         g = math.gcd(cfg.image_width, cfg.image_height)
         logger.warning("compact VLM: %dx%d frames are wider than the model's %d:%d; it reads the middle %d columns "
                        "(%.0f%% of each side unseen): keep the named objects in the middle, or use a %d:%d camera",
