@@ -23,12 +23,15 @@ trained once per seed. Writes a plot and a JSON file and prints the final figure
 
 Usage: python scripts/train_reach.py [--steps 20000] [--eval-every 2000]
        [--rewards true geometric vlm vlm_two_views vlm_mirror]
-       [--seeds 0 1 2] [--jobs 2] [--out docs/rl_reach] [--reuse docs/rl_reach.json]
+       [--seeds 0 1 2] [--jobs 2] [--out docs/rl_reach] [--reuse docs/rl_reach.json] [--vlm-weights DIR]
 
 ``--reuse FILE [FILE ...]`` keeps those files' runs of the rewards not trained now (say, after retraining the VLM,
 train ``--rewards vlm`` again and keep the true and geometric runs; a reward's runs come from the first file that
 has them); each file must have the same task, steps, evaluation, seeds and settings, or the script refuses it.
 ``--rewards`` with no reward after it and ``--reuse`` trains nothing and combines the files' runs into ``--out``.
+``--vlm-weights DIR`` reads the VLM rewards with a candidate's compact weights instead of the packaged ones (to
+measure a model before shipping it; the JSON records which as ``vlm_weights``, outside the compared settings: it
+changes no true or geometric run).
 """
 
 from __future__ import annotations
@@ -151,14 +154,24 @@ class TrueGapReward(gym.Wrapper):
         return obs, shape_distance(max(info["true_distance_m"], 0.0), self.config), terminated, truncated, info
 
 
-def make_train_env(reward: str, kinematic: bool = False) -> gym.Env:
+def camera_estimator(reward: str, vlm_weights: str = "") -> EstimatorConfig:
+    """The estimator settings behind camera reward ``reward``; ``vlm_weights``: a compact weights folder for the
+    VLM rewards ("" = the packaged weights)."""
+    config = CAMERA_ESTIMATORS[reward]
+    if config.backend != "vlm" or not vlm_weights:
+        return config
+    compact = dataclasses.replace(config.vlm.compact, weights=vlm_weights)
+    return dataclasses.replace(config, vlm=dataclasses.replace(config.vlm, compact=compact))
+
+
+def make_train_env(reward: str, kinematic: bool = False, vlm_weights: str = "") -> gym.Env:
     """The reach env, its reward from the simulator (``true``) or from the camera (``geometric``, ``vlm``, ...)."""
     cameras = (SIDE_CAMERA_OFFSET_M,) if reward in TWO_VIEWS else ()
     env = gym.make(REACH_ID, physics=not kinematic, extra_camera_offsets_m=cameras)
     setup = setup_for(kinematic)
     config = setup.reward
     if reward in CAMERA_ESTIMATORS:
-        estimator = build_estimator(CAMERA_ESTIMATORS[reward])
+        estimator = build_estimator(camera_estimator(reward, vlm_weights))
         shaped = SpatialRewardWrapper(env, estimator, PAIR, reward_config=config, mode="replace",
                                       views="all" if reward in TWO_VIEWS else "main")
     else:
@@ -200,11 +213,11 @@ class _InvalidCounter:
 
 
 def train(reward: str, steps: int, eval_every: int, eval_episodes: int, seed: int,
-          kinematic: bool = False) -> RunResult:
+          kinematic: bool = False, vlm_weights: str = "") -> RunResult:
     """Train SAC for ``steps`` with ``reward``, evaluating every ``eval_every`` steps."""
     start = time.perf_counter()
     setup = setup_for(kinematic)
-    env = make_train_env(reward, kinematic)
+    env = make_train_env(reward, kinematic, vlm_weights)
     eval_env = setup.wrap(gym.make(REACH_ID, physics=not kinematic))   # no rendering: reads the true success flag
     model = SAC("MlpPolicy", env, seed=seed, verbose=0, **setup.sac)
     counter = _InvalidCounter()
@@ -319,13 +332,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "rl_reach")
     parser.add_argument("--reuse", type=Path, nargs="+", default=[], help="earlier JSON files of this script whose "
                         "runs of other rewards to keep (same settings; a reward's runs from the first file with them)")
+    parser.add_argument("--vlm-weights", default="", help="compact weights folder the VLM rewards read with "
+                        "(default: the packaged weights)")
     args = parser.parse_args()
     _init_worker(args.threads)
 
     setup = setup_for(args.kinematic)
     rewards = list(dict.fromkeys("geometric" if r == "spatial" else r for r in args.rewards))
     reused, sources = reuse_all(args.reuse, settings(args, setup), rewards)
-    runs = [(r, args.steps, args.eval_every, args.eval_episodes, seed, args.kinematic)
+    runs = [(r, args.steps, args.eval_every, args.eval_episodes, seed, args.kinematic, args.vlm_weights)
             for r in rewards for seed in args.seeds]
     if not runs and not reused:
         parser.error("nothing to train (--rewards is empty) and nothing reused (--reuse)")
@@ -350,6 +365,7 @@ def main() -> None:
         **settings(args, setup),
         "final_success_rate": final, "final_success_rate_by_seed": final_by_seed,
         "reused_from": sources or None,
+        "vlm_weights": args.vlm_weights or "packaged",
         "runs": [dataclasses.asdict(r) for r in results],
     }
     for reward in CAMERA_ESTIMATORS:

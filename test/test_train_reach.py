@@ -105,6 +105,16 @@ def test_camera_rewards_share_the_shaping_and_the_penalty(train_reach: ModuleTyp
         kinematic.close()
 
 
+def test_vlm_rewards_read_with_candidate_weights_when_given(train_reach: ModuleType, tmp_path: Path) -> None:
+    from spatialvlm_ros.errors import ConfigError
+    assert train_reach.camera_estimator("vlm") == train_reach.CAMERA_ESTIMATORS["vlm"]      # packaged by default
+    candidate = train_reach.camera_estimator("vlm_mirror", str(tmp_path))
+    assert candidate.vlm.compact.weights == str(tmp_path) and candidate.vlm.mirror      # the rest kept
+    assert train_reach.camera_estimator("geometric", str(tmp_path)) == train_reach.CAMERA_ESTIMATORS["geometric"]
+    with pytest.raises(ConfigError, match=str(tmp_path / "missing")):
+        train_reach.make_train_env("vlm", vlm_weights=str(tmp_path / "missing"))
+
+
 def test_the_comparison_runs_in_parallel_and_writes_its_json(tmp_path: Path) -> None:
     out = tmp_path / "rl"
     proc = subprocess.run(
