@@ -155,8 +155,10 @@ class TrueGapReward(gym.Wrapper):
 
 
 def camera_estimator(reward: str, vlm_weights: str = "") -> EstimatorConfig:
-    """The estimator settings behind camera reward ``reward``; ``vlm_weights``: a compact weights folder for the
-    VLM rewards ("" = the packaged weights)."""
+    """The estimator settings behind camera reward ``reward``.
+
+    ``vlm_weights``: a compact weights folder the VLM rewards read with ("" = the packaged weights).
+    """
     config = CAMERA_ESTIMATORS[reward]
     if config.backend != "vlm" or not vlm_weights:
         return config
