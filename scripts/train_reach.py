@@ -30,8 +30,9 @@ train ``--rewards vlm`` again and keep the true and geometric runs; a reward's r
 has them); each file must have the same task, steps, evaluation, seeds and settings, or the script refuses it.
 ``--rewards`` with no reward after it and ``--reuse`` trains nothing and combines the files' runs into ``--out``.
 ``--vlm-weights DIR`` reads the VLM rewards with a candidate's compact weights instead of the packaged ones (to
-measure a model before shipping it; the JSON records which as ``vlm_weights``, outside the compared settings: it
-changes no true or geometric run).
+measure a model before shipping it). The JSON records them as ``vlm_weights`` ("packaged" without the option) for
+the VLM runs trained in that call, outside the compared settings (they change no true or geometric run), so
+``--reuse`` does not check them: combine VLM runs of different weights only on purpose.
 """
 
 from __future__ import annotations
