@@ -102,8 +102,10 @@ class SimCameraConfig:
     loop: bool = False                 # restart the trajectory when it ends (else stop publishing)
     start_delay_s: float = 1.0         # let subscribers match before the first frame
     min_subscribers: int = 1           # ... and wait until this many subscribe to the image topic
+    min_truth_subscribers: int = 0     # ... and this many to ground_truth (an evaluation pairing every frame's truth)
 
     def __post_init__(self) -> None:
         require(self.rate_hz > 0, "rate_hz", "must be > 0")
         require(self.min_subscribers >= 0, "min_subscribers", "must be >= 0")
+        require(self.min_truth_subscribers >= 0, "min_truth_subscribers", "must be >= 0")
         require(self.start_delay_s >= 0, "start_delay_s", "must be >= 0")

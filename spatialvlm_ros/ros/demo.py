@@ -173,7 +173,9 @@ def run_demo(config_file: Path | None = None, out_root: Path = Path("results"), 
     """Run the demo; return the results folder. See the module docstring."""
     config_file = Path(config_file) if config_file else config_path("sim_demo.yaml")
     # The recorder and the reward node both subscribe to the image before the first frame goes out.
-    sim_overrides: dict[str, Any] = {"min_subscribers": 2, **({"sim.n_frames": frames} if frames else {})}
+    # The recorder pairs every frame with its ground truth, so it waits for that topic's match as well.
+    sim_overrides: dict[str, Any] = {"min_subscribers": 2, "min_truth_subscribers": 1,
+                                     **({"sim.n_frames": frames} if frames else {})}
     sim_cfg = load_config(SimCameraConfig, "sim_camera_node", config_file, overrides=sim_overrides)
     reward_cfg = load_config(SpatialRewardConfig, "spatial_reward_node", config_file)
     target = f"{sim_cfg.sim.target_colour} {sim_cfg.sim.target}"

@@ -112,6 +112,7 @@ BOUNDS: dict[str, Bound] = {
     "rate_hz": _POSITIVE,
     "start_delay_s": _at_least(0),
     "min_subscribers": _at_least(0),
+    "min_truth_subscribers": _at_least(0),
 }
 
 #: Constraints between parameters that no range expresses.
@@ -197,6 +198,7 @@ DESCRIPTIONS: dict[str, str] = {
     "loop": "restart the trajectory when it ends (else stop publishing)",
     "start_delay_s": "seconds to let subscribers match before the first frame",
     "min_subscribers": "after the delay, wait until this many subscribe to the image topic",
+    "min_truth_subscribers": "... and until this many subscribe to ground_truth (DDS drops what is sent before)",
 }
 
 
