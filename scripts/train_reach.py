@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from stable_baselines3 import SAC
 
-from spatialvlm_ros.config import EstimatorConfig, RewardConfig, VLMConfig
+from spatialvlm_ros.config import EstimatorConfig, RewardConfig, VLMConfig, from_flat, to_flat
 from spatialvlm_ros.estimation import build_estimator
 from spatialvlm_ros.gym import REACH_ID, SpatialRewardWrapper
 from spatialvlm_ros.gym.reach import SIDE_CAMERA_OFFSET_M, TargetDisturbedPenalty
@@ -163,8 +163,7 @@ def camera_estimator(reward: str, vlm_weights: str = "") -> EstimatorConfig:
     config = CAMERA_ESTIMATORS[reward]
     if config.backend != "vlm" or not vlm_weights:
         return config
-    compact = dataclasses.replace(config.vlm.compact, weights=vlm_weights)
-    return dataclasses.replace(config, vlm=dataclasses.replace(config.vlm, compact=compact))
+    return from_flat(EstimatorConfig, {**to_flat(config), "vlm.compact.weights": vlm_weights})
 
 
 def make_train_env(reward: str, kinematic: bool = False, vlm_weights: str = "") -> gym.Env:

@@ -61,16 +61,13 @@ class SimCameraNode(Node):
 
     def _start(self) -> None:
         """Begin once the delay passed and enough subscribers matched (DDS drops frames sent before)."""
-        if self._image_pub.get_subscription_count() < self.config.min_subscribers:
-            self.get_logger().info(f"waiting for {self.config.min_subscribers} image subscriber(s)",
-                                   throttle_duration_sec=5.0)
-            return
         # Each topic matches its subscribers on its own: an evaluation that pairs every frame with its truth
         # waits for the ground_truth match too.
-        if self._truth_pub.get_subscription_count() < self.config.min_truth_subscribers:
-            self.get_logger().info(f"waiting for {self.config.min_truth_subscribers} ground_truth subscriber(s)",
-                                   throttle_duration_sec=5.0)
-            return
+        for publisher, wanted, topic in ((self._image_pub, self.config.min_subscribers, "image"),
+                                         (self._truth_pub, self.config.min_truth_subscribers, "ground_truth")):
+            if publisher.get_subscription_count() < wanted:
+                self.get_logger().info(f"waiting for {wanted} {topic} subscriber(s)", throttle_duration_sec=5.0)
+                return
         self._start_timer.cancel()
         self._timer = self.create_timer(1.0 / self.config.rate_hz, self._tick)
 
