@@ -29,8 +29,9 @@ from spatialvlm_ros.vlm.registry import build_vlm  # noqa: E402
 from spatialvlm_ros.vlm.compact import backend  # noqa: E402
 from spatialvlm_ros.config import CompactVLMConfig  # noqa: E402
 from spatialvlm_ros.vlm.compact.backend import CompactVLM  # noqa: E402
-from spatialvlm_ros.vlm.compact.network import (CompactModelConfig, CompactSpatialModel, fit_image,  # noqa: E402
-                                                load_weights, save_weights)
+from spatialvlm_ros.vlm.compact.network import (CompactModelConfig, CompactSpatialModel,  # noqa: E402
+                                                count_parameters, extended_embedding, fit_image, load_weights,
+                                                save_weights)
 from spatialvlm_ros.vlm.compact.tokenizer import (EOS_ID, NUM_ID, REF_A_ID, REF_B_ID, REL_ID, SPECIALS,  # noqa: E402
                                                   WordTokenizer, fill_numbers, fill_references, mask_numbers,
                                                   mask_references, prompt_ids, reference_spans, spell_number)
@@ -129,6 +130,13 @@ def test_tokenizer_is_deterministic_and_marks_unknown_words(tokenizer: WordToken
     assert tokenizer.encode("<num>") == [NUM_ID]
     tokenizer.save(tmp_path / "tok.json")
     assert WordTokenizer.load(tmp_path / "tok.json") == tokenizer
+
+
+def test_tokenizer_reads_capitals_and_colour_synonyms_as_the_words_it_knows() -> None:
+    tok = WordTokenizer.build(["Is the grey mug to the left of the purple can?"])
+    assert tok.encode("Is the Gray mug to the left of the Violet can?") == tok.encode(
+        "Is the grey mug to the left of the purple can?")
+    assert tok.unknown_words("Is the GRAY mug left of the zebra?") == [" zebra"]
 
 
 def test_tokenizer_rejects_a_vocabulary_without_specials() -> None:
@@ -484,19 +492,70 @@ def test_init_starts_from_earlier_weights_and_learns_new_words(
     tuned = train(TrainConfig(out=str(tmp_path / "tuned"), steps=1, init=str(trained), **small))
     assert tuned.final_loss < 0.5 * scratch.final_loss
     assert (tmp_path / "tuned" / "tokenizer.json").read_text() == (trained / "tokenizer.json").read_text()
-    rows = [json.loads(line) for line in (dataset / "data.jsonl").read_text().splitlines()]
-    other = tmp_path / "other"
-    shutil.copytree(dataset, other)
-    rows[0]["question"] = rows[0]["question"].replace("?", " zebra?")
-    (other / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    other = with_new_word(dataset, tmp_path / "other", "zebra")
     wider = dict(small, data=str(other), init=str(trained), out=str(tmp_path / "zebra"))
     extended = train(TrainConfig(steps=1, **wider))
     assert extended.final_loss < 0.5 * scratch.final_loss        # the old words kept what they had learned
     old_model, old_tok = load_weights(trained)
     new_model, new_tok = load_weights(tmp_path / "zebra")
-    assert new_tok.tokens == (*old_tok.tokens, " zebra") and new_tok.unknown_words(rows[0]["question"]) == []
+    first_question = json.loads((other / "data.jsonl").read_text().splitlines()[0])["question"]
+    assert new_tok.tokens == (*old_tok.tokens, " zebra") and new_tok.unknown_words(first_question) == []
     assert new_model.config.vocab_size == old_model.config.vocab_size + 1
+    # A model trained from a trained one records how its start was made.
+    train(TrainConfig(out=str(tmp_path / "again"), steps=1, init=str(tmp_path / "tuned"), **small))
+    record = json.loads((tmp_path / "again" / "training_config.json").read_text())
+    assert record["init_training"] == json.loads((tmp_path / "tuned" / "training_config.json").read_text())
     assert train(TrainConfig(steps=2, **wider)).steps == 2   # resumes with the grown vocabulary
+
+
+def with_new_word(dataset: Path, folder: Path, word: str) -> Path:
+    """A copy of ``dataset`` whose first question ends in ``word`` (a word the trained model never read)."""
+    rows = [json.loads(line) for line in (dataset / "data.jsonl").read_text().splitlines()]
+    shutil.copytree(dataset, folder)
+    rows[0]["question"] = rows[0]["question"].replace("?", f" {word}?")
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_learning_only_new_words_keeps_every_old_answer(dataset: Path, trained: Path, tmp_path: Path) -> None:
+    """``learn="new_words"``: the new word's embedding is trained, every other weight is bit for bit the initial one."""
+    from spatialvlm_ros.cli import main
+
+    other = with_new_word(dataset, tmp_path / "other", "zebra")
+    out = tmp_path / "words"
+    assert main(["train", str(other), "--out", str(out), "--init", str(trained), "--learn", "new-words", "--steps",
+                 "3", "--lr", "0.05", "--batch-images", "2", "--questions-per-image", "2"]) == 0
+    old_model, _ = load_weights(trained)
+    new_model, new_tok = load_weights(out)
+    old_state, new_state = old_model.state_dict(), new_model.state_dict()
+    assert set(old_state) == set(new_state)
+    for name, tensor in old_state.items():
+        if name != "embed.weight":
+            assert torch.equal(new_state[name], tensor), name
+    embedding, known = new_state["embed.weight"], len(old_state["embed.weight"])
+    assert torch.equal(embedding[:known], old_state["embed.weight"])
+    assert not torch.allclose(embedding[known:], extended_embedding(old_state["embed.weight"], known + 1)[known:])
+    assert new_tok.tokens[-1] == " zebra" and new_model.config.final_tokens == old_model.config.final_tokens
+    record = json.loads((out / "training_config.json").read_text())
+    assert record["learn"] == "new_words" and record["parameters"] == count_parameters(new_model)
+    assert record["init_training"] is None          # the trained fixture was saved without a record
+    image = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    before, after = (CompactVLM.from_config(CompactVLMConfig(weights=str(w))) for w in (trained, out))
+    for question in (QUESTION, YES_NO):
+        assert after.ask(image, question).text == before.ask(image, question).text
+
+
+@pytest.mark.parametrize("settings, why", [
+    (dict(learn="everything", init="w"), "is not one of"),
+    (dict(learn="new_words"), "needs init")])
+def test_learn_settings_are_checked(settings: dict, why: str) -> None:
+    with pytest.raises(ConfigError, match=why):
+        TrainConfig(data="d", out="o", **settings)
+
+
+def test_learning_new_words_of_data_without_any_is_refused(dataset: Path, trained: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="uses no word that .* lacks; nothing to learn"):
+        train(TrainConfig(data=str(dataset), out=str(tmp_path / "none"), init=str(trained), learn="new_words", steps=1))
 
 
 def test_learning_rate_warms_up_and_decays() -> None:
@@ -556,7 +615,7 @@ def test_merge_reads_a_parent_with_the_new_words_its_child_learned(trained: Path
     """A child fine-tuned on new words (``train --init``) merges with its parent: the parent gets the same rows."""
     from safetensors.torch import load_file
     from spatialvlm_ros.training.merge import merge_weights
-    from spatialvlm_ros.vlm.compact.network import extend_vocabulary, extended_embedding
+    from spatialvlm_ros.vlm.compact.network import extend_vocabulary
 
     model, tokenizer = load_weights(trained)
     child = extend_vocabulary(model, len(tokenizer) + 2)

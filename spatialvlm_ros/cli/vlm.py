@@ -28,7 +28,7 @@ from spatialvlm_ros.evaluation.vlm_benchmark import (EVAL_SEED_OFFSET, PAPER_RES
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.sim.splits import SPLITS
-from spatialvlm_ros.training.compact import TrainConfig, train
+from spatialvlm_ros.training.compact import LEARN, TrainConfig, train
 from spatialvlm_ros.training.lora import FinetuneConfig, finetune
 from spatialvlm_ros.training.merge import merge_weights
 from spatialvlm_ros.estimation.vlm import VLMDistanceEstimator
@@ -314,6 +314,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-layers", type=int, default=d.text_layers, help="decoder layers")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from these weights (an earlier run's --out) instead of a random initialisation")
+    parser.add_argument("--learn", choices=[x.replace("_", "-") for x in LEARN], default=d.learn.replace("_", "-"),
+                        help="'all' trains every weight; 'new-words' (with --init) only the embeddings of the words "
+                             "--init's tokenizer lacks, the rest frozen: old questions answered exactly as before")
     parser.add_argument("--image-width", type=int, default=None,
                         help="model input width, a multiple of 8 (default: --init's, or 128); with --init, its "
                              "weights are resized to it")
@@ -327,7 +330,7 @@ def train_cli(args: argparse.Namespace) -> int:
                       lr=args.lr, batch_images=args.batch_images, questions_per_image=args.questions_per_image,
                       seed=args.seed, threads=args.threads, held_out_seed=args.held_out_seed, d_model=args.d_model,
                       text_layers=args.text_layers, image_width=args.image_width, image_height=args.image_height,
-                      init=str(args.init) if args.init else None)
+                      init=str(args.init) if args.init else None, learn=args.learn.replace("-", "_"))
     result = train(cfg)
     print(json.dumps(dataclasses.asdict(result)))
     return 0

@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
 TRAINING_CONFIG_FILE = "training_config.json"
+#: What ``TrainConfig.learn`` may train: every weight, or only the embeddings of words new to ``init``.
+LEARN = ("all", "new_words")
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,9 @@ class TrainConfig:
             (:func:`~spatialvlm_ros.vlm.compact.network.resize_input`), and words of the data the tokenizer
             lacks, which are appended to it (:func:`~spatialvlm_ros.vlm.compact.network.extend_vocabulary`).
             None: from scratch.
+        learn: ``"all"`` trains every weight; ``"new_words"`` (needs ``init``) trains only the embedding rows of
+            the words appended to ``init``'s tokenizer and freezes the rest, so the model answers every question
+            in its old words exactly as ``init`` does and learns to read the new ones.
     """
 
     data: str
@@ -106,6 +111,7 @@ class TrainConfig:
     image_width: int | None = None
     image_height: int | None = None
     init: str | None = None
+    learn: str = "all"
 
     def __post_init__(self) -> None:
         checks = (("steps", self.steps >= 1), ("max_minutes", self.max_minutes >= 0), ("lr", self.lr > 0),
@@ -116,6 +122,10 @@ class TrainConfig:
         for key, ok in checks:
             if not ok:
                 raise ConfigError(f"train {key}: bad value {getattr(self, key)!r}")
+        if self.learn not in LEARN:
+            raise ConfigError(f"train learn: {self.learn!r} is not one of {list(LEARN)}")
+        if self.learn == "new_words" and not self.init:
+            raise ConfigError("train learn 'new_words': needs init, the weights whose vocabulary is extended")
 
 
 @dataclass(frozen=True)
@@ -478,6 +488,35 @@ def learning_rate(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> fl
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def _training_record(folder: str | None) -> dict[str, Any] | None:
+    """The ``training_config.json`` of the initial weights (how they were made), None without one."""
+    record = Path(folder) / TRAINING_CONFIG_FILE if folder else None
+    return json.loads(record.read_text()) if record is not None and record.is_file() else None
+
+
+def _parameter_groups(model: Any, cfg: TrainConfig, known_words: int) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: every weight (matrices decayed), or with ``learn="new_words"`` the embedding.
+
+    In that mode the rows of the first ``known_words`` tokens get a zero gradient and no weight decay, so Adam
+    leaves them exactly as they were (its update is 0 where every gradient has been 0).
+    """
+    import torch
+
+    if cfg.learn == "new_words":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        embedding = model.embed.weight.requires_grad_(True)
+        keep = torch.zeros(len(embedding), 1)
+        keep[known_words:] = 1.0
+        embedding.register_hook(lambda grad: grad * keep)
+        logger.info("learning only the embeddings of the %d new words; every other weight is frozen",
+                    len(embedding) - known_words)
+        return [{"params": [embedding], "weight_decay": 0.0}]
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "pos" in n]
+    return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def _save_checkpoint(folder: Path, model: Any, optimizer: Any, step: int, rng: np.random.Generator) -> None:
     import torch
     from safetensors.torch import save_file
@@ -535,6 +574,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     rows = read_rows(Path(cfg.data))
     resuming = (ckpt / "state.json").is_file()
     initial = load_weights(Path(cfg.init)) if cfg.init else None
+    known_words = initial[0].config.vocab_size if initial else 0   # token rows before any new word
     if resuming:
         tokenizer = WordTokenizer.load(out / TOKENIZER_FILE)
     else:
@@ -559,7 +599,11 @@ def train(cfg: TrainConfig) -> TrainResult:
                                        text_layers=cfg.text_layers)
     data = load_training_set(Path(cfg.data), tokenizer, model_cfg.image_width, model_cfg.image_height,
                              model_cfg.max_len)
-    model_cfg = dataclasses.replace(model_cfg, final_tokens=final_tokens(data))
+    if cfg.learn == "new_words":
+        if len(tokenizer) == known_words:
+            raise ConfigError(f"train learn 'new_words': the data uses no word that {cfg.init} lacks; nothing to learn")
+    else:   # decoding's stopping tokens are the data's (kept as the initial model's when only new words learn)
+        model_cfg = dataclasses.replace(model_cfg, final_tokens=final_tokens(data))
     logger.info("loaded %d images, %d QA rows, vocabulary %d, in %.1f s", len(data.images), data.n_rows,
                 len(tokenizer), time.perf_counter() - start)
     torch.manual_seed(cfg.seed)
@@ -568,10 +612,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     if initial:
         model.load_state_dict(initial[0].state_dict())
         logger.info("initialised from %s", cfg.init)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "pos" in n]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    n_params = count_parameters(model)   # before any is frozen: the model's size
+    optimizer = torch.optim.AdamW(_parameter_groups(model, cfg, known_words), lr=cfg.lr, betas=(0.9, 0.98))
     step = 0
     out.mkdir(parents=True, exist_ok=True)
     if resuming:
@@ -579,8 +621,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         logger.info("resumed from %s at step %d", ckpt, step)
     else:
         tokenizer.save(out / TOKENIZER_FILE)
-    n_params = count_parameters(model)
-    logger.info("compact VLM: %d parameters, training steps %d -> %d", n_params, step, cfg.steps)
+    logger.info("compact VLM: %d parameters (%d trained), training steps %d -> %d", n_params,
+                count_parameters(model), step, cfg.steps)
     model.train()
     window: dict[str, list[float]] = defaultdict(list)   # the losses since the last log line
     last: dict[str, float] = {"total": math.nan}
@@ -624,7 +666,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     record = {**dataclasses.asdict(cfg), "image_width": model_cfg.image_width, "image_height": model_cfg.image_height,
               "data_seed": data.data_seed, "images": int(len(data.images)),
               "rows": data.n_rows, "steps_done": step, "parameters": n_params, "final_loss": last_loss,
-              "final_losses": last}
+              "final_losses": last, "init_training": _training_record(cfg.init)}
     (out / TRAINING_CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
     logger.info("wrote %s (step %d, loss %.4f)", out, step, last_loss)
     return TrainResult(out=str(out), steps=step, final_loss=last_loss, seconds=seconds, parameters=n_params)

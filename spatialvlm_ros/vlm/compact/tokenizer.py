@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from spatialvlm_ros.errors import ConfigError
+from spatialvlm_ros.perception.colours import SYNONYMS as COLOUR_SYNONYMS
 from spatialvlm_ros.vlm.parsing import METRES_PER_UNIT, UNIT_ALIASES
 
 #: Special tokens, always the first ids in this order: padding, unknown, the prompt's frame, the number
@@ -79,14 +80,35 @@ class WordTokenizer:
         """Id of ``token`` (``<unk>``'s when unknown)."""
         return self._ids.get(token, UNK_ID)  # type: ignore[attr-defined]
 
+    def spelling(self, piece: str) -> str:
+        """``piece`` as the vocabulary spells it: itself, else lower-cased, else its colour synonym's spelling.
+
+        A question may say "Red" or "gray" where the data engine said "red" and "grey"; either would otherwise
+        read as ``<unk>``. A piece the vocabulary has none of these for is returned unchanged.
+
+        Example:
+            >>> tok = WordTokenizer.build(["Is the grey mug left of the red can?"])
+            >>> tok.spelling(" gray"), tok.spelling(" Red"), tok.spelling(" zebra")
+            (' grey', ' red', ' zebra')
+        """
+        if piece in self._ids:  # type: ignore[attr-defined]
+            return piece
+        space = " " if piece.startswith(" ") else ""
+        word = piece.strip().lower()
+        for candidate in (word, COLOUR_SYNONYMS.get(word, word)):
+            if space + candidate in self._ids:  # type: ignore[attr-defined]
+                return space + candidate
+        return piece
+
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``, without special tokens."""
+        """Token ids of ``text`` (each piece read as :meth:`spelling` gives it), without special tokens."""
         # A special token is one id with or without the space before it.
-        return [self.id(p.strip() if p.strip() in SPECIALS else p) for p in self.pieces(text)]
+        return [self.id(p.strip() if p.strip() in SPECIALS else self.spelling(p)) for p in self.pieces(text)]
 
     def unknown_words(self, text: str) -> list[str]:
-        """The pieces of ``text`` outside the vocabulary (special tokens excepted)."""
-        return [p for p in self.pieces(text) if p.strip() not in SPECIALS and p not in self._ids]  # type: ignore
+        """The pieces of ``text`` the vocabulary has no spelling of (special tokens excepted)."""
+        return [p for p in self.pieces(text)
+                if p.strip() not in SPECIALS and self.spelling(p) not in self._ids]  # type: ignore[attr-defined]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; special tokens are dropped except ``<unk>`` and the placeholders ``<num> <a> <b>``."""
