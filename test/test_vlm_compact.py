@@ -136,6 +136,7 @@ def test_tokenizer_reads_capitals_and_colour_synonyms_as_the_words_it_knows() ->
     tok = WordTokenizer.build(["Is the grey mug to the left of the purple can?"])
     assert tok.encode("Is the Gray mug to the left of the Violet can?") == tok.encode(
         "Is the grey mug to the left of the purple can?")
+    assert tok.encode("Gray mug") == tok.encode(" grey mug")     # a first word has no space before it
     assert tok.unknown_words("Is the GRAY mug left of the zebra?") == [" zebra"]
 
 
@@ -543,6 +544,26 @@ def test_learning_only_new_words_keeps_every_old_answer(dataset: Path, trained: 
     before, after = (CompactVLM.from_config(CompactVLMConfig(weights=str(w))) for w in (trained, out))
     for question in (QUESTION, YES_NO):
         assert after.ask(image, question).text == before.ask(image, question).text
+
+
+def test_learning_new_words_resumes_and_refuses_what_would_move_old_weights(
+        dataset: Path, trained: Path, tmp_path: Path) -> None:
+    other = with_new_word(dataset, tmp_path / "other", "zebra")
+    words = dict(data=str(other), init=str(trained), learn="new_words", batch_images=2, questions_per_image=2,
+                 lr=0.05, checkpoint_every=1)
+    out = tmp_path / "words"
+    train(TrainConfig(out=str(out), steps=1, **words))
+    first = load_weights(out)[0].state_dict()["embed.weight"]
+    assert train(TrainConfig(out=str(out), steps=3, **words)).steps == 3     # resumed, still frozen
+    old, resumed = load_weights(trained)[0].state_dict(), load_weights(out)[0].state_dict()
+    assert all(torch.equal(resumed[k], v) for k, v in old.items() if k != "embed.weight")
+    known = len(old["embed.weight"])
+    assert torch.equal(resumed["embed.weight"][:known], old["embed.weight"])
+    assert not torch.equal(resumed["embed.weight"][known:], first[known:])
+    with pytest.raises(ConfigError, match="trained other parameters"):
+        train(TrainConfig(out=str(out), steps=4, **dict(words, learn="all")))
+    with pytest.raises(ConfigError, match="cannot resize"):
+        train(TrainConfig(out=str(tmp_path / "big"), steps=1, image_width=160, image_height=120, **words))
 
 
 @pytest.mark.parametrize("settings, why", [

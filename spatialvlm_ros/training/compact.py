@@ -85,9 +85,14 @@ class TrainConfig:
             (:func:`~spatialvlm_ros.vlm.compact.network.resize_input`), and words of the data the tokenizer
             lacks, which are appended to it (:func:`~spatialvlm_ros.vlm.compact.network.extend_vocabulary`).
             None: from scratch.
-        learn: ``"all"`` trains every weight; ``"new_words"`` (needs ``init``) trains only the embedding rows of
-            the words appended to ``init``'s tokenizer and freezes the rest, so the model answers every question
-            in its old words exactly as ``init`` does and learns to read the new ones.
+        learn: ``"all"`` trains every weight; ``"new_words"`` (needs ``init``, at its input size) trains only the
+            embedding rows of the words appended to ``init``'s tokenizer and freezes the rest: a question in its
+            old words then reads exactly as with ``init`` (the same logits over the old tokens and the same
+            numbers), and the new ones are learned. The output projection is tied to the embedding, so decoding
+            also sees the new words' logits: greedy answers stay the same as long as none of them wins, which
+            training pushes down (they never occur in answers); sampled answers may differ slightly.
+            A data word the tokenizer spells otherwise (:meth:`WordTokenizer.spelling`: "gray", "Mug") is read
+            as the known word, not appended.
     """
 
     data: str
@@ -489,9 +494,18 @@ def learning_rate(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> fl
 
 
 def _training_record(folder: str | None) -> dict[str, Any] | None:
-    """The ``training_config.json`` of the initial weights (how they were made), None without one."""
+    """The ``training_config.json`` of the initial weights (how they were made), None without one.
+
+    Raises:
+        ConfigError: the file is there but is not JSON (read before training, not after it).
+    """
     record = Path(folder) / TRAINING_CONFIG_FILE if folder else None
-    return json.loads(record.read_text()) if record is not None and record.is_file() else None
+    if record is None or not record.is_file():
+        return None
+    try:
+        return json.loads(record.read_text())
+    except ValueError as err:
+        raise ConfigError(f"{record}: not a training record: {err}") from err
 
 
 def _parameter_groups(model: Any, cfg: TrainConfig, known_words: int) -> list[dict[str, Any]]:
@@ -506,11 +520,11 @@ def _parameter_groups(model: Any, cfg: TrainConfig, known_words: int) -> list[di
         for p in model.parameters():
             p.requires_grad_(False)
         embedding = model.embed.weight.requires_grad_(True)
-        keep = torch.zeros(len(embedding), 1)
+        keep = torch.zeros(len(embedding), 1, dtype=embedding.dtype, device=embedding.device)
         keep[known_words:] = 1.0
         embedding.register_hook(lambda grad: grad * keep)
-        logger.info("learning only the embeddings of the %d new words; every other weight is frozen",
-                    len(embedding) - known_words)
+        logger.info("learning only the embeddings of the %d new words (%d parameters); every other weight is "
+                    "frozen", len(embedding) - known_words, (len(embedding) - known_words) * embedding.shape[1])
         return [{"params": [embedding], "weight_decay": 0.0}]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "pos" in n]
@@ -541,7 +555,12 @@ def _load_checkpoint(folder: Path, model: Any, optimizer: Any, rng: np.random.Ge
     except RuntimeError as err:   # missing / unexpected / mis-shaped tensors
         raise ConfigError(f"checkpoint {str(folder)!r} does not fit the model these settings build (another "
                           f"architecture or sizes, e.g. --text-layers); train into a new --out: {err}") from err
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    try:
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    except ValueError as err:   # another set of trained parameters (e.g. another --learn)
+        raise ConfigError(f"checkpoint {str(folder)!r} trained other parameters than these settings (another "
+                          f"--learn?); resume with the settings it was started with, or train into a new --out: "
+                          f"{err}") from err
     rng.bit_generator.state = state["rng"]
     torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
     return int(state["step"])
@@ -574,6 +593,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     rows = read_rows(Path(cfg.data))
     resuming = (ckpt / "state.json").is_file()
     initial = load_weights(Path(cfg.init)) if cfg.init else None
+    init_record = _training_record(cfg.init)
     known_words = initial[0].config.vocab_size if initial else 0   # token rows before any new word
     if resuming:
         tokenizer = WordTokenizer.load(out / TOKENIZER_FILE)
@@ -589,6 +609,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             initial = (extend_vocabulary(initial[0], len(tokenizer)), tokenizer)
         size = (cfg.image_width or initial[0].config.image_width, cfg.image_height or initial[0].config.image_height)
         if size != (initial[0].config.image_width, initial[0].config.image_height):
+            if cfg.learn == "new_words":
+                raise ConfigError(f"train learn 'new_words': keeps every old weight, so it cannot resize {cfg.init} "
+                                  f"to {size[0]}x{size[1]}; leave image_width/image_height unset")
             initial = (resize_input(initial[0], *size), initial[1])
             logger.info("resized %s to a %dx%d input", cfg.init, *size)
         model_cfg = initial[0].config
@@ -621,8 +644,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         logger.info("resumed from %s at step %d", ckpt, step)
     else:
         tokenizer.save(out / TOKENIZER_FILE)
-    logger.info("compact VLM: %d parameters (%d trained), training steps %d -> %d", n_params,
-                count_parameters(model), step, cfg.steps)
+    logger.info("compact VLM: %d parameters, training steps %d -> %d", n_params, step, cfg.steps)
     model.train()
     window: dict[str, list[float]] = defaultdict(list)   # the losses since the last log line
     last: dict[str, float] = {"total": math.nan}
@@ -666,7 +688,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     record = {**dataclasses.asdict(cfg), "image_width": model_cfg.image_width, "image_height": model_cfg.image_height,
               "data_seed": data.data_seed, "images": int(len(data.images)),
               "rows": data.n_rows, "steps_done": step, "parameters": n_params, "final_loss": last_loss,
-              "final_losses": last, "init_training": _training_record(cfg.init)}
+              "final_losses": last, "init_training": init_record}
     (out / TRAINING_CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
     logger.info("wrote %s (step %d, loss %.4f)", out, step, last_loss)
     return TrainResult(out=str(out), steps=step, final_loss=last_loss, seconds=seconds, parameters=n_params)

@@ -84,20 +84,23 @@ class WordTokenizer:
         """``piece`` as the vocabulary spells it: itself, else lower-cased, else its colour synonym's spelling.
 
         A question may say "Red" or "gray" where the data engine said "red" and "grey"; either would otherwise
-        read as ``<unk>``. A piece the vocabulary has none of these for is returned unchanged.
+        read as ``<unk>``. Each form is tried with the piece's own leading space first, then the other (a
+        question's first word has none, where the engine had it mid-sentence). A piece the vocabulary has none
+        of these for is returned unchanged.
 
         Example:
             >>> tok = WordTokenizer.build(["Is the grey mug left of the red can?"])
-            >>> tok.spelling(" gray"), tok.spelling(" Red"), tok.spelling(" zebra")
-            (' grey', ' red', ' zebra')
+            >>> tok.spelling(" gray"), tok.spelling(" Red"), tok.spelling("Gray"), tok.spelling(" zebra")
+            (' grey', ' red', ' grey', ' zebra')
         """
         if piece in self._ids:  # type: ignore[attr-defined]
             return piece
-        space = " " if piece.startswith(" ") else ""
-        word = piece.strip().lower()
-        for candidate in (word, COLOUR_SYNONYMS.get(word, word)):
-            if space + candidate in self._ids:  # type: ignore[attr-defined]
-                return space + candidate
+        word = piece.strip()
+        spaces = (" ", "") if piece.startswith(" ") else ("", " ")
+        for candidate in (word, word.lower(), COLOUR_SYNONYMS.get(word.lower(), word.lower())):
+            for space in spaces:
+                if space + candidate in self._ids:  # type: ignore[attr-defined]
+                    return space + candidate
         return piece
 
     def encode(self, text: str) -> list[int]:
