@@ -489,7 +489,7 @@ class FaultyServer(ChatCompletionsServer):
         if mode == "non_utf8":
             return 200, b'{"choices": [{"message": {"content": "\xff\xfe\xfd 30 cm"}}]}'
         if mode == "nested":
-            return 200, b"[" * 200_000 + b"]" * 200_000
+            return 200, b"[" * 20_000 + b"]" * 20_000      # 40 kB, far deeper than json can recurse
         if mode == "oversize":
             return 200, completion("30 cm" + " " * 3_000_000)
         if mode == "http500":
@@ -510,7 +510,9 @@ def vlm(harness: HarnessNode, ros_env: dict[str, str],
     rig = _start(harness, ros_env, tmp_path_factory.mktemp("vlm"), "vlm", "-p", "topics.depth:=''",
                  "-p", "estimator.backend:=vlm", "-p", "estimator.vlm.backend:=openai",
                  "-p", f"estimator.vlm.openai.url:={server.url}", "-p", "estimator.vlm.openai.timeout_s:=0.25",
-                 "-p", "estimator.vlm.openai.retries:=0", "-p", "estimator.vlm.breaker_probe_s:=0.5", depth=False)
+                 "-p", "estimator.vlm.openai.retries:=0", "-p", "estimator.vlm.breaker_probe_s:=0.5",
+                 # The oversize body is found after 100 kB, not 1 MB: well inside the 0.25 s deadline on a busy machine.
+                 "-p", "estimator.vlm.openai.max_response_bytes:=100000", depth=False)
     yield rig, server
     server.close()
     rig.close()

@@ -207,6 +207,27 @@ def test_malformed_responses_of_every_kind_are_backend_errors(fake: FakeVLMServe
         vlm.ask(rgb(), "How far?")
 
 
+@pytest.mark.parametrize("body_bytes, error, match", [
+    (5_000, VLMError, "larger than 1000 bytes"),     # known bad once past the limit, however late it was read
+    (500, VLMTimeoutError, "no answer within"),       # cut by the deadline before it ended: a timeout
+])
+def test_a_body_read_past_the_deadline_is_classified_by_what_was_read(
+        fake: FakeVLMServer, body_bytes: int, error: type, match: str) -> None:
+    class Body:
+        def __init__(self) -> None:
+            self.left = body_bytes
+
+        def read(self, n: int) -> bytes:
+            chunk = min(n, self.left)
+            self.left -= chunk
+            return b"x" * chunk
+
+    expired = type("Expired", (), {"expired": True})()
+    vlm = OpenAIChatVLM(config(fake, max_response_bytes=1000).openai)
+    with pytest.raises(error, match=match):
+        vlm._read(Body(), expired)
+
+
 def test_the_deadline_covers_the_whole_request_not_each_read(fake: FakeVLMServer) -> None:
     # One byte every 0.1 s: every read is well within any socket timeout, the whole answer is not.
     fake.script = [("trickle", 0.1)]

@@ -222,15 +222,16 @@ class OpenAIChatVLM:
         chunks, size = [], 0
         while True:
             chunk = response.read(min(65536, limit + 1 - size))
+            size += len(chunk)
+            # Over the limit is a backend error even if the deadline passed while reading it: the body is known bad.
+            if size > limit:
+                raise VLMError(f"{self.endpoint}: response larger than {limit} bytes "
+                               "(estimator.vlm.openai.max_response_bytes)")
             if deadline.expired:
                 raise self._timeout()
             if not chunk:
                 return b"".join(chunks)
             chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                raise VLMError(f"{self.endpoint}: response larger than {limit} bytes "
-                               "(estimator.vlm.openai.max_response_bytes)")
 
     def _post_by(self, body: dict[str, Any], deadline: _Deadline) -> bytes:
         data = json.dumps(body).encode("utf-8")
