@@ -132,11 +132,14 @@ def test_tokenizer_is_deterministic_and_marks_unknown_words(tokenizer: WordToken
     assert WordTokenizer.load(tmp_path / "tok.json") == tokenizer
 
 
-def test_tokenizer_reads_capitals_and_colour_synonyms_as_the_words_it_knows() -> None:
+def test_tokenizer_reads_capitals_and_synonyms_as_the_words_it_knows() -> None:
     tok = WordTokenizer.build(["Is the grey mug to the left of the purple can?"])
     assert tok.encode("Is the Gray mug to the left of the Violet can?") == tok.encode(
         "Is the grey mug to the left of the purple can?")
     assert tok.encode("Gray mug") == tok.encode(" grey mug")     # a first word has no space before it
+    boxes = WordTokenizer.build(["Is the red box left of the blue can?"])
+    assert boxes.encode("Is the red cube left of the blue cylinder?") == boxes.encode(
+        "Is the red box left of the blue can?")
     assert tok.unknown_words("Is the GRAY mug left of the zebra?") == [" zebra"]
 
 

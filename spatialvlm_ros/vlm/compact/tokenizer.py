@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 
 from spatialvlm_ros.errors import ConfigError
 from spatialvlm_ros.perception.colours import SYNONYMS as COLOUR_SYNONYMS
+from spatialvlm_ros.perception.offline import NOUN_SYNONYMS
 from spatialvlm_ros.vlm.parsing import METRES_PER_UNIT, UNIT_ALIASES
 
 #: Special tokens, always the first ids in this order: padding, unknown, the prompt's frame, the number
@@ -81,23 +82,28 @@ class WordTokenizer:
         return self._ids.get(token, UNK_ID)  # type: ignore[attr-defined]
 
     def spelling(self, piece: str) -> str:
-        """``piece`` as the vocabulary spells it: itself, else lower-cased, else its colour synonym's spelling.
+        """``piece`` as the vocabulary spells it: itself, else lower-cased, else its synonym's spelling.
 
-        A question may say "Red" or "gray" where the data engine said "red" and "grey"; either would otherwise
-        read as ``<unk>``. Each form is tried with the piece's own leading space first, then the other (a
-        question's first word has none, where the engine had it mid-sentence). A piece the vocabulary has none
-        of these for is returned unchanged.
+        A question may say "Red", "gray" or "cube" where the data engine said "red", "grey" and "box" (colour
+        synonyms from :mod:`~spatialvlm_ros.perception.colours`, nouns from
+        :data:`~spatialvlm_ros.perception.offline.NOUN_SYNONYMS`); each would otherwise read as ``<unk>``.
+        Each form is tried with the piece's own leading space first, then the other (a question's first word
+        has none, where the engine had it mid-sentence). A piece the vocabulary has none of these for is
+        returned unchanged.
 
         Example:
-            >>> tok = WordTokenizer.build(["Is the grey mug left of the red can?"])
-            >>> tok.spelling(" gray"), tok.spelling(" Red"), tok.spelling("Gray"), tok.spelling(" zebra")
-            (' grey', ' red', ' grey', ' zebra')
+            >>> tok = WordTokenizer.build(["Is the grey box left of the red can?"])
+            >>> tok.spelling(" gray"), tok.spelling(" Red"), tok.spelling("Gray"), tok.spelling(" cube")
+            (' grey', ' red', ' grey', ' box')
+            >>> tok.spelling(" zebra")
+            ' zebra'
         """
         if piece in self._ids:  # type: ignore[attr-defined]
             return piece
         word = piece.strip()
         spaces = (" ", "") if piece.startswith(" ") else ("", " ")
-        for candidate in (word, word.lower(), COLOUR_SYNONYMS.get(word.lower(), word.lower())):
+        lower = word.lower()
+        for candidate in (word, lower, COLOUR_SYNONYMS.get(lower, lower), NOUN_SYNONYMS.get(lower, lower)):
             for space in spaces:
                 if space + candidate in self._ids:  # type: ignore[attr-defined]
                     return space + candidate
