@@ -537,8 +537,11 @@ def test_vlm_faults(vlm: tuple[Rig, FaultyServer], sim_frame: Any, mode: str) ->
     phase = camera.play(camera.make, 2.0)
     server.mode = "ok"
     server.start_listening()
-    seen = assert_keeps_publishing(camera, out, phase, {VLM_FAULTS[mode], "backend_unavailable"})
-    assert VLM_FAULTS[mode] in seen and "backend_unavailable" in seen, seen
+    # The first faulty request may also outlast the rig's 0.25 s deadline on a busy machine (a timeout opens the
+    # breaker at once, so the fault's own reason never shows). What each fault is classified as is tested at the
+    # client with a 2 s deadline (test_vlm_server.py); here: flagged, never silent, breaker open, then resumed.
+    seen = assert_keeps_publishing(camera, out, phase, {VLM_FAULTS[mode], "timeout", "backend_unavailable"})
+    assert {VLM_FAULTS[mode], "timeout"} & set(seen) and "backend_unavailable" in seen, seen
     out.wait_status(lambda s: "backend_unavailable" in _values(s)["invalid_reasons"], phase[0], 2,
                     "/diagnostics counting backend_unavailable")
     assert_resumes(out, phase[1])

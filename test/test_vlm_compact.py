@@ -136,7 +136,9 @@ def test_tokenizer_reads_capitals_and_synonyms_as_the_words_it_knows() -> None:
     tok = WordTokenizer.build(["Is the grey mug to the left of the purple can?"])
     assert tok.encode("Is the Gray mug to the left of the Violet can?") == tok.encode(
         "Is the grey mug to the left of the purple can?")
-    assert tok.encode("Gray mug") == tok.encode(" grey mug")     # a first word has no space before it
+    assert tok.encode("Gray mug") == [tok.id(" grey"), tok.id(" mug")]     # a first word has no space before it
+    both = WordTokenizer.build(["Can you see the red can?"])                    # "Can" and " can" are two words
+    assert both.spelling(" Can") == " can" and both.spelling("Red") == " red"
     boxes = WordTokenizer.build(["Is the red box left of the blue can?"])
     assert boxes.encode("Is the red cube left of the blue cylinder?") == boxes.encode(
         "Is the red box left of the blue can?")
@@ -553,11 +555,12 @@ def test_learning_new_words_resumes_and_refuses_what_would_move_old_weights(
         dataset: Path, trained: Path, tmp_path: Path) -> None:
     other = with_new_word(dataset, tmp_path / "other", "zebra")
     words = dict(data=str(other), init=str(trained), learn="new_words", batch_images=2, questions_per_image=2,
-                 lr=0.05, checkpoint_every=1)
+                 lr=0.05, checkpoint_every=1, log_every=1)
     out = tmp_path / "words"
     train(TrainConfig(out=str(out), steps=1, **words))
     first = load_weights(out)[0].state_dict()["embed.weight"]
     assert train(TrainConfig(out=str(out), steps=3, **words)).steps == 3     # resumed, still frozen
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
     old, resumed = load_weights(trained)[0].state_dict(), load_weights(out)[0].state_dict()
     assert all(torch.equal(resumed[k], v) for k, v in old.items() if k != "embed.weight")
     known = len(old["embed.weight"])
@@ -580,6 +583,17 @@ def test_learn_settings_are_checked(settings: dict, why: str) -> None:
 def test_learning_new_words_of_data_without_any_is_refused(dataset: Path, trained: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="uses no word that .* lacks; nothing to learn"):
         train(TrainConfig(data=str(dataset), out=str(tmp_path / "none"), init=str(trained), learn="new_words", steps=1))
+
+
+@pytest.mark.parametrize("record", ["{not json", "[1, 2]"])
+def test_a_broken_training_record_of_the_initial_weights_is_refused_before_training(
+        dataset: Path, trained: Path, tmp_path: Path, record: str) -> None:
+    start = tmp_path / "start"
+    shutil.copytree(trained, start)
+    (start / "training_config.json").write_text(record)
+    with pytest.raises(ConfigError, match="training record"):
+        train(TrainConfig(data=str(dataset), out=str(tmp_path / "out"), init=str(start), steps=1))
+    assert not (tmp_path / "out").exists()
 
 
 def test_learning_rate_warms_up_and_decays() -> None:

@@ -497,15 +497,18 @@ def _training_record(folder: str | None) -> dict[str, Any] | None:
     """The ``training_config.json`` of the initial weights (how they were made), None without one.
 
     Raises:
-        ConfigError: the file is there but is not JSON (read before training, not after it).
+        ConfigError: the file is there but unreadable or not a JSON object (read before training, not after it).
     """
     record = Path(folder) / TRAINING_CONFIG_FILE if folder else None
     if record is None or not record.is_file():
         return None
     try:
-        return json.loads(record.read_text())
-    except ValueError as err:
-        raise ConfigError(f"{record}: not a training record: {err}") from err
+        parsed = json.loads(record.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{record}: cannot read it as a training record: {err}") from err
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{record}: not a training record (a JSON object), got {type(parsed).__name__}")
+    return parsed
 
 
 def _parameter_groups(model: Any, cfg: TrainConfig, known_words: int) -> list[dict[str, Any]]:

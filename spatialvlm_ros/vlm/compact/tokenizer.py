@@ -103,8 +103,10 @@ class WordTokenizer:
         word = piece.strip()
         spaces = (" ", "") if piece.startswith(" ") else ("", " ")
         lower = word.lower()
-        for candidate in (word, lower, COLOUR_SYNONYMS.get(lower, lower), NOUN_SYNONYMS.get(lower, lower)):
-            for space in spaces:
+        # Every form with the piece's own space before any with the other: mid-sentence " Can" is the object
+        # " can", not the question's first word "Can".
+        for space in spaces:
+            for candidate in (word, lower, COLOUR_SYNONYMS.get(lower, lower), NOUN_SYNONYMS.get(lower, lower)):
                 if space + candidate in self._ids:  # type: ignore[attr-defined]
                     return space + candidate
         return piece
