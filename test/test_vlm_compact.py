@@ -139,9 +139,10 @@ def test_tokenizer_reads_capitals_and_synonyms_as_the_words_it_knows() -> None:
     assert tok.encode("Gray mug") == [tok.id(" grey"), tok.id(" mug")]     # a first word has no space before it
     both = WordTokenizer.build(["Can you see the red can?"])                    # "Can" and " can" are two words
     assert both.spelling(" Can") == " can" and both.spelling("Red") == " red"
-    boxes = WordTokenizer.build(["Is the red box left of the blue can?"])
+    boxes = WordTokenizer.build(["Is the red box left of the blue can?", "How far is the gripper?"])
     assert boxes.encode("Is the red cube left of the blue cylinder?") == boxes.encode(
         "Is the red box left of the blue can?")
+    assert boxes.encode("How far is the hand?") == boxes.encode("How far is the gripper?")
     assert tok.unknown_words("Is the GRAY mug left of the zebra?") == [" zebra"]
 
 

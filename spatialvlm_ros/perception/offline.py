@@ -38,7 +38,8 @@ CAPTION_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
 #: Everyday nouns the captions never use, read as a kind's noun by models that learned only the captions' words
 #: (the compact VLM's tokenizer). Kept apart from :data:`CAPTION_WORDS` so that the data engine's captions, and the
 #: data every shipped model was trained on, stay as they were.
-NOUN_SYNONYMS: dict[str, str] = {"cube": "box", "cuboid": "box", "cylinder": "can"}
+NOUN_SYNONYMS: dict[str, str] = {"cube": "box", "cuboid": "box", "cylinder": "can",
+                                 "hand": "gripper", "effector": "gripper"}   # a robot hand, an end effector
 #: Chance that a caption carries the colour word, and a size word.
 COLOUR_PROBABILITY = 0.6
 SIZE_PROBABILITY = 0.3
