@@ -115,6 +115,9 @@ def main(args: list[str] | None = None) -> None:
     except (ConfigError, SpatialVLMError) as err:
         rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {err}")
         raise SystemExit(2) from err
+    except RuntimeError:   # the context shut down inside spin_once (SIGINT); see spatial_reward_node.main
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.sim.close()

@@ -1117,6 +1117,11 @@ def main(args: list[str] | None = None) -> None:
     except ConfigError as err:
         rclpy.logging.get_logger(NODE_NAME).fatal(f"bad configuration: {err}")
         raise SystemExit(2) from err
+    except RuntimeError:
+        # rclpy's own race on SIGINT: the context can shut down between spin's check and its wait set, which then
+        # raises RCLError ("the given context is not valid") instead of ExternalShutdownException.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.destroy_node()
