@@ -31,11 +31,17 @@ Last line: JSON with ``spearman_per_episode``, ``bands``, ``frames``, ``wander``
 ``--mirror`` asks every question on the mirror image too and averages (``estimator.vlm.mirror``, what
 ``--reward vlm_mirror`` uses).
 
-Usage: python benchmarks/vlm_reach_frames.py [--episodes 4] [--steps 100] [--weights DIR] [--mirror] [--smoke]
+``--zoom-weights DIR`` adds the compact VLM's second look (``estimator.vlm.compact.zoom_weights``): it asks again
+on a window around the pair, which needs frames with more pixels than the model reads, so the env then renders
+320x240 (``--size`` to change).
+
+Usage: python benchmarks/vlm_reach_frames.py [--episodes 4] [--steps 100] [--weights DIR] [--mirror]
+       [--zoom-weights DIR] [--size WxH] [--smoke]
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import gymnasium as gym
@@ -48,8 +54,9 @@ from spatialvlm_ros.estimation import DistanceEstimator, build_estimator
 from spatialvlm_ros.types import DistanceKind, Pair
 from spatialvlm_ros.estimation.views import fuse_views
 from spatialvlm_ros.gym import REACH_ID
-from spatialvlm_ros.gym.reach import SIDE_CAMERA_OFFSET_M
-from spatialvlm_ros.config import CompactVLMConfig, VLMConfig
+from spatialvlm_ros.gym.reach import DEFAULT_SIM, SIDE_CAMERA_OFFSET_M
+from spatialvlm_ros.config import CompactVLMConfig, SimConfig, VLMConfig
+from spatialvlm_ros.cli.vlm import image_size
 
 from _common import BenchmarkParser, emit, median
 
@@ -104,12 +111,12 @@ def approach(env: gym.Env, estimator: DistanceEstimator, seed: int, steps: int,
 Grid = dict[str, list[float | None]]
 
 
-def direction_map(estimator: DistanceEstimator, seed: int) -> tuple[Grid, Grid]:
+def direction_map(estimator: DistanceEstimator, seed: int, sim_config: SimConfig) -> tuple[Grid, Grid]:
     """Direction -> the estimated gap (metres, None where invalid) at each of ``MAP_GAPS_M`` along it.
 
     Two maps: the main view's, and the two views' fused.
     """
-    env = gym.make(REACH_ID, physics=False, extra_camera_offsets_m=(SIDE_CAMERA_OFFSET_M,))
+    env = gym.make(REACH_ID, physics=False, sim_config=sim_config, extra_camera_offsets_m=(SIDE_CAMERA_OFFSET_M,))
     out: Grid = {}
     two: Grid = {}
     try:
@@ -134,12 +141,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, smoke=10)
     parser.add_argument("--weights", default="", help="compact weights folder (default: the packaged one)")
     parser.add_argument("--mirror", action="store_true", help="also ask on the mirror image and average")
+    parser.add_argument("--zoom-weights", default="",
+                        help="second look's weights folder (estimator.vlm.compact.zoom_weights; default: none)")
+    parser.add_argument("--size", type=image_size, default=None, metavar="WxH",
+                        help="the env's render size (default: 160x120, or 320x240 with --zoom-weights)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     vlm = VLMConfig(backend="compact", samples=1, mirror=args.mirror,
-                    compact=CompactVLMConfig(weights=args.weights, temperature=0.0))
+                    compact=CompactVLMConfig(weights=args.weights, temperature=0.0, zoom_weights=args.zoom_weights))
     estimator = build_estimator(EstimatorConfig(backend="vlm", vlm=vlm))
-    env = gym.make(REACH_ID, extra_camera_offsets_m=(SIDE_CAMERA_OFFSET_M,))
+    width, height = args.size or ((320, 240) if args.zoom_weights else (160, 120))
+    sim_config = dataclasses.replace(DEFAULT_SIM, width=width, height=height)
+    env = gym.make(REACH_ID, sim_config=sim_config, extra_camera_offsets_m=(SIDE_CAMERA_OFFSET_M,))
     runs = [approach(env, estimator, SEED_BASE + k, args.steps) for k in range(args.episodes)]
     wandering = [approach(env, estimator, SEED_BASE + 1000 + k, args.steps, wander=1.0) for k in range(args.episodes)]
     env.close()
@@ -152,8 +165,8 @@ def main() -> None:
             bands.append({"true_gap_m": [lo, None if np.isinf(hi) else hi], "frames": int(inside.sum()),
                           "median_estimate_m": round(median(estimates[inside]), 3),
                           "median_abs_error_m": round(median(np.abs(estimates - truths)[inside]), 3)})
-    print(f"compact VLM{' (mirror averaged)' if args.mirror else ''} on {REACH_ID} frames: {args.episodes} "
-          f"approaches x {args.steps} steps")
+    how = (" (mirror averaged)" if args.mirror else "") + (" with its second look" if args.zoom_weights else "")
+    print(f"compact VLM{how} on {REACH_ID} frames ({width}x{height}): {args.episodes} approaches x {args.steps} steps")
     print("  Spearman per approach: " + ", ".join(f"{r:.2f}" for r in rhos))
     for band in bands:
         lo, hi = band["true_gap_m"]
@@ -175,7 +188,7 @@ def main() -> None:
 
     wander = bonus_rates(np.concatenate([e for e, _, _ in wandering]), "main view")
     wander_two = bonus_rates(np.concatenate([f for _, f, _ in wandering]), "two views")
-    grid, grid_two = direction_map(estimator, SEED_BASE + 500)
+    grid, grid_two = direction_map(estimator, SEED_BASE + 500, sim_config)
     gaps_cm = " / ".join(f"{100 * g:.0f}" for g in MAP_GAPS_M)
     print(f"  direction map, estimate (cm) at a true gap of {gaps_cm} cm, main view | two views:")
 

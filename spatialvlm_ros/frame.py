@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 import numpy as np
 
 from spatialvlm_ros.errors import InputError
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
+from spatialvlm_ros.geometry.zoom import Window, crop_intrinsics
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,3 +58,20 @@ class Frame:
             if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
                 raise InputError(f"gripper_pose must be a finite 4x4 transform, got shape {pose.shape}")
             object.__setattr__(self, "gripper_pose", pose)
+
+    def crop(self, window: Window) -> "Frame":
+        """The frame cut to ``window`` (every image and the intrinsics; the optical frame and poses are the same).
+
+        Raises:
+            InputError: a window that is empty or not inside the image.
+        """
+        x0, y0, w, h = window
+        if w < 1 or h < 1 or x0 < 0 or y0 < 0 or x0 + w > self.intrinsics.width or y0 + h > self.intrinsics.height:
+            raise InputError(f"crop: window {tuple(window)} is not inside the {self.intrinsics.width}x"
+                             f"{self.intrinsics.height} image")
+        rows, cols = slice(y0, y0 + h), slice(x0, x0 + w)
+        return replace(self, rgb=np.ascontiguousarray(self.rgb[rows, cols]),
+                       intrinsics=crop_intrinsics(self.intrinsics, Window(x0, y0, w, h)),
+                       depth_m=None if self.depth_m is None else np.ascontiguousarray(self.depth_m[rows, cols]),
+                       segmentation=None if self.segmentation is None else np.ascontiguousarray(
+                           self.segmentation[rows, cols]))

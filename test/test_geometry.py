@@ -149,3 +149,48 @@ def test_object_cloud_says_when_outlier_k_leaves_nothing():
     points = np.random.default_rng(4).uniform(0.0, 1.0, (101, 3))
     with pytest.raises(InputError, match="kept no points: outlier_k=1e-06"):
         object_cloud(points, outlier_k=1e-6)
+
+
+@pytest.mark.parametrize("a, b", [((150, 120), (170, 125)), ((5, 5), (40, 30)), ((300, 200), (310, 235)),
+                                  ((10, 10), (310, 230)), ((100, 50), (260, 60))])
+@pytest.mark.parametrize("scale, shift", [(1.0, (0.0, 0.0)), (0.8, (0.15, -0.15)), (1.25, (-0.15, 0.15))])
+def test_pair_window_keeps_the_aspect_the_image_and_both_points(
+        a: tuple, b: tuple, scale: float, shift: tuple) -> None:
+    from spatialvlm_ros.geometry.zoom import MAX_ZOOM, pair_window
+    x0, y0, w, h = pair_window(a, b, 320, 240, scale=scale, shift=shift)
+    assert 0 <= x0 and 0 <= y0 and x0 + w <= 320 and y0 + h <= 240
+    assert abs(w * 240 - h * 320) <= 320            # the image's aspect, to a pixel's rounding
+    assert 320 / MAX_ZOOM - 1 <= w <= 320
+    if scale == 1.0 and shift == (0.0, 0.0):       # the inference window holds both points
+        for u, v in (a, b):
+            assert x0 <= u < x0 + w and y0 <= v < y0 + h
+    # Farther apart never gives a narrower window.
+    wider = pair_window(a, (2 * b[0] - a[0], 2 * b[1] - a[1]), 320, 240, scale=scale, shift=shift)
+    assert wider.width >= w
+
+
+def test_pair_window_refuses_bad_points() -> None:
+    from spatialvlm_ros.geometry.zoom import pair_window
+    with pytest.raises(InputError, match="finite"):
+        pair_window((np.nan, 1.0), (2.0, 3.0), 320, 240)
+    with pytest.raises(InputError, match="scale"):
+        pair_window((1.0, 1.0), (2.0, 3.0), 320, 240, scale=0.0)
+
+
+def test_a_cropped_frame_sees_every_point_where_the_whole_frame_does() -> None:
+    from spatialvlm_ros.frame import Frame
+    from spatialvlm_ros.geometry.zoom import Window
+    cam = CameraIntrinsics.from_fov(width=320, height=240, fovy_deg=58.0)
+    rng = np.random.default_rng(0)
+    frame = Frame(rgb=rng.integers(0, 255, (240, 320, 3), dtype=np.uint8), intrinsics=cam,
+                  depth_m=rng.uniform(0.3, 2.0, (240, 320)).astype(np.float32),
+                  segmentation=rng.integers(-1, 5, (240, 320)).astype(np.int32), labels={"red can": 3})
+    window = Window(40, 30, 160, 120)
+    crop = frame.crop(window)
+    assert crop.rgb.shape == (120, 160, 3) and crop.depth_m.shape == crop.segmentation.shape == (120, 160)
+    np.testing.assert_array_equal(crop.rgb, frame.rgb[30:150, 40:200])
+    assert crop.labels == frame.labels
+    points = np.array([[0.1, -0.05, 0.8], [-0.02, 0.03, 1.2]])
+    np.testing.assert_allclose(crop.intrinsics.project(points), cam.project(points) - [40, 30])
+    with pytest.raises(InputError, match="not inside"):
+        frame.crop(Window(200, 30, 160, 120))

@@ -287,3 +287,31 @@ def test_sim_kinds_and_colours_choose_what_scenes_are_drawn_from(tmp_path: Path)
     assert used["colours"] == ["grey", "pink"] and rows
     words = {w for r in rows for w in r["question"].lower().replace("?", " ").replace(",", " ").split()}
     assert {"grey", "pink"} & words and not {"red", "blue", "yellow", "green", "white", "black"} & words
+
+
+def test_zoomed_scenes_are_windows_of_the_whole_frame_around_the_gripper_and_target() -> None:
+    """zoom_share: the same render, cut to the second look's window; the rows still hold for the window."""
+    cfg = load_synthesis_config()
+    whole_cfg, zoom_cfg = (dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, zoom_share=share))
+                           for share in (0.0, 1.0))
+    whole_source, zoom_source = SimSource(3, whole_cfg), SimSource(3, zoom_cfg)
+    narrower = 0
+    for index in range(3):
+        image_id = f"sim{index:06d}"
+        whole, zoomed = whole_source.load(image_id), zoom_source.load(image_id)
+        assert zoomed.exact == whole.exact
+        w, h = zoomed.frame.intrinsics.width, zoomed.frame.intrinsics.height
+        assert abs(w * 240 - h * 320) <= 320 and w >= 128          # the image's aspect, native pixels
+        x0 = round(whole.frame.intrinsics.cx - zoomed.frame.intrinsics.cx)
+        y0 = round(whole.frame.intrinsics.cy - zoomed.frame.intrinsics.cy)
+        np.testing.assert_array_equal(zoomed.frame.rgb, whole.frame.rgb[y0:y0 + h, x0:x0 + w])
+        target = zoom_source.scene_config(index)
+        label = zoomed.frame.labels[f"{target.target_colour} {target.target}"]
+        for obj in (0, label):             # the gripper and the target are in the window
+            assert (zoomed.frame.segmentation == obj).any()
+        narrower += w < 320
+        result = synthesize_image(zoom_source, SceneExtractor(zoom_cfg), image_id)
+        assert result.rgb.shape == (h, w, 3) and result.pairs
+    assert narrower >= 2, "the window is narrower than the frame in almost every scene"
+    # Share 0 is the data engine as it was: no scene is cut.
+    assert whole_source.load("sim000000").frame.rgb.shape == (240, 320, 3)

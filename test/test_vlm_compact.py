@@ -715,3 +715,43 @@ def test_init_at_another_input_size_resamples_the_position_grid(dataset: Path, t
     assert (record["image_width"], record["image_height"]) == (160, 120)
     vlm = CompactVLM.from_config(CompactVLMConfig(weights=str(tmp_path / "big")))
     assert vlm.ask(np.full((240, 320, 3), 20, np.uint8), QUESTION).parsed is not None
+
+
+def test_the_second_look_reasks_a_two_object_question_on_the_window_around_the_pair(
+        trained: Path, dataset: Path, tokenizer: WordTokenizer, tmp_path: Path) -> None:
+    from spatialvlm_ros.geometry.zoom import pair_window
+    torch.manual_seed(1)
+    other = CompactSpatialModel(tiny_config(len(tokenizer)))
+    fit(other, dataset, tokenizer, 60)              # another model, so that its answers differ from the first's
+    save_weights(other.eval(), tokenizer, tmp_path / "zoom")
+    first = CompactVLM.from_config(CompactVLMConfig(weights=str(trained)))
+    second = CompactVLM.from_config(CompactVLMConfig(weights=str(tmp_path / "zoom")))
+    both = CompactVLM.from_config(CompactVLMConfig(weights=str(trained), zoom_weights=str(tmp_path / "zoom")))
+    assert first.second_look is None and both.second_look is not None
+    image = np.full((240, 320, 3), 20, np.uint8)
+    image[:, 160:] = 230                              # the window sees another share of bright than the frame
+    for question in (QUESTION, YES_NO):
+        looked = first._forward(first.preprocess([image], [question]))[0]
+        assert len(looked.spans) == 2 and looked.spans[0] != looked.spans[1]   # two objects: asked again
+        points = backend.input_to_pixels(looked.centres, (240, 320), 128, 96)
+        x0, y0, w, h = pair_window(*points, 320, 240)
+        expected = second.ask(np.ascontiguousarray(image[y0:y0 + h, x0:x0 + w]), question).text
+        assert both.ask(image, question).text == expected
+    # A question whose slots read one object is not asked again.
+    same = looked._replace(spans=[looked.spans[0]] * 2)
+    assert both._look_again([image], [YES_NO], [same]) == {}
+    texts = {vlm.ask(image, q).text for vlm in (both, first) for q in (QUESTION, YES_NO)}
+    assert len(texts) > 2, "the second look changed no answer: the test would pass without it"
+
+
+def test_the_cli_turns_the_second_look_on_for_the_compact_backend_only(trained: Path) -> None:
+    from spatialvlm_ros.cli import build_parser
+    from spatialvlm_ros.cli.vlm import estimator_config_from_args
+    args = build_parser().parse_args(["ask", "sim", "Q?", "--weights", str(trained), "--zoom-weights", str(trained)])
+    compact = estimator_config_from_args(args).vlm.compact
+    assert compact.zoom_weights == compact.weights == str(trained)
+    vlm = build_vlm(estimator_config_from_args(args).vlm)
+    assert isinstance(vlm, CompactVLM) and vlm.second_look is not None
+    with pytest.raises(ConfigError, match="--zoom-weights is a setting of the compact backend"):
+        estimator_config_from_args(build_parser().parse_args(["ask", "sim", "Q?", "--backend", "openai",
+                                                              "--zoom-weights", str(trained)]))

@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--off-path-share", type=float, default=None,
                        help="overrides sim.off_path_share: share of simulated scenes whose gripper is off its approach "
                             "line, not aimed at the target (0: none, as the data of VLM stages 1-4)")
+    synth.add_argument("--zoom-share", type=float, default=None,
+                       help="overrides sim.zoom_share: share of simulated scenes cut to a window around the gripper "
+                            "and the target, as the compact VLM's second look reads them (0: none, every stage "
+                            "before the zoom expert)")
     synth.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
                        help="overrides sim.kinds: the object kinds scenes are drawn from ('all': every kind the "
                             "simulator has, adding mug, bottle, cone, wedge; default: can box ball bowl)")

@@ -38,12 +38,12 @@ logger = logging.getLogger(__name__)
 
 #: Per backend, ``--flag`` -> the key it overrides in that backend's section ``estimator.vlm.<backend>.<key>``.
 _SECTION_FLAGS = {
-    "compact": {"weights": "weights", "default_unit": "default_unit"},
+    "compact": {"weights": "weights", "default_unit": "default_unit", "zoom_weights": "zoom_weights"},
     "openai": {"url": "url", "model": "model", "api_key_env": "api_key_env", "default_unit": "default_unit",
                "timeout": "timeout_s"},
     "transformers": {"model": "model", "default_unit": "default_unit", "timeout": "max_time_s"},
 }
-_FLAGS = ("weights", "url", "model", "api_key_env", "default_unit", "timeout")
+_FLAGS = ("weights", "url", "model", "api_key_env", "default_unit", "timeout", "zoom_weights")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,6 +76,9 @@ def add_vlm_arguments(parser: argparse.ArgumentParser, samples_default: int | No
     parser.add_argument("--backend", default=None,
                         help="VLM backend: compact (the config's default), openai (chat-completions) or transformers")
     parser.add_argument("--weights", default=None, help="compact backend: weights folder from 'spatialvlm train'")
+    parser.add_argument("--zoom-weights", default=None,
+                        help="compact backend: the second look's weights folder (re-asks a question about two "
+                             "objects on a window around them; estimator.vlm.compact.zoom_weights)")
     parser.add_argument("--url", default=None, help="openai backend: API base URL, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--model", default=None,
                         help="openai backend: model name the server knows; transformers backend: a checkpoint")

@@ -36,6 +36,11 @@ class CompactVLMConfig:
         seed: seeds sampling (temperature > 0).
         threads: torch CPU threads (0 = leave torch's setting alone).
         default_unit: unit of a bare number in an answer ("" = such answers are unparseable).
+        zoom_weights: the second look's weights folder ("" = none): a question naming two objects is asked
+            again, with these weights, on a window of the frame around the two centres the first answer read
+            (:mod:`spatialvlm_ros.geometry.zoom`), and that answer counts. Train them on windows
+            (``spatialvlm synthesize --zoom-share 1``); frames need more pixels than the model reads for
+            the window to add any (320x240 for up to 2.5x).
     """
 
     weights: str = ""
@@ -45,6 +50,7 @@ class CompactVLMConfig:
     seed: int = 0
     threads: int = 0
     default_unit: DefaultUnit = ""
+    zoom_weights: str = ""
 
     def __post_init__(self) -> None:
         require(self.batch_size >= 1, "estimator.vlm.compact.batch_size", "must be >= 1")

@@ -189,6 +189,9 @@ class SimSourceConfig:
     min_distractors: int = 2
     max_distractors: int = 5
     off_path_share: float = 0.5        # scenes whose gripper is off its approach line (not aimed at the target)
+    # Scenes cut to a window around the gripper and the target (geometry.zoom): what the compact VLM's second
+    # look reads. 0 keeps every earlier dataset as it was.
+    zoom_share: float = 0.0
     depth_noise: DepthNoiseConfig = DepthNoiseConfig()
     # What objects and the gripper are drawn from (uniformly); empty: spatialvlm_ros.sim.KINDS and COLOURS, the
     # shipped model's data. The simulator knows more (sim.ALL_KINDS, sim.PALETTE): mugs, bottles, cones, wedges;
@@ -207,6 +210,7 @@ class SimSourceConfig:
         _require(0 <= self.min_distractors <= self.max_distractors, "sim.min_distractors",
                  "need 0 <= min_distractors <= max_distractors")
         _require(0.0 <= self.off_path_share <= 1.0, "sim.off_path_share", "must be in [0, 1]")
+        _require(0.0 <= self.zoom_share <= 1.0, "sim.zoom_share", "must be in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)

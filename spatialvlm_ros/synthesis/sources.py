@@ -42,6 +42,7 @@ from spatialvlm_ros.config import SimConfig, SyncConfig
 from spatialvlm_ros.errors import ConfigError, InputError, SimulationError
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
+from spatialvlm_ros.geometry.zoom import mask_centre, pair_window
 from spatialvlm_ros.messages.conversions import frame_from_messages
 from spatialvlm_ros.perception.experts import ExactDistances, Sample
 from spatialvlm_ros.synthesis.config import SynthesisConfig
@@ -200,13 +201,39 @@ class SimSource:
             if position is not None and not _gripper_in_view(step.frame, self.cfg.lifting.min_pixels,
                                                              self.cfg.judge.border_px):
                 step = sim.render(0)
+        frame = step.frame
         if appearance is not None:
-            rgb = appearance.sensor.apply(step.frame.rgb, np.random.default_rng([self.cfg.seed, index, 0x1D6]))
-            step = dataclasses.replace(step, frame=dataclasses.replace(step.frame, rgb=rgb))
-        attributes = {name: dict(zip(("colour", "kind"), name.split())) for name in step.frame.labels}
+            rgb = appearance.sensor.apply(frame.rgb, np.random.default_rng([self.cfg.seed, index, 0x1D6]))
+            frame = dataclasses.replace(frame, rgb=rgb)
+        frame = zoomed(frame, sim.target_label, self.cfg.sim.zoom_share, np.random.default_rng([self.cfg.seed, index,
+                                                                                                0x200A]))
+        attributes = {name: dict(zip(("colour", "kind"), name.split())) for name in frame.labels}
         exact = ExactDistances(sim.gripper_label, dict(step.truth.gap_m), dict(step.truth.centre_m))
-        return Sample(image_id=image_id, frame=step.frame, attributes=attributes,
-                      support_mask=table_top_mask(step.frame, step.truth.camera_pose_world), exact=exact)
+        return Sample(image_id=image_id, frame=frame, attributes=attributes,
+                      support_mask=table_top_mask(frame, step.truth.camera_pose_world), exact=exact)
+
+
+#: The data engine's jitter of the second look's window (geometry.zoom): its size is scaled within this range
+#: and its centre moved up to this share of it, so the model reads windows around imprecise first-look centres.
+ZOOM_SCALE = (0.8, 1.25)
+ZOOM_SHIFT = 0.15
+
+
+def zoomed(frame: Frame, target: str, share: float, rng: np.random.Generator) -> Frame:
+    """On ``share`` of scenes, ``frame`` cut to the jittered window around the gripper and ``target``.
+
+    The window is :func:`~spatialvlm_ros.geometry.zoom.pair_window` around the two objects' mean pixels (the
+    gripper is segmentation id 0), what the compact VLM's second look crops around its first look's centres.
+    The frame is kept whole when either object is hidden. Draws from ``rng`` alone.
+    """
+    if rng.random() >= share or frame.segmentation is None or target not in frame.labels:
+        return frame
+    centres = [mask_centre(frame.segmentation == label) for label in (0, frame.labels[target])]
+    scale, dx, dy = rng.uniform(*ZOOM_SCALE), *rng.uniform(-ZOOM_SHIFT, ZOOM_SHIFT, 2)
+    if None in centres:
+        return frame
+    window = pair_window(*centres, frame.intrinsics.width, frame.intrinsics.height, scale=scale, shift=(dx, dy))
+    return frame.crop(window)
 
 
 #: Off-path poses: the gap to the target (uniform up to this, metres), the elevation range of the direction

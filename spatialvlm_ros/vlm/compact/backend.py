@@ -7,6 +7,7 @@ Without a weights folder named, the packaged one (:data:`PACKAGED_WEIGHTS`) is u
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -19,6 +20,7 @@ import torch
 
 from spatialvlm_ros.errors import InputError
 from spatialvlm_ros.config import CompactVLMConfig
+from spatialvlm_ros.geometry.zoom import pair_window
 from spatialvlm_ros.vlm.base import VLMAnswer, VLMError, ask_in_batches
 from spatialvlm_ros.vlm.compact.network import (CompactSpatialModel, Generation, count_parameters, fit_image,
                                                 load_weights, same_aspect)
@@ -88,6 +90,7 @@ class CompactVLM:
         self._warned_words: set[str] = set()
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
+        self.second_look: CompactVLM | None = None    # set by from_config when options.zoom_weights names one
 
     @classmethod
     def from_config(cls, options: CompactVLMConfig) -> "CompactVLM":
@@ -97,9 +100,13 @@ class CompactVLM:
             ConfigError: the folder is missing or unusable (the message names it).
         """
         model, tokenizer = load_weights(Path(options.weights) if options.weights else PACKAGED_WEIGHTS)
+        vlm = cls(model, tokenizer, options)
+        if options.zoom_weights:
+            vlm.second_look = cls(*load_weights(Path(options.zoom_weights)),
+                                  dataclasses.replace(options, weights=options.zoom_weights, zoom_weights=""))
         logger.info("compact VLM: %d parameters, %d tokens, from %s", count_parameters(model), len(tokenizer),
                     options.weights or PACKAGED_WEIGHTS)
-        return cls(model, tokenizer, options)
+        return vlm
 
     def preprocess(self, images: Sequence[np.ndarray], questions: Sequence[str]) -> _Batch:
         """Fit the images to the model's input size (:func:`fit_image`) and tokenize ``[BOS] question [SEP]``.
@@ -202,4 +209,52 @@ class CompactVLM:
 
     def _answer_batch(self, images: Sequence[np.ndarray], questions: Sequence[str], start: float) -> list[VLMAnswer]:
         generated = self._forward(self.preprocess(images, questions))
-        return self.postprocess(generated, questions, 1e3 * (time.perf_counter() - start))
+        again = self._look_again(images, questions, generated) if self.second_look is not None else {}
+        latency_ms = 1e3 * (time.perf_counter() - start)
+        answers = self.postprocess(generated, questions, latency_ms)
+        if again:
+            second = self.second_look
+            assert second is not None
+            for i, answer in zip(again, second.postprocess(list(again.values()), [questions[i] for i in again],
+                                                           latency_ms)):
+                answers[i] = answer
+        return answers
+
+    def _look_again(self, images: Sequence[np.ndarray], questions: Sequence[str],
+                    generated: Sequence[Generation]) -> dict[int, Generation]:
+        """Question index -> the second look's answer, for each question the first answer read two objects in.
+
+        The second look reads the window (:func:`~spatialvlm_ros.geometry.zoom.pair_window`) around the two
+        pixel centres the first look's slots read; a question naming one object is not asked again.
+        """
+        assert self.second_look is not None
+        cfg = self.model.config
+        again = [i for i, g in enumerate(generated) if len(g.spans) == 2 and g.spans[0] != g.spans[1]]
+        if not again:
+            return {}
+        crops = []
+        for i in again:
+            rgb = as_rgb(images[i])
+            height, width = rgb.shape[:2]
+            points = input_to_pixels(generated[i].centres, (height, width), cfg.image_width, cfg.image_height)
+            x0, y0, w, h = pair_window(*points, width, height)
+            crops.append(np.ascontiguousarray(rgb[y0:y0 + h, x0:x0 + w]))
+        second = self.second_look
+        return dict(zip(again, second._forward(second.preprocess(crops, [questions[i] for i in again]))))
+
+
+def input_to_pixels(centres: Sequence[tuple[float, float]], size: tuple[int, int], width: int,
+                    height: int) -> list[tuple[float, float]]:
+    """Points (u, v) in fractions of the model's input -> pixels of the (H, W) frame it was fitted from.
+
+    Undoes :func:`fit_image`: a frame wider than the model's aspect lost equal strips at its sides, a
+    narrower one was padded; its height always maps whole.
+
+    Example:
+        >>> input_to_pixels([(0.5, 0.5), (0.0, 1.0)], (240, 427), 128, 96)   # 16:9: the middle 320 columns
+        [(213.5, 120.0), (53.5, 240.0)]
+    """
+    h, w = size
+    fitted = h * width / height
+    left = (w - fitted) / 2
+    return [(left + u * fitted, v * h) for u, v in centres]

@@ -295,11 +295,14 @@ class Generation(NamedTuple):
         ids: the answer's token ids, without ``<eos>``.
         values: the value in metres of each ``<num>`` in it, in order.
         spans: the question pieces (first, last) each of ``<a>`` and ``<b>`` stands for.
+        centres: the pixel centre (u, v) the attribute head reads for ``<a>`` and ``<b>``, fractions of the
+            model's input image (where the second look crops).
     """
 
     ids: list[int]
     values: list[float]
     spans: list[tuple[int, int]]
+    centres: list[tuple[float, float]] = []
 
 
 class CompactSpatialModel(nn.Module):
@@ -443,7 +446,10 @@ class CompactSpatialModel(nn.Module):
         caches: list[list[torch.Tensor]] = [[] for _ in self.layers]
         out = self.decode(ids, context, positions, caches, padding)
         logits, log_value = out.logits[:, -1], out.log_value[:, -1]
-        answers = [Generation([], [], _spans(out, row, int(shift[row]), n)) for row in range(len(prompts))]
+        scale = torch.tensor(ATTRIBUTE_SCALE[-2:])
+        centres = (out.attributes[:, n - 3:n - 1, -2:] * scale).tolist()   # slots <a> <b>, attributes u, v
+        answers = [Generation([], [], _spans(out, row, int(shift[row]), n), [tuple(c) for c in centres[row]])
+                   for row in range(len(prompts))]
         done = torch.zeros(len(prompts), dtype=torch.bool)
         final = torch.tensor(self.config.final_tokens, dtype=torch.long)
         for step in range(max_new_tokens):
