@@ -62,6 +62,13 @@ class Frame:
     def crop(self, window: Window) -> "Frame":
         """The frame cut to ``window`` (every image and the intrinsics; the optical frame and poses are the same).
 
+        Args:
+            window: the crop, inside the image.
+
+        Returns:
+            A frame of the window's size whose intrinsics project every point where the whole frame's did,
+            less the window's corner.
+
         Raises:
             InputError: a window that is empty or not inside the image.
         """

@@ -169,12 +169,27 @@ def test_pair_window_keeps_the_aspect_the_image_and_both_points(
     assert wider.width >= w
 
 
-def test_pair_window_refuses_bad_points() -> None:
+def test_pair_window_refuses_bad_input_and_is_never_empty() -> None:
+    from spatialvlm_ros.geometry.zoom import Window, pair_window
+    for bad in ({"a_px": (np.nan, 1.0)}, {"shift": (0.1,)}, {"shift": (np.nan, 0.0)}):
+        with pytest.raises(InputError, match="finite"):
+            pair_window(**{"a_px": (1.0, 1.0), "b_px": (2.0, 3.0), "width": 320, "height": 240, **bad})
+    for bad in ({"scale": 0.0}, {"scale": np.nan}, {"aspect": -1.0}, {"max_zoom": 0.5}):
+        with pytest.raises(InputError, match="scale"):
+            pair_window((1.0, 1.0), (2.0, 3.0), 320, 240, **bad)
+    with pytest.raises(InputError, match="1x1"):
+        pair_window((0.0, 0.0), (0.0, 0.0), 0, 240)
+    assert pair_window((0.0, 0.0), (0.0, 0.0), 1, 1) == Window(0, 0, 1, 1)
+    x0, y0, w, h = pair_window((3.0, 1.0), (5.0, 1.0), 640, 2)
+    assert w >= 1 and h >= 1 and x0 + w <= 640 and y0 + h <= 2
+
+
+def test_pair_window_of_another_aspect_fits_frames_of_any_shape() -> None:
     from spatialvlm_ros.geometry.zoom import pair_window
-    with pytest.raises(InputError, match="finite"):
-        pair_window((np.nan, 1.0), (2.0, 3.0), 320, 240)
-    with pytest.raises(InputError, match="scale"):
-        pair_window((1.0, 1.0), (2.0, 3.0), 320, 240, scale=0.0)
+    for width, height in ((427, 240), (240, 320), (320, 240)):
+        x0, y0, w, h = pair_window((100, 100), (140, 110), width, height, aspect=4 / 3)
+        assert abs(3 * w - 4 * h) <= 4 and x0 + w <= width and y0 + h <= height
+        assert pair_window((0, 0), (width, height), width, height, aspect=4 / 3).width == min(width, height * 4 // 3)
 
 
 def test_a_cropped_frame_sees_every_point_where_the_whole_frame_does() -> None:

@@ -20,7 +20,8 @@ from spatialvlm_ros.synthesis.extract import SceneExtractor, image_rng
 from spatialvlm_ros.synthesis.lifting import support_frame
 from spatialvlm_ros.synthesis.records import Box3D, SceneRecord
 from spatialvlm_ros.sim import TabletopSim
-from spatialvlm_ros.synthesis.sources import OFF_PATH_MAX_GAP_M, SimSource, off_path_position, open_source
+from spatialvlm_ros.synthesis.sources import (OFF_PATH_MAX_GAP_M, SimSource, off_path_position, open_source,
+                                              zoomed)
 
 
 #: Rows a sim image yields with the default settings: the sampled questions and the exact gripper-distance ones.
@@ -298,20 +299,22 @@ def test_zoomed_scenes_are_windows_of_the_whole_frame_around_the_gripper_and_tar
     narrower = 0
     for index in range(3):
         image_id = f"sim{index:06d}"
-        whole, zoomed = whole_source.load(image_id), zoom_source.load(image_id)
-        assert zoomed.exact == whole.exact
-        w, h = zoomed.frame.intrinsics.width, zoomed.frame.intrinsics.height
+        whole, cut = whole_source.load(image_id), zoom_source.load(image_id)
+        assert cut.exact == whole.exact
+        w, h = cut.frame.intrinsics.width, cut.frame.intrinsics.height
         assert abs(w * 240 - h * 320) <= 320 and w >= 128          # the image's aspect, native pixels
-        x0 = round(whole.frame.intrinsics.cx - zoomed.frame.intrinsics.cx)
-        y0 = round(whole.frame.intrinsics.cy - zoomed.frame.intrinsics.cy)
-        np.testing.assert_array_equal(zoomed.frame.rgb, whole.frame.rgb[y0:y0 + h, x0:x0 + w])
+        x0 = round(whole.frame.intrinsics.cx - cut.frame.intrinsics.cx)
+        y0 = round(whole.frame.intrinsics.cy - cut.frame.intrinsics.cy)
+        np.testing.assert_array_equal(cut.frame.rgb, whole.frame.rgb[y0:y0 + h, x0:x0 + w])
         target = zoom_source.scene_config(index)
-        label = zoomed.frame.labels[f"{target.target_colour} {target.target}"]
+        label = cut.frame.labels[f"{target.target_colour} {target.target}"]
         for obj in (0, label):             # the gripper and the target are in the window
-            assert (zoomed.frame.segmentation == obj).any()
+            assert (cut.frame.segmentation == obj).any()
         narrower += w < 320
         result = synthesize_image(zoom_source, SceneExtractor(zoom_cfg), image_id)
         assert result.rgb.shape == (h, w, 3) and result.pairs
     assert narrower >= 2, "the window is narrower than the frame in almost every scene"
-    # Share 0 is the data engine as it was: no scene is cut.
-    assert whole_source.load("sim000000").frame.rgb.shape == (240, 320, 3)
+    # Share 0 is the data engine as it was: the frame itself, and no other draw of the scene moves.
+    frame = whole_source.load("sim000000").frame
+    assert zoomed(frame, ("yellow gripper", "red can"), 0.0, np.random.default_rng(0)) is frame
+    assert frame.rgb.shape == (240, 320, 3)

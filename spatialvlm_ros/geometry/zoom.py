@@ -37,13 +37,24 @@ class Window(NamedTuple):
 
 
 def pair_window(a_px: Sequence[float], b_px: Sequence[float], width: int, height: int, *,
-                scale: float = 1.0, shift: Sequence[float] = (0.0, 0.0), max_zoom: float = MAX_ZOOM) -> Window:
+                scale: float = 1.0, shift: Sequence[float] = (0.0, 0.0), max_zoom: float = MAX_ZOOM,
+                aspect: float | None = None) -> Window:
     """The window around pixel points ``a_px`` and ``b_px`` ((u, v)) of a ``width`` x ``height`` image.
 
-    Its width is ``scale * (SPAN_GAIN * span + CONTEXT_SHARE * width)``, clipped to ``[width / max_zoom,
-    width]``, and its height keeps the image's aspect; it is centred on the pair's midpoint moved by ``shift``
-    (fractions of the window), then slid, never shrunk, to lie inside the image. ``scale`` and ``shift`` are
-    the data engine's jitter; inference leaves them at 1 and 0.
+    Args:
+        a_px: one point, pixels.
+        b_px: the other.
+        width: the image's width, pixels.
+        height: its height.
+        scale: the window's size is multiplied by this (the data engine's jitter; inference: 1).
+        shift: its centre moves by this (u, v), in fractions of the window (the data engine's jitter; inference: 0).
+        max_zoom: the window is never narrower than the widest window of its aspect divided by this.
+        aspect: the window's width / height (default: the image's); the compact VLM asks for its own, so that a
+            16:9 frame gives 4:3 windows.
+
+    The window's width is ``scale * (SPAN_GAIN * span + CONTEXT_SHARE * width)``, clipped between the widest
+    window of ``aspect`` that fits the image and that divided by ``max_zoom``; it is centred on the pair's
+    midpoint moved by ``shift``, then slid, never shrunk, to lie inside the image. It is at least 1x1.
 
     Example:
         >>> pair_window((155, 120), (165, 120), 320, 240)   # close together: the narrowest window
@@ -54,17 +65,21 @@ def pair_window(a_px: Sequence[float], b_px: Sequence[float], width: int, height
     Raises:
         InputError: a point that is not finite, or a non-positive scale or zoom.
     """
-    a, b = np.asarray(a_px, dtype=float), np.asarray(b_px, dtype=float)
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b)) and a.shape == b.shape == (2,)):
-        raise InputError(f"pair_window: points must be finite (u, v), got {a_px} and {b_px}")
-    if scale <= 0 or max_zoom < 1:
-        raise InputError(f"pair_window: scale must be positive and max_zoom at least 1, got {scale}, {max_zoom}")
-    aspect = width / height
+    a, b, move = (np.asarray(x, dtype=float) for x in (a_px, b_px, shift))
+    if not all(np.all(np.isfinite(x)) and x.shape == (2,) for x in (a, b, move)):
+        raise InputError(f"pair_window: points and shift must be finite (u, v), got {a_px}, {b_px}, {shift}")
+    if width < 1 or height < 1:
+        raise InputError(f"pair_window: the image must be at least 1x1, got {width}x{height}")
+    aspect = width / height if aspect is None else aspect
+    if not (scale > 0 and max_zoom >= 1 and aspect > 0):
+        raise InputError(f"pair_window: scale and aspect must be positive and max_zoom at least 1, got {scale}, "
+                         f"{aspect}, {max_zoom}")
+    widest = min(width, height * aspect)
     span = max(abs(a[0] - b[0]), abs(a[1] - b[1]) * aspect)
-    w = float(np.clip(scale * (SPAN_GAIN * span + CONTEXT_SHARE * width), width / max_zoom, width))
-    w_px = int(round(w))
-    h_px = min(height, int(round(w_px / aspect)))
-    centre = (a + b) / 2 + np.asarray(shift, dtype=float) * (w_px, h_px)
+    w = float(np.clip(scale * (SPAN_GAIN * span + CONTEXT_SHARE * width), widest / max_zoom, widest))
+    w_px = min(width, max(1, int(round(w))))
+    h_px = min(height, max(1, int(round(w_px / aspect))))
+    centre = (a + b) / 2 + move * (w_px, h_px)
     x0 = int(np.clip(round(centre[0] - w_px / 2), 0, width - w_px))
     y0 = int(np.clip(round(centre[1] - h_px / 2), 0, height - h_px))
     return Window(x0, y0, w_px, h_px)
@@ -76,10 +91,10 @@ def crop_intrinsics(intrinsics: CameraIntrinsics, window: Window) -> CameraIntri
                             cy=intrinsics.cy - window.y0, width=window.width, height=window.height)
 
 
-def mask_centre(mask: np.ndarray) -> tuple[float, float] | None:
-    """(u, v) mean pixel of a boolean mask; None when it is empty."""
-    rows, cols = np.nonzero(mask)
-    return (float(cols.mean()), float(rows.mean())) if len(rows) else None
+def pixel_centre(mask: np.ndarray) -> tuple[float, float]:
+    """(u, v) mean pixel of a boolean mask; NaN, NaN when it is empty."""
+    v, u = np.divmod(np.flatnonzero(mask), mask.shape[1])
+    return (float(u.mean()), float(v.mean())) if len(u) else (float("nan"), float("nan"))
 
 
-__all__ = ["CONTEXT_SHARE", "MAX_ZOOM", "SPAN_GAIN", "Window", "crop_intrinsics", "mask_centre", "pair_window"]
+__all__ = ["CONTEXT_SHARE", "MAX_ZOOM", "SPAN_GAIN", "Window", "crop_intrinsics", "pair_window", "pixel_centre"]

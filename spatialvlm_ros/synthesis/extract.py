@@ -10,6 +10,7 @@ from typing import Mapping
 import numpy as np
 
 from spatialvlm_ros.errors import InputError
+from spatialvlm_ros.geometry.zoom import pixel_centre
 from spatialvlm_ros.perception.experts import Sample
 from spatialvlm_ros.perception.registry import DEPTH_SOURCES, EMBEDDERS, FILTERS, OBJECT_EXPERTS
 from spatialvlm_ros.synthesis.ambiguity import disambiguate, is_background
@@ -100,7 +101,7 @@ class SceneExtractor:
             to_scene, camera_height = support.frame.transform, support.frame.camera_height_m
 
         # Captions are disambiguated first (cheap, and background regions need no 3D), then lifted.
-        centres = np.array([_pixel_centre(d.mask) for d in detections.objects]).reshape(-1, 2)
+        centres = np.array([pixel_centre(d.mask) for d in detections.objects]).reshape(-1, 2)
         amb = self.cfg.ambiguity
         names = disambiguate([d.caption for d in detections.objects], centres, self.embedder,
                              amb.similarity_threshold, amb.background)
@@ -147,8 +148,3 @@ class SceneExtractor:
                              camera_height_m=camera_height, objects=tuple(objects),
                              dropped=tuple(c for c, _ in dropped), dropped_reasons=tuple(r for _, r in dropped))
         return ExtractedScene(record=record, clouds_m=clouds, counts=counts)
-
-
-def _pixel_centre(mask: np.ndarray) -> tuple[float, float]:
-    v, u = np.divmod(np.flatnonzero(mask), mask.shape[1])
-    return (float(u.mean()), float(v.mean())) if len(u) else (float("nan"), float("nan"))

@@ -42,7 +42,7 @@ from spatialvlm_ros.config import SimConfig, SyncConfig
 from spatialvlm_ros.errors import ConfigError, InputError, SimulationError
 from spatialvlm_ros.frame import Frame
 from spatialvlm_ros.geometry.camera import CameraIntrinsics
-from spatialvlm_ros.geometry.zoom import mask_centre, pair_window
+from spatialvlm_ros.geometry.zoom import pair_window, pixel_centre
 from spatialvlm_ros.messages.conversions import frame_from_messages
 from spatialvlm_ros.perception.experts import ExactDistances, Sample
 from spatialvlm_ros.synthesis.config import SynthesisConfig
@@ -205,8 +205,8 @@ class SimSource:
         if appearance is not None:
             rgb = appearance.sensor.apply(frame.rgb, np.random.default_rng([self.cfg.seed, index, 0x1D6]))
             frame = dataclasses.replace(frame, rgb=rgb)
-        frame = zoomed(frame, sim.target_label, self.cfg.sim.zoom_share, np.random.default_rng([self.cfg.seed, index,
-                                                                                                0x200A]))
+        frame = zoomed(frame, (sim.gripper_label, sim.target_label), self.cfg.sim.zoom_share,
+                       np.random.default_rng([self.cfg.seed, index, 0x200A]))
         attributes = {name: dict(zip(("colour", "kind"), name.split())) for name in frame.labels}
         exact = ExactDistances(sim.gripper_label, dict(step.truth.gap_m), dict(step.truth.centre_m))
         return Sample(image_id=image_id, frame=frame, attributes=attributes,
@@ -219,18 +219,25 @@ ZOOM_SCALE = (0.8, 1.25)
 ZOOM_SHIFT = 0.15
 
 
-def zoomed(frame: Frame, target: str, share: float, rng: np.random.Generator) -> Frame:
-    """On ``share`` of scenes, ``frame`` cut to the jittered window around the gripper and ``target``.
+def zoomed(frame: Frame, pair: tuple[str, str], share: float, rng: np.random.Generator) -> Frame:
+    """On ``share`` of scenes, ``frame`` cut to the jittered window around the two objects of ``pair``.
 
-    The window is :func:`~spatialvlm_ros.geometry.zoom.pair_window` around the two objects' mean pixels (the
-    gripper is segmentation id 0), what the compact VLM's second look crops around its first look's centres.
-    The frame is kept whole when either object is hidden. Draws from ``rng`` alone.
+    Args:
+        frame: a simulator frame (with segmentation and labels).
+        pair: the two objects' labels (the gripper's and the target's).
+        share: the share of scenes cut (``sim.zoom_share``).
+        rng: the draws: whether to cut, then the jitter, and nothing else, so that share 0 changes no scene.
+
+    Returns:
+        The window (:func:`~spatialvlm_ros.geometry.zoom.pair_window` around the objects' mean pixels, which the
+        compact VLM's second look crops around its first look's centres); ``frame`` itself when it is not cut
+        or either object is hidden.
     """
-    if rng.random() >= share or frame.segmentation is None or target not in frame.labels:
+    if rng.random() >= share or frame.segmentation is None or not set(pair) <= set(frame.labels):
         return frame
-    centres = [mask_centre(frame.segmentation == label) for label in (0, frame.labels[target])]
+    centres = [pixel_centre(frame.segmentation == frame.labels[name]) for name in pair]
     scale, dx, dy = rng.uniform(*ZOOM_SCALE), *rng.uniform(-ZOOM_SHIFT, ZOOM_SHIFT, 2)
-    if None in centres:
+    if not np.all(np.isfinite(centres)):
         return frame
     window = pair_window(*centres, frame.intrinsics.width, frame.intrinsics.height, scale=scale, shift=(dx, dy))
     return frame.crop(window)

@@ -20,7 +20,7 @@ import torch
 
 from spatialvlm_ros.errors import InputError
 from spatialvlm_ros.config import CompactVLMConfig
-from spatialvlm_ros.geometry.zoom import pair_window
+from spatialvlm_ros.geometry.zoom import MAX_ZOOM, Window, pair_window
 from spatialvlm_ros.vlm.base import VLMAnswer, VLMError, ask_in_batches
 from spatialvlm_ros.vlm.compact.network import (CompactSpatialModel, Generation, count_parameters, fit_image,
                                                 load_weights, same_aspect)
@@ -91,21 +91,25 @@ class CompactVLM:
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
         self.second_look: CompactVLM | None = None    # set by from_config when options.zoom_weights names one
+        self._checked_sizes_second: set[tuple[int, int]] = set()
 
     @classmethod
     def from_config(cls, options: CompactVLMConfig) -> "CompactVLM":
-        """Load ``options.weights`` (the packaged weights when empty).
+        """Load ``options.weights`` (the packaged weights when empty), and the second look's when named.
+
+        ``options.zoom_weights`` is read here: a model built directly has no second look unless one is set.
 
         Raises:
             ConfigError: the folder is missing or unusable (the message names it).
         """
         model, tokenizer = load_weights(Path(options.weights) if options.weights else PACKAGED_WEIGHTS)
         vlm = cls(model, tokenizer, options)
+        logger.info("compact VLM: %d parameters, %d tokens, from %s", count_parameters(model), len(tokenizer),
+                    options.weights or PACKAGED_WEIGHTS)
         if options.zoom_weights:
             vlm.second_look = cls(*load_weights(Path(options.zoom_weights)),
                                   dataclasses.replace(options, weights=options.zoom_weights, zoom_weights=""))
-        logger.info("compact VLM: %d parameters, %d tokens, from %s", count_parameters(model), len(tokenizer),
-                    options.weights or PACKAGED_WEIGHTS)
+            logger.info("compact VLM: second look from %s", options.zoom_weights)
         return vlm
 
     def preprocess(self, images: Sequence[np.ndarray], questions: Sequence[str]) -> _Batch:
@@ -224,23 +228,44 @@ class CompactVLM:
                     generated: Sequence[Generation]) -> dict[int, Generation]:
         """Question index -> the second look's answer, for each question the first answer read two objects in.
 
-        The second look reads the window (:func:`~spatialvlm_ros.geometry.zoom.pair_window`) around the two
-        pixel centres the first look's slots read; a question naming one object is not asked again.
+        The second look reads the window (:func:`~spatialvlm_ros.geometry.zoom.pair_window`, of the model's
+        aspect) around the two pixel centres the first look's slots read. A question whose slots read one
+        object, or no finite centres, keeps the first answer. Questions about one frame whose windows
+        coincide share one crop (encoded once).
         """
         assert self.second_look is not None
         cfg = self.model.config
-        again = [i for i, g in enumerate(generated) if len(g.spans) == 2 and g.spans[0] != g.spans[1]]
-        if not again:
-            return {}
-        crops = []
-        for i in again:
+        crops: dict[tuple[int, Window], np.ndarray] = {}
+        asked: dict[int, np.ndarray] = {}
+        for i, g in enumerate(generated):
+            if len(g.spans) != 2 or g.spans[0] == g.spans[1] or len(g.centres) != 2 or not np.all(
+                    np.isfinite(g.centres)):
+                continue
             rgb = as_rgb(images[i])
             height, width = rgb.shape[:2]
-            points = input_to_pixels(generated[i].centres, (height, width), cfg.image_width, cfg.image_height)
-            x0, y0, w, h = pair_window(*points, width, height)
-            crops.append(np.ascontiguousarray(rgb[y0:y0 + h, x0:x0 + w]))
+            self._warn_if_small((height, width))
+            points = input_to_pixels(g.centres, (height, width), cfg.image_width, cfg.image_height)
+            window = pair_window(*points, width, height, aspect=cfg.image_width / cfg.image_height)
+            key = (id(images[i]), window)
+            if key not in crops:
+                x0, y0, w, h = window
+                crops[key] = np.ascontiguousarray(rgb[y0:y0 + h, x0:x0 + w])
+            asked[i] = crops[key]
+        if not asked:
+            return {}
         second = self.second_look
-        return dict(zip(again, second._forward(second.preprocess(crops, [questions[i] for i in again]))))
+        return dict(zip(asked, second._forward(second.preprocess(list(asked.values()),
+                                                                 [questions[i] for i in asked]))))
+
+    def _warn_if_small(self, size: tuple[int, int]) -> None:
+        cfg = self.model.config
+        if size in self._checked_sizes_second or size[1] >= MAX_ZOOM * cfg.image_width:
+            return
+        self._checked_sizes_second.add(size)
+        logger.warning("compact VLM: second look on %dx%d frames: a window %.1fx narrower has fewer pixels than the "
+                       "model reads (%dx%d), so it is upscaled and adds little; frames of %dx%d or more give it its "
+                       "full zoom", size[1], size[0], MAX_ZOOM, cfg.image_width, cfg.image_height,
+                       round(MAX_ZOOM * cfg.image_width), round(MAX_ZOOM * cfg.image_height))
 
 
 def input_to_pixels(centres: Sequence[tuple[float, float]], size: tuple[int, int], width: int,
@@ -253,6 +278,8 @@ def input_to_pixels(centres: Sequence[tuple[float, float]], size: tuple[int, int
     Example:
         >>> input_to_pixels([(0.5, 0.5), (0.0, 1.0)], (240, 427), 128, 96)   # 16:9: the middle 320 columns
         [(213.5, 120.0), (53.5, 240.0)]
+        >>> input_to_pixels([(0.5, 0.5)], (320, 240), 128, 96)              # portrait: padded at both sides
+        [(120.0, 160.0)]
     """
     h, w = size
     fitted = h * width / height

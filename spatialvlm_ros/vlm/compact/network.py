@@ -302,7 +302,7 @@ class Generation(NamedTuple):
     ids: list[int]
     values: list[float]
     spans: list[tuple[int, int]]
-    centres: list[tuple[float, float]] = []
+    centres: Sequence[tuple[float, float]] = ()
 
 
 class CompactSpatialModel(nn.Module):
