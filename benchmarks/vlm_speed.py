@@ -9,9 +9,10 @@ includes resizing, tokenizing, encoding the image, decoding the answer and parsi
   every query with its own frame.
 
 Prints a table and, as its last line, JSON with ``compact_ms_per_query_p50``, ``compact_ms_per_query_p95``,
-``compact_queries_per_s_batch32``, ``parameters`` and ``weights``.
+``compact_queries_per_s_batch32``, ``parameters``, ``weights`` and ``zoom_weights``. ``--zoom-weights DIR`` times
+the answers with the second look (``estimator.vlm.compact.zoom_weights``): every gap question is asked twice.
 
-Usage: python benchmarks/vlm_speed.py [--weights DIR] [--queries 200] [--smoke]
+Usage: python benchmarks/vlm_speed.py [--weights DIR] [--zoom-weights DIR] [--queries 200] [--smoke]
 """
 
 from __future__ import annotations
@@ -47,17 +48,19 @@ def main() -> None:
     parser = BenchmarkParser(__doc__)
     parser.add_argument("--weights", default="", help=f"weights folder (default: the packaged {PACKAGED_WEIGHTS})")
     parser.add_argument("--queries", type=int, default=200, smoke=4, help="queries per measurement")
+    parser.add_argument("--zoom-weights", default="", help="the second look's weights folder (default: none)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     images, questions = frames_and_questions(max(args.queries, 32))
-    one = CompactVLM.from_config(CompactVLMConfig(weights=args.weights, batch_size=1))
+    one = CompactVLM.from_config(CompactVLMConfig(weights=args.weights, batch_size=1, zoom_weights=args.zoom_weights))
     one.ask(images[0], questions[0])  # warm-up: first-call allocations
     times = []
     for k in range(args.queries):
         start = time.perf_counter()
         answer = one.ask(images[k % len(images)], questions[k % len(questions)])
         times.append((time.perf_counter() - start) * 1e3)
-    batched = CompactVLM.from_config(CompactVLMConfig(weights=args.weights, batch_size=32))
+    batched = CompactVLM.from_config(CompactVLMConfig(weights=args.weights, batch_size=32,
+                                                      zoom_weights=args.zoom_weights))
     batches = -(-args.queries // 32)
     start = time.perf_counter()
     for b in range(batches):
@@ -65,13 +68,15 @@ def main() -> None:
         batched.ask_batch([images[i] for i in picked], [questions[i] for i in picked])
     per_s = 32 * batches / (time.perf_counter() - start)
     p50, p95 = (percentile(times, q) for q in (50, 95))
-    print(f"compact VLM ({count_parameters(one.model):,} parameters), one torch thread, {args.queries} queries")
+    second = f", with the second look of {args.zoom_weights}" if args.zoom_weights else ""
+    print(f"compact VLM ({count_parameters(one.model):,} parameters{second}), one torch thread, {args.queries} "
+          "queries")
     print(f"  e.g. {questions[0]!r} -> {answer.text!r}")
     print(f"  batch 1:  {p50:.1f} ms per query (p50), {p95:.1f} ms (p95)")
     print(f"  batch 32: {per_s:.0f} queries/s")
     emit({"compact_ms_per_query_p50": round(p50, 2), "compact_ms_per_query_p95": round(p95, 2),
           "compact_queries_per_s_batch32": round(per_s, 1), "parameters": count_parameters(one.model),
-          "weights": args.weights or str(PACKAGED_WEIGHTS)})
+          "weights": args.weights or str(PACKAGED_WEIGHTS), "zoom_weights": args.zoom_weights or None})
 
 
 if __name__ == "__main__":
