@@ -72,13 +72,11 @@ class Frame:
         Raises:
             InputError: a window that is empty or not inside the image.
         """
+        window = Window(*window)
         x0, y0, w, h = window
         if w < 1 or h < 1 or x0 < 0 or y0 < 0 or x0 + w > self.intrinsics.width or y0 + h > self.intrinsics.height:
             raise InputError(f"crop: window {tuple(window)} is not inside the {self.intrinsics.width}x"
                              f"{self.intrinsics.height} image")
-        rows, cols = slice(y0, y0 + h), slice(x0, x0 + w)
-        return replace(self, rgb=np.ascontiguousarray(self.rgb[rows, cols]),
-                       intrinsics=crop_intrinsics(self.intrinsics, Window(x0, y0, w, h)),
-                       depth_m=None if self.depth_m is None else np.ascontiguousarray(self.depth_m[rows, cols]),
-                       segmentation=None if self.segmentation is None else np.ascontiguousarray(
-                           self.segmentation[rows, cols]))
+        return replace(self, rgb=window.cut(self.rgb), intrinsics=crop_intrinsics(self.intrinsics, window),
+                       depth_m=None if self.depth_m is None else window.cut(self.depth_m),
+                       segmentation=None if self.segmentation is None else window.cut(self.segmentation))

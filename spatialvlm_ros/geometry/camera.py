@@ -73,3 +73,9 @@ class CameraIntrinsics:
         points = np.asarray(points, dtype=np.float64)
         z = points[:, 2]
         return np.stack([self.fx * points[:, 0] / z + self.cx, self.fy * points[:, 1] / z + self.cy], axis=1)
+
+
+def pixel_centre(mask: np.ndarray) -> tuple[float, float]:
+    """(u, v) mean pixel of a boolean (H, W) mask; NaN, NaN when it is empty."""
+    v, u = np.divmod(np.flatnonzero(mask), mask.shape[1])
+    return (float(u.mean()), float(v.mean())) if len(u) else (float("nan"), float("nan"))

@@ -35,6 +35,10 @@ class Window(NamedTuple):
     width: int
     height: int
 
+    def cut(self, image: np.ndarray) -> np.ndarray:
+        """The window's pixels of an (H, W, ...) array, contiguous (a copy: the frame it came from may be reused)."""
+        return np.ascontiguousarray(image[self.y0:self.y0 + self.height, self.x0:self.x0 + self.width])
+
 
 def pair_window(a_px: Sequence[float], b_px: Sequence[float], width: int, height: int, *,
                 scale: float = 1.0, shift: Sequence[float] = (0.0, 0.0), max_zoom: float = MAX_ZOOM,
@@ -91,10 +95,4 @@ def crop_intrinsics(intrinsics: CameraIntrinsics, window: Window) -> CameraIntri
                             cy=intrinsics.cy - window.y0, width=window.width, height=window.height)
 
 
-def pixel_centre(mask: np.ndarray) -> tuple[float, float]:
-    """(u, v) mean pixel of a boolean mask; NaN, NaN when it is empty."""
-    v, u = np.divmod(np.flatnonzero(mask), mask.shape[1])
-    return (float(u.mean()), float(v.mean())) if len(u) else (float("nan"), float("nan"))
-
-
-__all__ = ["CONTEXT_SHARE", "MAX_ZOOM", "SPAN_GAIN", "Window", "crop_intrinsics", "pair_window", "pixel_centre"]
+__all__ = ["CONTEXT_SHARE", "MAX_ZOOM", "SPAN_GAIN", "Window", "crop_intrinsics", "pair_window"]

@@ -10,7 +10,7 @@ from typing import Mapping
 import numpy as np
 
 from spatialvlm_ros.errors import InputError
-from spatialvlm_ros.geometry.zoom import pixel_centre
+from spatialvlm_ros.geometry.camera import pixel_centre
 from spatialvlm_ros.perception.experts import Sample
 from spatialvlm_ros.perception.registry import DEPTH_SOURCES, EMBEDDERS, FILTERS, OBJECT_EXPERTS
 from spatialvlm_ros.synthesis.ambiguity import disambiguate, is_background

@@ -41,8 +41,8 @@ import numpy as np
 from spatialvlm_ros.config import SimConfig, SyncConfig
 from spatialvlm_ros.errors import ConfigError, InputError, SimulationError
 from spatialvlm_ros.frame import Frame
-from spatialvlm_ros.geometry.camera import CameraIntrinsics
-from spatialvlm_ros.geometry.zoom import pair_window, pixel_centre
+from spatialvlm_ros.geometry.camera import CameraIntrinsics, pixel_centre
+from spatialvlm_ros.geometry.zoom import pair_window
 from spatialvlm_ros.messages.conversions import frame_from_messages
 from spatialvlm_ros.perception.experts import ExactDistances, Sample
 from spatialvlm_ros.synthesis.config import SynthesisConfig

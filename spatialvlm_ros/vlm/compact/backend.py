@@ -248,8 +248,7 @@ class CompactVLM:
             window = pair_window(*points, width, height, aspect=cfg.image_width / cfg.image_height)
             key = (id(images[i]), window)
             if key not in crops:
-                x0, y0, w, h = window
-                crops[key] = np.ascontiguousarray(rgb[y0:y0 + h, x0:x0 + w])
+                crops[key] = window.cut(rgb)
             asked[i] = crops[key]
         if not asked:
             return {}
