@@ -19,9 +19,9 @@ reach) at exact gaps of 0-12 cm from the can along nine directions (left, right,
 from it, above, and between) and prints the estimate at each. Along the camera's line of sight a single RGB
 view sees little change, which is where a policy finds its bonus.
 
-**Two views**: the env also renders its side camera (``SIDE_CAMERA_OFFSET_M``; the main camera's frames are the
-same as without it), and every wandering frame and map cell is estimated in both views and fused as
-``SpatialRewardWrapper(views="all")`` does (the larger estimate): ``wander_two_views`` and
+**Two views**: the env also renders its side camera (``SIDE_CAMERA_OFFSET_M``, or ``--side-offset X Y Z``;
+the main camera's frames are the same as without it), and every wandering frame and map cell is estimated in
+both views and fused as ``SpatialRewardWrapper(views="all")`` does (the larger estimate): ``wander_two_views`` and
 ``direction_map.two_views_far_contact_reads`` / ``two_views_near_contact_reads``.
 
 Last line: JSON with ``spearman_per_episode``, ``bands``, ``frames``, ``wander``, ``wander_two_views`` and
@@ -36,7 +36,7 @@ on a window around the pair, which needs frames with more pixels than the model 
 320x240 (``--size`` to change).
 
 Usage: python benchmarks/vlm_reach_frames.py [--episodes 4] [--steps 100] [--weights DIR] [--mirror]
-       [--zoom-weights DIR] [--size WxH] [--smoke]
+       [--zoom-weights DIR] [--size WxH] [--side-offset X Y Z] [--seed-base N] [--smoke]
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ from spatialvlm_ros.cli.vlm import image_size
 
 from _common import BenchmarkParser, emit, median
 
-FIGURES = ("spearman_per_episode.*", "bands.*.median_estimate_m", "bands.*.median_abs_error_m", "frames",
+FIGURES = ("side_offset_m.*", "seed_base",
+           "spearman_per_episode.*", "bands.*.median_estimate_m", "bands.*.median_abs_error_m", "frames",
            "invalid_rate", "wander.far_frames", "wander.near_frames", "wander.false_bonus_rate",
            "direction_map.far_contact_reads", "direction_map.near_contact_reads", "wander_two_views.false_bonus_rate",
            "direction_map.two_views_far_contact_reads", "direction_map.two_views_near_contact_reads")
@@ -111,12 +112,13 @@ def approach(env: gym.Env, estimator: DistanceEstimator, seed: int, steps: int,
 Grid = dict[str, list[float | None]]
 
 
-def direction_map(estimator: DistanceEstimator, seed: int, sim_config: SimConfig) -> tuple[Grid, Grid]:
+def direction_map(estimator: DistanceEstimator, seed: int, sim_config: SimConfig,
+                  side_offset_m: tuple[float, ...]) -> tuple[Grid, Grid]:
     """Direction -> the estimated gap (metres, None where invalid) at each of ``MAP_GAPS_M`` along it.
 
-    Two maps: the main view's, and the two views' fused.
+    Two maps: the main view's, and the two views' fused (the second camera at ``side_offset_m``).
     """
-    env = gym.make(REACH_ID, physics=False, sim_config=sim_config, extra_camera_offsets_m=(SIDE_CAMERA_OFFSET_M,))
+    env = gym.make(REACH_ID, physics=False, sim_config=sim_config, extra_camera_offsets_m=(side_offset_m,))
     out: Grid = {}
     two: Grid = {}
     try:
@@ -145,6 +147,12 @@ def main() -> None:
                         help="second look's weights folder (estimator.vlm.compact.zoom_weights; default: none)")
     parser.add_argument("--size", type=image_size, default=None, metavar="WxH",
                         help="the env's render size (default: 160x120, or 320x240 with --zoom-weights)")
+    parser.add_argument("--side-offset", type=float, nargs=3, default=SIDE_CAMERA_OFFSET_M, metavar=("X", "Y", "Z"),
+                        help="the second camera's offset from the main eye, metres, world (default: the side "
+                             "camera, SIDE_CAMERA_OFFSET_M)")
+    parser.add_argument("--seed-base", type=int, default=SEED_BASE,
+                        help="first approach seed; wandering episodes from +1000, the map at +500 (choose a "
+                             "camera on other seeds than the ones you report)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     vlm = VLMConfig(backend="compact", samples=1, mirror=args.mirror,
@@ -152,9 +160,11 @@ def main() -> None:
     estimator = build_estimator(EstimatorConfig(backend="vlm", vlm=vlm))
     width, height = args.size or ((320, 240) if args.zoom_weights else (160, 120))
     sim_config = dataclasses.replace(DEFAULT_SIM, width=width, height=height)
-    env = gym.make(REACH_ID, sim_config=sim_config, extra_camera_offsets_m=(SIDE_CAMERA_OFFSET_M,))
-    runs = [approach(env, estimator, SEED_BASE + k, args.steps) for k in range(args.episodes)]
-    wandering = [approach(env, estimator, SEED_BASE + 1000 + k, args.steps, wander=1.0) for k in range(args.episodes)]
+    side = tuple(args.side_offset)
+    env = gym.make(REACH_ID, sim_config=sim_config, extra_camera_offsets_m=(side,))
+    runs = [approach(env, estimator, args.seed_base + k, args.steps) for k in range(args.episodes)]
+    wandering = [approach(env, estimator, args.seed_base + 1000 + k, args.steps, wander=1.0)
+                 for k in range(args.episodes)]
     env.close()
     rhos = [float(spearmanr(e[np.isfinite(e)], t[np.isfinite(e)])[0]) for e, _, t in runs]
     estimates, truths = np.concatenate([e for e, _, _ in runs]), np.concatenate([t for _, _, t in runs])
@@ -188,7 +198,7 @@ def main() -> None:
 
     wander = bonus_rates(np.concatenate([e for e, _, _ in wandering]), "main view")
     wander_two = bonus_rates(np.concatenate([f for _, f, _ in wandering]), "two views")
-    grid, grid_two = direction_map(estimator, SEED_BASE + 500, sim_config)
+    grid, grid_two = direction_map(estimator, args.seed_base + 500, sim_config, side)
     gaps_cm = " / ".join(f"{100 * g:.0f}" for g in MAP_GAPS_M)
     print(f"  direction map, estimate (cm) at a true gap of {gaps_cm} cm, main view | two views:")
 
@@ -208,7 +218,8 @@ def main() -> None:
     for prefix, views in (("", "main view"), ("two_views_", "two views")):
         print(f"  direction map ({views}): read under 2 cm on {reads[prefix + 'far_contact_reads']:.0%} of the "
               f"cells with a true gap >= 5 cm, {reads[prefix + 'near_contact_reads']:.0%} of those under 2 cm")
-    emit({"spearman_per_episode": [round(r, 3) for r in rhos], "bands": bands,
+    emit({"side_offset_m": list(side), "seed_base": args.seed_base,
+          "spearman_per_episode": [round(r, 3) for r in rhos], "bands": bands,
           "frames": int(len(truths)), "invalid_rate": float(np.mean(~np.isfinite(estimates))), "wander": wander,
           "wander_two_views": wander_two,
           "direction_map": {"gaps_m": list(MAP_GAPS_M), "estimates_m": grid, "two_views_estimates_m": grid_two,
