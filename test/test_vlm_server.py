@@ -477,6 +477,14 @@ def test_ask_cli_prints_answers_and_parsed_metres(fake: FakeVLMServer, capsys: p
     assert status == 0 and len(lines) == 2
     assert all(line["valid"] and line["distance_m"] > 0 and line["answer"] for line in lines)
     assert main(["ask", "sim", "--backend", "openai", "--url", url]) == 2   # neither a question nor --pair
+    # A yes/no question answered is an answer (exit 0, its label), though it holds no distance; a hedge is not.
+    ask = ["ask", "sim", "Is the red can left of the blue box?", "--backend", "openai", "--url", url, "--timeout", "5",
+           "--api-key-env", KEY_ENV]
+    for reply, status, label, answered in (("Yes, it is.", 0, "yes", True), ("I can't tell.", 1, None, False)):
+        fake.script.append(("answer", reply))
+        assert main(ask) == status, reply
+        [line] = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+        assert (line["label"], line["answered"], line["valid"], line["distance_m"]) == (label, answered, False, None)
     # A flag of another backend is refused, naming the backend that takes it.
     assert main(["ask", "sim", "How far?", "--backend", "compact", "--url", url]) == 2
     from spatialvlm_ros.cli import build_parser

@@ -32,6 +32,7 @@ from spatialvlm_ros.training.compact import LEARN, TrainConfig, train
 from spatialvlm_ros.training.lora import FinetuneConfig, finetune
 from spatialvlm_ros.training.merge import merge_weights
 from spatialvlm_ros.estimation.vlm import VLMDistanceEstimator
+from spatialvlm_ros.vlm.labels import final_answer, hedges, yes_no
 from spatialvlm_ros.vlm.registry import build_vlm
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,14 @@ def estimator_config_from_args(args: argparse.Namespace) -> EstimatorConfig:
 
 
 def ask_cli(args: argparse.Namespace) -> int:
-    """Ask, print one JSON line per answer (a QUESTION) or the estimate (``--pair``); 0 when one parsed."""
+    """Ask, print one JSON line per answer (a QUESTION) or the estimate (``--pair``).
+
+    Returns:
+        With a QUESTION: 0 when some answer answers (a distance, a yes or no, or any other text that does not say it
+        cannot tell; ``answered``), else 1. ``valid`` and ``reason`` are about the distance read from the answer,
+        ``label`` is its yes / no (null when it gives neither). With ``--pair``: 0 when the estimate is valid,
+        else 1.
+    """
     cfg = estimator_config_from_args(args)
     if (args.question is None) == (args.pair is None):
         raise ConfigError("give either a QUESTION or --pair 'GRIPPER -> OBJECT'")
@@ -122,11 +130,13 @@ def ask_cli(args: argparse.Namespace) -> int:
     if args.question is not None:
         n = cfg.vlm.samples
         answers = build_vlm(cfg.vlm).ask_batch([frame.rgb] * n, [args.question] * n)
-        for a in answers:
+        answered = [_answers(a.text) for a in answers]
+        for a, said in zip(answers, answered):
             print(json.dumps({"answer": a.text, "distance_m": _number(a.parsed.value_m),
                               "spread_m": _number(a.parsed.spread_m), "valid": a.parsed.valid,
-                              "reason": a.parsed.reason, "latency_ms": round(a.latency_ms, 1)}))
-        return 0 if any(a.parsed.valid for a in answers) else 1
+                              "reason": a.parsed.reason, "label": yes_no(a.text) if said else None,
+                              "answered": said, "latency_ms": round(a.latency_ms, 1)}))
+        return 0 if any(answered) or any(a.parsed.valid for a in answers) else 1
     [est] = VLMDistanceEstimator(cfg.vlm, seed=cfg.seed).estimate(frame, [Pair.parse(args.pair)],
                                                                   args.distance or cfg.distance)
     print(json.dumps({"pair": str(est.pair), "kind": est.kind.value, "distance_m": _number(est.distance_m),
@@ -134,6 +144,11 @@ def ask_cli(args: argparse.Namespace) -> int:
                       "reason": est.reason.value if est.reason else None, "detail": est.detail,
                       "answers": est.answer_text, "latency_ms": round(est.latency_ms, 1)}))
     return 0 if est.valid else 1
+
+
+def _answers(text: str) -> bool:
+    """Whether ``text`` answers at all: its answer part is not empty and does not say it cannot tell."""
+    return bool(final_answer(text)) and not hedges(text)
 
 
 # ---------------------------------------------------------------------------------------------
