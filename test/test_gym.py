@@ -382,6 +382,23 @@ def test_all_views_fuse_each_cameras_estimate(estimator: DistanceEstimator, clos
         estimator.estimate(side, [Pair.parse(PAIR)], DistanceKind.GAP)[0].distance_m + 0.1)
 
 
+def test_the_wrist_camera_renders_last_and_changes_nothing_else(closing: Callable) -> None:
+    """``wrist_camera=True``: one more view, last, that moves with the gripper; the main view and episode as without."""
+    wristed, plain = closing(gym.make(REACH_ID, wrist_camera=True)), closing(gym.make(REACH_ID))
+    obs, _ = wristed.reset(seed=4)
+    plain.reset(seed=4)
+    before = wristed.unwrapped.render_rgbd_views()
+    for _ in range(5):
+        action = towards_target(obs)
+        obs, _, _, _, info = wristed.step(action)
+        _, _, _, _, plain_info = plain.step(action)
+    main, wrist = wristed.unwrapped.render_rgbd_views()
+    assert len(before) == 2 and wrist.frame_id == "camera1_color_optical_frame"
+    assert info["true_distance_m"] == plain_info["true_distance_m"]
+    np.testing.assert_array_equal(main.rgb, plain.unwrapped.render_rgbd().rgb)
+    assert not np.array_equal(wrist.rgb, before[1].rgb)     # the gripper moved, and the camera with it
+
+
 @pytest.mark.parametrize(("env_id", "kwargs", "match"), [
     (REACH_ID, {"views": "both"}, "^views: 'both'"),
     (REACH_ID, {"views": "all", "intrinsics": CameraIntrinsics.from_fov(160, 120, 58.0)}, "^views: 'all' takes"),

@@ -344,6 +344,37 @@ def test_an_extra_camera_sees_the_same_state_from_its_own_place(sim: TabletopSim
         TabletopSim(SMALL, extra_camera_offsets_m=[layout.camera_look_at + (0.0, 0.0, 0.5) - layout.camera_eye])
 
 
+def test_a_wrist_camera_rides_on_the_gripper_and_sees_the_hand_and_the_can(sim: TabletopSim) -> None:
+    """The wrist camera keeps its place on the gripper as it moves, sees the hand and the can, and is geometric."""
+    from spatialvlm_ros.sim.scene import WRIST_CAMERA_POS, gripper_axes
+    with TabletopSim(SMALL, wrist_camera=True) as wristed:
+        assert wristed.n_cameras == 2
+        near, far = sim.trajectory[sim.n_frames - 1], sim.trajectory[0]
+        main, wrist = (wristed.render_at(near, camera=k) for k in (0, 1))
+        _assert_same_frame(main, sim.render_at(near))         # the main camera's frames do not change
+        assert wrist.frame.frame_id == "camera1_color_optical_frame"
+        axes = gripper_axes(wristed.layout.approach)
+        for position in (near, far):
+            pose = wristed.render_at(position, camera=1).truth.camera_pose_world
+            np.testing.assert_allclose(pose[:3, 3], position + axes @ WRIST_CAMERA_POS, atol=1e-6)
+            # It looks along the fingers, tilted towards their axis (the gripper's z; optical z is forward).
+            assert 0.85 < pose[:3, 2] @ axes[:, 2] < 0.99
+        # At the end of the approach the hand fills the bottom of the image and the can is ahead of it.
+        seg = wrist.frame.segmentation
+        rows_hand, rows_can = np.nonzero(seg == 0)[0], np.nonzero(seg == wrist.frame.labels["red can"])[0]
+        assert len(rows_hand) > 0.1 * seg.size and len(rows_can) > 200
+        assert np.median(rows_hand) > np.median(rows_can)
+        pts = _backproject(wrist, seg == wrist.frame.labels["red can"])
+        axis = wrist.truth.object_positions_world["red can"]
+        on_side = np.abs(np.linalg.norm(pts[:, :2] - axis[:2], axis=1) - 0.033) < 0.003
+        on_top = np.abs(pts[:, 2] - (axis[2] + 0.061)) < 0.003
+        assert np.mean(on_side | on_top) > 0.95
+    # With physics the camera rides on the free gripper body too.
+    with TabletopSim(SMALL, wrist_camera=True, physics=True) as physical:
+        assert physical.n_cameras == 2
+        assert np.any(physical.render_at(near, camera=1).frame.segmentation == 0)
+
+
 def test_more_kinds_render_with_their_own_silhouettes_and_stand_on_the_table() -> None:
     """Mugs, bottles and the mesh solids: each seen, each its true height, meshes declared only where used."""
     from spatialvlm_ros.sim import MORE_KINDS

@@ -74,7 +74,8 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
       ``np_random``; render calls draw nothing from it, so wrapped and bare envs see the same episodes.
     * ``render_rgbd()`` gives the RGB-D :class:`~spatialvlm_ros.frame.Frame` of the current state (the
       :class:`~spatialvlm_ros.gym.spatial.RgbdRenderable` protocol); ``render()`` its RGB;
-      ``render_rgbd_views()`` the frames of every camera, the main one first (``extra_camera_offsets_m``).
+      ``render_rgbd_views()`` the frames of every camera, the main one first (``extra_camera_offsets_m``'s next,
+      the wrist camera last).
 
     Args:
         render_mode: ``"rgb_array"`` or None.
@@ -88,6 +89,8 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
         disturbed_penalty_m: reward subtracted on each step once the can is disturbed, metres of gap.
         extra_camera_offsets_m: more cameras (e.g. ``(SIDE_CAMERA_OFFSET_M,)``), each at the main camera's eye
             plus this offset, world metres, looking at the same point; default none. They only render.
+        wrist_camera: a camera fixed to the gripper (:data:`~spatialvlm_ros.sim.scene.WRIST_CAMERA_POS`); it only
+            renders. Default False.
 
     Raises:
         ConfigError: a bad argument.
@@ -109,7 +112,7 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
                  max_step_m: float = 0.03, success_threshold_m: float = 0.02, physics: bool = True,
                  substeps: int = 50, max_target_move_m: float = 0.01, max_target_tilt_deg: float = 10.0,
                  disturbed_penalty_m: float = 0.5,
-                 extra_camera_offsets_m: Sequence[Sequence[float]] = ()) -> None:
+                 extra_camera_offsets_m: Sequence[Sequence[float]] = (), wrist_camera: bool = False) -> None:
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ConfigError(f"render_mode: {render_mode!r} is not one of {[None, *self.metadata['render_modes']]}")
         if sim_config.randomise:
@@ -134,7 +137,8 @@ class TabletopReachEnv(gym.Env[np.ndarray, np.ndarray]):
         self.max_step_m = max_step_m
         self.success_threshold_m = success_threshold_m
         try:
-            self.sim = TabletopSim(sim_config, physics=physics, extra_camera_offsets_m=extra_camera_offsets_m)
+            self.sim = TabletopSim(sim_config, physics=physics, extra_camera_offsets_m=extra_camera_offsets_m,
+                                   wrist_camera=wrist_camera)
         except SimulationError as err:
             raise ConfigError(f"extra_camera_offsets_m: {err}") from err
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)

@@ -31,6 +31,14 @@ TABLE_HALF = (0.60, 0.40)            # half extents in x, y
 TABLE_CENTRE_XY = (0.0, 0.10)
 CAMERA_NAME = "rgbd"
 GRIPPER_BODY = "gripper"
+#: The wrist camera (``build_mjcf(..., wrist_camera=True)``), fixed to the gripper body. In the gripper frame (z
+#: along the fingers, y the opening direction, upwards on a level approach) it sits 14 cm behind the grasp point
+#: and 9 cm above the axis, clear of the wrist and palm, and looks along the fingers, tilted 22 degrees down
+#: towards their axis: the hand fills the bottom of the image and what lies ahead of the grasp point is in view,
+#: upright, as from a camera on a robot's wrist. It has the main camera's field of view.
+WRIST_CAMERA_NAME = "rgbd_wrist"
+WRIST_CAMERA_POS = (0.0, 0.09, -0.14)
+WRIST_CAMERA_FORWARD = (0.0, -0.4, 1.0)
 
 #: Half height of each kind: the object's centre sits this far above the table top.
 HALF_HEIGHT = {"can": 0.061, "box": 0.035, "ball": 0.035, "bowl": 0.025,
@@ -346,9 +354,14 @@ def _part_geom(part: Part, name: str) -> str:
     return f'<geom name="{name}" {shape} material="m_gripper"/>'
 
 
-def _gripper_body(cfg: SimConfig, layout: SceneLayout) -> str:
+def _gripper_body(cfg: SimConfig, layout: SceneLayout, wrist_camera: bool = False) -> str:
     axes = gripper_axes(layout.approach)
     geoms = [_part_geom(part, name) for part, name in zip(*_gripper_solids(cfg))]
+    if wrist_camera:
+        eye = np.asarray(WRIST_CAMERA_POS)
+        right, up = _camera_xyaxes(eye, eye + WRIST_CAMERA_FORWARD, up=(0.0, 1.0, 0.0))
+        geoms.append(f'<camera name="{WRIST_CAMERA_NAME}" pos="{_fmt(eye)}" xyaxes="{_fmt(right)} {_fmt(up)}" '
+                     f'fovy="{cfg.fovy_deg}"/>')
     start = layout.centre(0) + 0.5 * layout.approach
     body = "\n      ".join(geoms)
     return f"""
@@ -362,10 +375,11 @@ def camera_name(k: int) -> str:
     return f"{CAMERA_NAME}{k or ''}"
 
 
-def _camera_xyaxes(eye: np.ndarray, look_at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return the MuJoCo camera's x (image right) and y (image up) axes; it looks along its -z."""
+def _camera_xyaxes(eye: np.ndarray, look_at: np.ndarray,
+                   up: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+    """Return the MuJoCo camera's x (image right) and y (image up) axes; it looks along its -z, ``up`` up-ish."""
     forward = (look_at - eye) / np.linalg.norm(look_at - eye)
-    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right = np.cross(forward, up)
     right /= np.linalg.norm(right)
     return right, np.cross(right, forward)
 
@@ -449,7 +463,7 @@ def _physical_gripper(gripper_xml: str) -> str:
 
 def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, int] | None = None,
                free_target: bool = False, appearance: Appearance | None = None,
-               extra_camera_offsets_m: Sequence[Sequence[float]] = ()) -> str:
+               extra_camera_offsets_m: Sequence[Sequence[float]] = (), wrist_camera: bool = False) -> str:
     """MJCF text of the room, table, objects, mocap gripper, key light and RGB-D camera (or cameras).
 
     Rendering settings chosen for sensor-like output and CPU speed: no multisampling (segmentation ids
@@ -473,6 +487,8 @@ def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, 
         extra_camera_offsets_m: more cameras, ``rgbd1``, ``rgbd2``, ... (``CAMERA_NAME`` and a number): each at
             the main camera's eye plus this (x, y, z) offset, world metres, looking at the same point with the
             same field of view. Default none: the text is unchanged.
+        wrist_camera: one more camera, ``WRIST_CAMERA_NAME``, fixed to the gripper body (it moves with the
+            gripper; see ``WRIST_CAMERA_POS``). Default False: the text is unchanged.
 
     Raises:
         SimulationError: ``tessellation`` below 3 slices or stacks (MuJoCo would accept it and draw garbage),
@@ -527,7 +543,7 @@ def build_mjcf(cfg: SimConfig, layout: SceneLayout, *, tessellation: tuple[int, 
     if appearance is not None:
         key_light, extra_lights = _appearance_lights(appearance, layout.centre(0)), ""
     quality = "" if tessellation is None else f' numslices="{tessellation[0]}" numstacks="{tessellation[1]}"'
-    gripper = _gripper_body(cfg, layout).strip()
+    gripper = _gripper_body(cfg, layout, wrist_camera).strip()
     physics = ""
     if free_target:
         gripper = _physical_gripper(gripper)

@@ -21,8 +21,8 @@ from spatialvlm_ros.geometry.camera import CameraIntrinsics
 from spatialvlm_ros.sim.appearance import Appearance
 from spatialvlm_ros.sim.noise import apply_depth_noise
 from spatialvlm_ros.sim.render import GLContext, RgbdRenderer
-from spatialvlm_ros.sim.scene import (GRIPPER_BODY, GRIPPER_DRIVER_BODY, build_mjcf, camera_name, gripper_axes,
-                                      gripper_opening, make_layout)
+from spatialvlm_ros.sim.scene import (GRIPPER_BODY, GRIPPER_DRIVER_BODY, WRIST_CAMERA_NAME, build_mjcf, camera_name,
+                                      gripper_axes, gripper_opening, make_layout)
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,8 @@ class TabletopSim:
         extra_camera_offsets_m: more cameras, each at the main camera's eye plus this (x, y, z) offset, world
             metres, looking at the same point (:func:`~spatialvlm_ros.sim.scene.build_mjcf`); rendered with
             ``render_at(..., camera=k)``, k from 1. Default none.
+        wrist_camera: a camera fixed to the gripper (:data:`~spatialvlm_ros.sim.scene.WRIST_CAMERA_POS`), the
+            last one (``camera=n_cameras - 1``); it moves with the gripper. Default False.
 
     Raises:
         SimulationError: unknown colour or kind, objects that do not fit, no OpenGL context, ``gl_context``
@@ -126,13 +128,14 @@ class TabletopSim:
     def __init__(self, config: SimConfig, *, gl_context: GLContext | None = None, shadows: bool = True,
                  tessellation: tuple[int, int] | None = None, physics: bool = False,
                  appearance: Appearance | None = None,
-                 extra_camera_offsets_m: Sequence[Sequence[float]] = ()) -> None:
+                 extra_camera_offsets_m: Sequence[Sequence[float]] = (), wrist_camera: bool = False) -> None:
         self.config = config
         self.physics = physics
         self.layout = make_layout(config)
         self.gripper_opening_m = gripper_opening(config)
         self._xml = build_mjcf(config, self.layout, tessellation=tessellation, free_target=physics,
-                               appearance=appearance, extra_camera_offsets_m=extra_camera_offsets_m)
+                               appearance=appearance, extra_camera_offsets_m=extra_camera_offsets_m,
+                               wrist_camera=wrist_camera)
         try:
             self.model = mujoco.MjModel.from_xml_string(self._xml)
         except ValueError as err:
@@ -144,6 +147,7 @@ class TabletopSim:
         driver = GRIPPER_DRIVER_BODY if physics else GRIPPER_BODY
         self._mocap = int(self.model.body_mocapid[mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, driver)])
         self._camera_names = [camera_name(k) for k in range(1 + len(extra_camera_offsets_m))]
+        self._camera_names += [WRIST_CAMERA_NAME] if wrist_camera else []
         self._cams = [mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, n) for n in self._camera_names]
         self.gripper_label = f"{config.gripper_colour} gripper"
         self._phrases = [o.phrase for o in self.layout.objects]
@@ -426,7 +430,7 @@ class TabletopSim:
 
     @property
     def n_cameras(self) -> int:
-        """How many cameras the scene has: the main one plus ``extra_camera_offsets_m``."""
+        """How many cameras the scene has: the main one, ``extra_camera_offsets_m``'s and the wrist camera."""
         return len(self._cams)
 
     def _check_camera(self, camera: int) -> None:
