@@ -318,3 +318,26 @@ def test_zoomed_scenes_are_windows_of_the_whole_frame_around_the_gripper_and_tar
     frame = whole_source.load("sim000000").frame
     assert zoomed(frame, ("yellow gripper", "red can"), 0.0, np.random.default_rng(0)) is frame
     assert frame.rgb.shape == (240, 320, 3)
+
+
+def test_wrist_scenes_are_seen_from_the_camera_on_the_gripper(tmp_path: Path) -> None:
+    """wrist_share: the same scene and truth from the wrist camera; the hand is whole in view and asked about."""
+    cfg = load_synthesis_config()
+    scene_cfg, wrist_cfg = (dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, wrist_share=share))
+                            for share in (0.0, 1.0))
+    scene_source, wrist_source = SimSource(4, scene_cfg), SimSource(4, wrist_cfg)
+    exact_rows = 0
+    for index in range(4):
+        image_id = f"sim{index:06d}"
+        scene, wrist = scene_source.load(image_id), wrist_source.load(image_id)
+        assert wrist.exact == scene.exact                   # the same scene and gripper pose
+        assert (scene.frame.frame_id, wrist.frame.frame_id) == ("camera_color_optical_frame",
+                                                                "camera1_color_optical_frame")
+        assert not np.array_equal(wrist.frame.rgb, scene.frame.rgb)
+        rows, cols = np.nonzero(wrist.frame.segmentation == 0)
+        height, width = wrist.frame.segmentation.shape
+        assert rows.mean() > height / 2 and min(rows.min(), cols.min(), width - 1 - cols.max()) > 0
+        result = synthesize_image(wrist_source, SceneExtractor(wrist_cfg), image_id)
+        exact_rows += sum(p.exact_truth for p in result.pairs)
+    assert exact_rows >= 4, "the hand is extracted and asked about in wrist views"
+    assert main(["synthesize", "--input", "sim:1", "--out", str(tmp_path / "bad"), "--wrist-share", "1.5"]) == 2

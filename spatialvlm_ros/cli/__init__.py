@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="overrides sim.zoom_share: share of simulated scenes cut to a window around the gripper "
                             "and the target, as the compact VLM's second look reads them (0: none, every stage "
                             "before the zoom expert)")
+    synth.add_argument("--wrist-share", type=float, default=None,
+                       help="overrides sim.wrist_share: share of simulated scenes seen from the wrist camera fixed "
+                            "to the gripper instead of the scene's camera (0: none, every stage so far)")
     synth.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
                        help="overrides sim.kinds: the object kinds scenes are drawn from ('all': every kind the "
                             "simulator has, adding mug, bottle, cone, wedge; default: can box ball bowl)")

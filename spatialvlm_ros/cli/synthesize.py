@@ -29,7 +29,7 @@ def synthesize_cli(args: argparse.Namespace) -> int:
     if args.exact_per_image is not None:
         cfg = dataclasses.replace(cfg, questions=dataclasses.replace(cfg.questions,
                                                                      exact_per_image=args.exact_per_image))
-    for key in ("off_path_share", "zoom_share"):
+    for key in ("off_path_share", "zoom_share", "wrist_share"):
         if getattr(args, key, None) is not None:
             cfg = dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, **{key: getattr(args, key)}))
     for key, every in (("kinds", "ALL_KINDS"), ("colours", "PALETTE")):

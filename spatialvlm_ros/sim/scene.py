@@ -12,7 +12,7 @@ camera and the target (the gripper hides the target's near side).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -32,13 +32,15 @@ TABLE_CENTRE_XY = (0.0, 0.10)
 CAMERA_NAME = "rgbd"
 GRIPPER_BODY = "gripper"
 #: The wrist camera (``build_mjcf(..., wrist_camera=True)``), fixed to the gripper body. In the gripper frame (z
-#: along the fingers, y the opening direction, upwards on a level approach) it sits 14 cm behind the grasp point
-#: and 9 cm above the axis, clear of the wrist and palm, and looks along the fingers, tilted 22 degrees down
-#: towards their axis: the hand fills the bottom of the image and what lies ahead of the grasp point is in view,
-#: upright, as from a camera on a robot's wrist. It has the main camera's field of view.
+#: along the fingers, y the opening direction, upwards on a level approach) it sits 26 cm behind the grasp point
+#: and 10 cm above its axis and looks along the fingers, tilted 14 degrees down: the whole hand is in the lower
+#: half of the image, clear of its border (so the data engine keeps it as an object), and the target lies ahead
+#: of it. As the gripper closes in, the target grows in this view while the hand does not: the gap shows in
+#: sizes, not only along a line of sight. It has the main camera's field of view. These are for the default
+#: ``sim`` hand; a larger hand's camera sits further back and up in proportion to its size (:func:`gripper_reach`).
 WRIST_CAMERA_NAME = "rgbd_wrist"
-WRIST_CAMERA_POS = (0.0, 0.09, -0.14)
-WRIST_CAMERA_FORWARD = (0.0, -0.4, 1.0)
+WRIST_CAMERA_POS = (0.0, 0.10, -0.26)
+WRIST_CAMERA_FORWARD = (0.0, -0.25, 1.0)
 
 #: Half height of each kind: the object's centre sits this far above the table top.
 HALF_HEIGHT = {"can": 0.061, "box": 0.035, "ball": 0.035, "bowl": 0.025,
@@ -358,7 +360,8 @@ def _gripper_body(cfg: SimConfig, layout: SceneLayout, wrist_camera: bool = Fals
     axes = gripper_axes(layout.approach)
     geoms = [_part_geom(part, name) for part, name in zip(*_gripper_solids(cfg))]
     if wrist_camera:
-        eye = np.asarray(WRIST_CAMERA_POS)
+        # WRIST_CAMERA_POS suits the default hand; a larger one moves it back and up in proportion, to stay in view.
+        eye = np.asarray(WRIST_CAMERA_POS) * gripper_reach(cfg) / gripper_reach(replace(cfg, gripper_model="sim"))
         right, up = _camera_xyaxes(eye, eye + WRIST_CAMERA_FORWARD, up=(0.0, 1.0, 0.0))
         geoms.append(f'<camera name="{WRIST_CAMERA_NAME}" pos="{_fmt(eye)}" xyaxes="{_fmt(right)} {_fmt(up)}" '
                      f'fovy="{cfg.fovy_deg}"/>')

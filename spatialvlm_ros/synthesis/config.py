@@ -192,6 +192,9 @@ class SimSourceConfig:
     # Scenes cut to a window around the gripper and the target (geometry.zoom): what the compact VLM's second
     # look reads. 0 keeps every earlier dataset as it was.
     zoom_share: float = 0.0
+    # Scenes seen from the wrist camera fixed to the gripper (sim.scene.WRIST_CAMERA_POS) instead of the scene's
+    # own camera: what a reward read from a hand camera asks about. 0 keeps every earlier dataset as it was.
+    wrist_share: float = 0.0
     depth_noise: DepthNoiseConfig = DepthNoiseConfig()
     # What objects and the gripper are drawn from (uniformly); empty: spatialvlm_ros.sim.KINDS and COLOURS, the
     # shipped model's data. The simulator knows more (sim.ALL_KINDS, sim.PALETTE): mugs, bottles, cones, wedges;
@@ -211,6 +214,7 @@ class SimSourceConfig:
                  "need 0 <= min_distractors <= max_distractors")
         _require(0.0 <= self.off_path_share <= 1.0, "sim.off_path_share", "must be in [0, 1]")
         _require(0.0 <= self.zoom_share <= 1.0, "sim.zoom_share", "must be in [0, 1]")
+        _require(0.0 <= self.wrist_share <= 1.0, "sim.wrist_share", "must be in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -181,11 +181,13 @@ class SimSource:
             # One context for all scenes: a new one and its first frame cost more than a whole frame.
             self._gl = GLContext(config.width, config.height)
         shadows = appearance is not None and any(light.shadows for light in appearance.lights)
+        # Its own random stream, so that share 0 changes no scene.
+        wrist = np.random.default_rng([self.cfg.seed, index, 0x3157]).random() < self.cfg.sim.wrist_share
         while True:
             try:
                 # Coarser round shapes: only the look changes (not depth, labels, truth), and much faster.
                 sim = TabletopSim(config, gl_context=self._gl, shadows=shadows, tessellation=(16, 8),
-                                  appearance=appearance)
+                                  appearance=appearance, wrist_camera=wrist)
                 break
             except SimulationError as err:
                 if not config.distractors or "could not place" not in str(err):
@@ -197,10 +199,12 @@ class SimSource:
             if self.split != "plain":     # plain: the scenes the data engine drew before off-path poses
                 position = off_path_position(sim, self.cfg.sim.off_path_share,
                                              np.random.default_rng([self.cfg.seed, index, 0x0FF]))
-            step = sim.render(0) if position is None else sim.render_at(position)   # same stamp and noise draws
+            # render_at(trajectory[0]) is render(0): the same stamp and noise draws.
+            camera = sim.n_cameras - 1 if wrist else 0
+            step = sim.render_at(sim.trajectory[0] if position is None else position, camera=camera)
             if position is not None and not _gripper_in_view(step.frame, self.cfg.lifting.min_pixels,
                                                              self.cfg.judge.border_px):
-                step = sim.render(0)
+                step = sim.render_at(sim.trajectory[0], camera=camera)
         frame = step.frame
         if appearance is not None:
             rgb = appearance.sensor.apply(frame.rgb, np.random.default_rng([self.cfg.seed, index, 0x1D6]))
