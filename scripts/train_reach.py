@@ -7,7 +7,9 @@ RealSense-like noise); (c) ``vlm``, the packaged compact spatial VLM's answer to
 yellow gripper and the red can?" on the RGB frame alone (no depth); (d) ``vlm_two_views``, the same model asked
 the same on two cameras' RGB frames (the main one and a second front right of it, ``SIDE_CAMERA_OFFSET_M``),
 the larger answer taken (``SpatialRewardWrapper(views="all")``); (e) ``vlm_mirror``, the same model asked on the
-main camera's RGB frame and on its mirror image, the two answers averaged (``estimator.vlm.mirror``). Each is
+main camera's RGB frame and on its mirror image, the two answers averaged (``estimator.vlm.mirror``); (f)
+``vlm_wrist``, the same question on the frames of the wrist camera fixed to the gripper alone
+(``wrist_camera=True``, ``views="last"``; the policy still observes what the others do). Each is
 shaped by the same :class:`RewardConfig` (``negative``, ``scale_m`` 0.1, so ``-gap / 0.1 m``; on the physical task
 plus a success bonus while the gap reads under 2 cm), no filter.
 
@@ -22,7 +24,7 @@ Evaluation always uses the TRUE success criterion (``is_success`` at the episode
 trained once per seed. Writes a plot and a JSON file and prints the final figures (mean and spread over seeds).
 
 Usage: python scripts/train_reach.py [--steps 20000] [--eval-every 2000]
-       [--rewards true geometric vlm vlm_two_views vlm_mirror]
+       [--rewards true geometric vlm vlm_two_views vlm_mirror vlm_wrist]
        [--seeds 0 1 2] [--jobs 2] [--out docs/rl_reach] [--reuse docs/rl_reach.json] [--vlm-weights DIR]
 
 ``--reuse FILE [FILE ...]`` keeps those files' runs of the rewards not trained now (say, after retraining the VLM,
@@ -116,9 +118,12 @@ CAMERA_ESTIMATORS = {
     "vlm": _COMPACT_VLM,
     "vlm_two_views": _COMPACT_VLM,
     "vlm_mirror": dataclasses.replace(_COMPACT_VLM, vlm=dataclasses.replace(_COMPACT_VLM.vlm, mirror=True)),
+    "vlm_wrist": _COMPACT_VLM,
 }
 #: The camera rewards that read two views (the env then renders the side camera too; it only renders).
 TWO_VIEWS = {"vlm_two_views"}
+#: The camera rewards that read the wrist camera alone (the env then renders it too; it only renders).
+WRIST_VIEW = {"vlm_wrist"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,13 +174,14 @@ def camera_estimator(reward: str, vlm_weights: str = "") -> EstimatorConfig:
 def make_train_env(reward: str, kinematic: bool = False, vlm_weights: str = "") -> gym.Env:
     """The reach env, its reward from the simulator (``true``) or from the camera (``geometric``, ``vlm``, ...)."""
     cameras = (SIDE_CAMERA_OFFSET_M,) if reward in TWO_VIEWS else ()
-    env = gym.make(REACH_ID, physics=not kinematic, extra_camera_offsets_m=cameras)
+    env = gym.make(REACH_ID, physics=not kinematic, extra_camera_offsets_m=cameras, wrist_camera=reward in WRIST_VIEW)
     setup = setup_for(kinematic)
     config = setup.reward
     if reward in CAMERA_ESTIMATORS:
         estimator = build_estimator(camera_estimator(reward, vlm_weights))
         shaped = SpatialRewardWrapper(env, estimator, PAIR, reward_config=config, mode="replace",
-                                      views="all" if reward in TWO_VIEWS else "main")
+                                      views="all" if reward in TWO_VIEWS else "last" if reward in WRIST_VIEW
+                                      else "main")
     else:
         shaped = TrueGapReward(env, config)
     if not kinematic:

@@ -399,10 +399,46 @@ def test_the_wrist_camera_renders_last_and_changes_nothing_else(closing: Callabl
     assert not np.array_equal(wrist.rgb, before[1].rgb)     # the gripper moved, and the camera with it
 
 
+class _Recording:
+    """Passes estimates through and keeps the frames it was asked about."""
+
+    def __init__(self, estimator: DistanceEstimator) -> None:
+        self.estimator, self.frames = estimator, []
+
+    def estimate(self, frame: Any, pairs: Any, kind: Any) -> list[Any]:
+        self.frames.append(frame)
+        return self.estimator.estimate(frame, pairs, kind)
+
+
+def test_views_last_reads_the_wrist_camera_alone(estimator: DistanceEstimator, closing: Callable) -> None:
+    """views="last": the reward reads the env's last camera (the wrist one) only, with that camera's own pose."""
+    from spatialvlm_ros.types import DistanceKind, Pair
+    recording = _Recording(estimator)
+    env = closing(gym.make(REACH_ID, wrist_camera=True))
+    wrapped = SpatialRewardWrapper(env, recording, PAIR, reward_config=NEGATIVE, views="last")
+    obs, _ = wrapped.reset(seed=4)
+    for _ in range(3):
+        obs, reward, _, _, info = wrapped.step(towards_target(obs))
+    _, wrist = env.unwrapped.render_rgbd_views()
+    assert [f.frame_id for f in recording.frames] == ["camera1_color_optical_frame"] * 4   # reset and 3 steps
+    # Not the env's gripper_pose(), which is in the main camera's frame: the wrist frame's own.
+    np.testing.assert_array_equal(recording.frames[-1].gripper_pose, wrist.gripper_pose)
+    assert not np.allclose(wrist.gripper_pose, env.unwrapped.gripper_pose()[0])
+    [expected] = estimator.estimate(wrist, [Pair.parse(PAIR)], DistanceKind.GAP)
+    assert info["spatial_distance_m"] == pytest.approx(expected.distance_m)
+    vec_recording = _Recording(estimator)
+    vec = closing(SpatialRewardVectorWrapper(SyncVectorEnv([lambda: gym.make(REACH_ID, wrist_camera=True)]),
+                                             vec_recording, PAIR, reward_config=NEGATIVE, views="last"))
+    vec.reset(seed=[4])
+    vec.step(np.zeros((1, 3), np.float32))
+    assert {f.frame_id for f in vec_recording.frames} == {"camera1_color_optical_frame"}
+
+
 @pytest.mark.parametrize(("env_id", "kwargs", "match"), [
     (REACH_ID, {"views": "both"}, "^views: 'both'"),
     (REACH_ID, {"views": "all", "intrinsics": CameraIntrinsics.from_fov(160, 120, 58.0)}, "^views: 'all' takes"),
     ("Pendulum-v1", {"views": "all"}, "^env: .*render_rgbd_views"),
+    ("Pendulum-v1", {"views": "last"}, "^env: .*render_rgbd_views.*views='last'"),
 ])
 def test_bad_views_are_refused(env_id: str, kwargs: dict, match: str, estimator: DistanceEstimator,
                                closing: Callable) -> None:

@@ -98,6 +98,18 @@ def test_camera_rewards_share_the_shaping_and_the_penalty(train_reach: ModuleTyp
         assert info["spatial_distance_m"] == max(answers)
     finally:
         two.close()
+    # The wrist reward renders the wrist camera too and reads its answer alone.
+    wrist = train_reach.make_train_env("vlm_wrist")
+    try:
+        assert wrist.unwrapped.sim.n_cameras == 2
+        wrist.reset(seed=0)
+        _, reward, _, _, info = wrist.step(np.zeros(3, np.float32))
+        assert reward == pytest.approx(shape_distance(info["spatial_distance_m"], config))
+        [answer] = vlm_estimator.estimate(wrist.unwrapped.render_rgbd_views()[-1], [Pair.parse(train_reach.PAIR)],
+                                          DistanceKind.GAP)
+        assert info["spatial_distance_m"] == answer.distance_m
+    finally:
+        wrist.close()
     kinematic = train_reach.make_train_env("true", kinematic=True)
     try:
         assert not isinstance(kinematic, train_reach.TargetDisturbedPenalty) and not kinematic.unwrapped.physics

@@ -7,7 +7,8 @@ Frame protocol. A wrapped env gives its camera frame in one of two ways:
   :class:`~spatialvlm_ros.gym.reach.TabletopReachEnv` does;
 * with ``views="all"``, it implements ``render_rgbd_views() -> tuple[Frame, ...]``: every camera's frame of
   the current state, the main camera first; each pair is estimated in every view and the views fused
-  (:func:`~spatialvlm_ros.estimation.views.fuse_views`: the largest valid estimate);
+  (:func:`~spatialvlm_ros.estimation.views.fuse_views`: the largest valid estimate); with ``views="last"``
+  only the last of those frames is read (a camera on the gripper, as the reach env's ``wrist_camera``);
 * or, when the wrapper is given ``intrinsics``, its ``render()`` (``render_mode="rgb_array"``) is taken as a
   monocular RGB frame with those intrinsics and no depth (the geometric backend then answers "no depth";
   a VLM backend does not need it).
@@ -41,7 +42,7 @@ MODES: tuple[str, ...] = typing.get_args(Mode)
 INFO_KEYS = ("spatial_distance_m", "spatial_distance_valid", "spatial_reason", "spatial_reward")
 RENDER_RGBD = "render_rgbd"
 RENDER_RGBD_VIEWS = "render_rgbd_views"
-Views = Literal["main", "all"]
+Views = Literal["main", "all", "last"]
 VIEWS: tuple[str, ...] = typing.get_args(Views)
 #: An env that knows its gripper's pose (a robot's kinematics, a simulator) offers ``gripper_pose() ->
 #: (4x4 pose in the camera optical frame, opening in metres or None)``; the wrappers attach it to each frame
@@ -124,7 +125,7 @@ class SpatialTerm:
         intrinsics: take frames from ``render()`` (RGB only) with these intrinsics instead of ``render_rgbd()``.
         n_envs: how many envs (one filter state each).
         views: ``"main"`` the env's main camera (``render_rgbd()``); ``"all"`` every camera
-            (``render_rgbd_views()``), fused per pair.
+            (``render_rgbd_views()``), fused per pair; ``"last"`` the last of those cameras alone.
 
     Raises:
         ConfigError: a bad argument; the message starts with its name.
@@ -137,9 +138,9 @@ class SpatialTerm:
             raise ConfigError(f"mode: {mode!r} is not one of {list(MODES)}")
         if views not in VIEWS:
             raise ConfigError(f"views: {views!r} is not one of {list(VIEWS)}")
-        if views == "all" and intrinsics is not None:
-            raise ConfigError("views: 'all' takes frames from render_rgbd_views(); intrinsics= (render() RGB) "
-                              "has one view only")
+        if views != "main" and intrinsics is not None:
+            raise ConfigError(f"views: {views!r} takes frames from render_rgbd_views(); intrinsics= (render() "
+                              "RGB) has the main view only")
         if not callable(getattr(estimator, "estimate", None)):
             raise ConfigError(f"estimator: {type(estimator).__name__} has no estimate(frame, pairs, kind) method; "
                               "build one with build_estimator(EstimatorConfig(...))")
@@ -175,13 +176,19 @@ class SpatialTerm:
     @property
     def render_method(self) -> str:
         """The env method that gives the frames (when no ``intrinsics``): one frame, or a tuple of views."""
-        return RENDER_RGBD_VIEWS if self.views == "all" else RENDER_RGBD
+        return RENDER_RGBD if self.views == "main" else RENDER_RGBD_VIEWS
+
+    @property
+    def main_first(self) -> bool:
+        """Whether the first view estimated in is the env's main camera (whose frame its gripper_pose() is in)."""
+        return self.views != "last"
 
     def views_of(self, got: Any, source: Any) -> list[Frame]:
         """What :attr:`render_method` gave, as the list of views to estimate in (one unless ``views="all"``).
 
         Raises:
-            ConfigError: with ``views="all"``, not a non-empty sequence of :class:`Frame` (``source`` names the env).
+            ConfigError: with ``views`` "all" or "last", not a non-empty sequence of :class:`Frame` (``source``
+                names the env).
         """
         if self.views == "main":
             return [got]
@@ -189,7 +196,7 @@ class SpatialTerm:
         if not views or not all(isinstance(f, Frame) for f in views):
             raise ConfigError(f"env: {source} {RENDER_RGBD_VIEWS}() must give a non-empty tuple of Frame, "
                               f"got {type(got).__name__}")
-        return views
+        return views[-1:] if self.views == "last" else views
 
     def observe(self, i: int, views: Sequence[Frame]) -> SpatialObservation:
         """Estimate every pair in each of env ``i``'s views, fuse them per pair, and update its reward state."""
@@ -221,9 +228,9 @@ class SpatialTerm:
 
 def check_rgbd_env(env: Any, intrinsics: CameraIntrinsics | None, views: Views = "main") -> None:
     """Raise :class:`ConfigError` unless ``env`` can give frames the way the wrapper will ask for them."""
-    if views == "all":
+    if views != "main":
         if not env.has_wrapper_attr(RENDER_RGBD_VIEWS):
-            raise ConfigError(f"env: {env} has no {RENDER_RGBD_VIEWS}() -> tuple[Frame, ...] for views='all'")
+            raise ConfigError(f"env: {env} has no {RENDER_RGBD_VIEWS}() -> tuple[Frame, ...] for views={views!r}")
     elif intrinsics is None:
         if not env.has_wrapper_attr(RENDER_RGBD):
             raise ConfigError(f"env: {env} has no {RENDER_RGBD}() -> Frame; implement it, or pass intrinsics= "

@@ -109,8 +109,8 @@ class SpatialRewardVectorWrapper(VectorWrapper[ObsType, ActType, ObsType, ActTyp
         else:
             views = [self._term.views_of(got, f"sub-env {i}")
                      for i, got in enumerate(self.env.call(self._term.render_method))]
-        # An env's gripper_pose() is in its main camera's frame: it can only complete the first view.
-        if any(v[0].gripper_pose is None for v in views):
+        # An env's gripper_pose() is in its main camera's frame: it can only complete that view.
+        if self._term.main_first and any(v[0].gripper_pose is None for v in views):
             try:
                 poses = self.env.call(GRIPPER_POSE)
             except AttributeError:     # the sub-envs do not know their gripper pose

@@ -43,7 +43,8 @@ class SpatialRewardWrapper(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.
         intrinsics: use ``render()`` RGB with these intrinsics instead of ``render_rgbd()``.
         views: ``"main"`` (default) the env's main camera; ``"all"`` every camera the env's
             ``render_rgbd_views()`` gives, each pair estimated in each view and fused (the largest valid
-            estimate: one camera confuses a gripper hovering along its line of sight with contact).
+            estimate: one camera confuses a gripper hovering along its line of sight with contact); ``"last"``
+            the last of those cameras alone (a camera on the gripper, as the reach env's ``wrist_camera``).
 
     Raises:
         ConfigError: a bad argument (the message starts with its name), or an env that cannot give frames.
@@ -105,5 +106,7 @@ class SpatialRewardWrapper(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.
             views = [self._term.rgb_frame(self.env.render())]
         else:
             views = self._term.views_of(self.env.get_wrapper_attr(self._term.render_method)(), self.env)
-        # An env's gripper_pose() is in its main camera's frame: it can only complete the first view.
+        # An env's gripper_pose() is in its main camera's frame: it can only complete that view.
+        if not self._term.main_first:
+            return views
         return [with_env_gripper_pose(self.env, views[0]), *views[1:]]
